@@ -1,0 +1,295 @@
+"""The configuration: pydantic models of the TOML file, with FONZIPD_* environment overrides.
+
+Every key of the file can be overridden by ``FONZIPD_<SECTION>__<KEY>`` (for a sink,
+``FONZIPD_SINKS__<ID>__<KEY>``). Secrets belong in the environment, an
+``EnvironmentFile`` or systemd credentials, never in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import warnings
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path("/etc/fonzipd/config.toml")
+FONZIP_DOCUMENTED_RATE = 240
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FonzipSettings(_Section):
+    """``[fonzip]``: the account fonzipd reads from."""
+
+    base_url: pydantic.HttpUrl = pydantic.HttpUrl("https://fonzip.com/api/v2")
+    """Fonzip API v2 root; point it at ``fonzipd simulate`` to try things safely."""
+    client_id: SecretStr | None = None
+    """API key id (Settings > Advanced > Fonzip API). Prefer FONZIPD_FONZIP__CLIENT_ID."""
+    client_secret: SecretStr | None = None
+    """API key secret. Prefer FONZIPD_FONZIP__CLIENT_SECRET."""
+    access_token: SecretStr | None = None
+    """A fixed access token that skips the token flow (to end a 409 lock early)."""
+    timezone: str = "Europe/Istanbul"
+    """IANA zone of the business day: windows, business dates and the nightly run."""
+    requests_per_minute: float = Field(default=240, gt=0)
+    """Fonzip allows 240/minute; fonzipd stays under this figure less ``rate_margin``."""
+    rate_margin: float = Field(default=0.05, ge=0, lt=1)
+    """Share of ``requests_per_minute`` kept in reserve for clock drift between us and Fonzip."""
+    request_timeout: float = Field(default=30, gt=0)
+    """Seconds for one HTTP request to Fonzip, connection included."""
+    max_retries: int = Field(default=6, ge=0)
+    """Retries of a request on 429, 5xx, network errors and timeouts."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {value!r}") from exc
+        return value
+
+    @field_validator("requests_per_minute")
+    @classmethod
+    def _warn_above_documented(cls, value: float) -> float:
+        if value > FONZIP_DOCUMENTED_RATE:
+            warnings.warn(
+                f"fonzip.requests_per_minute = {value:g} is above Fonzip's documented "
+                f"{FONZIP_DOCUMENTED_RATE}/minute; use it only with a simulator or a raised limit",
+                ConfigWarning,
+                stacklevel=2,
+            )
+        return value
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        """The business-day timezone."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def effective_rate(self) -> float:
+        """Requests per minute fonzipd actually allows itself."""
+        return self.requests_per_minute * (1 - self.rate_margin)
+
+
+class ConfigWarning(UserWarning):
+    """A legal but risky configuration value."""
+
+
+class ListenerSettings(_Section):
+    """``[listener]``: the webhook endpoint Fonzip POSTs to."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; keep 127.0.0.1 behind a TLS reverse proxy."""
+    port: int = Field(default=8787, ge=0, le=65535)
+    """TCP port (0 picks a free one, for tests)."""
+    path: str = "/fonzip/webhook"
+    """URL path of the webhook."""
+    auth_token: SecretStr | None = None
+    """The webhook's ``auth_token``; compared with ``X-FZ-Auth-Token``. Prefer the environment."""
+    allow_unauthenticated: bool = False
+    """Accept webhooks without a token. Never on a public address."""
+    max_body_bytes: int = Field(default=4096, ge=256, le=1_048_576)
+    """Largest webhook body accepted; Fonzip's are under 100 bytes."""
+    commit_max_batch: int = Field(default=512, ge=1)
+    """Most webhooks committed in one group commit."""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _token_or_explicit_opt_out(self) -> ListenerSettings:
+        if self.auth_token is None and not self.allow_unauthenticated:
+            raise ValueError(
+                "auth_token is required (set FONZIPD_LISTENER__AUTH_TOKEN); "
+                "to run without one, set allow_unauthenticated = true"
+            )
+        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 16:
+            raise ValueError("auth_token must be at least 16 characters")
+        return self
+
+
+class StateSettings(_Section):
+    """``[state]``: fonzipd's own database."""
+
+    path: Path = Path("/var/lib/fonzipd/state.db")
+    """SQLite file (WAL mode) that only fonzipd writes; relative paths are to the config file."""
+
+
+class FetcherSettings(_Section):
+    """``[fetcher]``: turning events into records."""
+
+    concurrency: int = Field(default=4, ge=1, le=64)
+    """Detail fetches in flight at once (all share the rate limit)."""
+    max_attempts: int = Field(default=12, ge=1)
+    """Attempts for a transient failure before the event is parked as failed."""
+    retry_initial: float = Field(default=5, gt=0)
+    """Seconds before the first retry; doubles each attempt, with jitter."""
+    retry_max: float = Field(default=3600, gt=0)
+    """Longest wait between retries, in seconds."""
+
+
+class SinkSettings(BaseModel):
+    """``[sinks.<id>]``: one destination. Keys other than these are the sink type's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    """``sqlite``, ``csv``, ``http``, or a plugin's name."""
+    enabled: bool = True
+    """A disabled sink gets nothing queued and keeps what it had."""
+    batch_size: int | None = Field(default=None, ge=1, le=10_000)
+    """Records per ``write``; the sink type's default when unset."""
+    flush_interval: float = Field(default=0.5, ge=0)
+    """Seconds to wait for a batch to fill once it has a record."""
+    max_attempts: int = Field(default=20, ge=1)
+    """Attempts of a batch on transient errors before its records are dead letters."""
+    retry_initial: float = Field(default=1, gt=0)
+    """Seconds before the first retry; doubles each attempt, with jitter."""
+    retry_max: float = Field(default=300, gt=0)
+    """Longest wait between retries, in seconds."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The sink type's own options: every key that is not a shared one."""
+        return dict(self.model_extra or {})
+
+
+class LoggingSettings(_Section):
+    """``[logging]``."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written."""
+    format: Literal["auto", "json", "console"] = "auto"
+    """``auto``: JSON under systemd or when not a terminal, console on a terminal."""
+
+
+class Settings(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FONZIPD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    fonzip: FonzipSettings = FonzipSettings()
+    listener: ListenerSettings = Field(
+        default_factory=lambda: ListenerSettings(allow_unauthenticated=True)
+    )
+    state: StateSettings = StateSettings()
+    fetcher: FetcherSettings = FetcherSettings()
+    sinks: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], SinkSettings] = {}
+    plugins_dir: Path | None = None
+    """Folder of single-file sink plugins; relative to the config file."""
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (init values come from the TOML file).
+        return (env_settings, init_settings)
+
+    @property
+    def enabled_sinks(self) -> dict[str, SinkSettings]:
+        """The sinks that receive records, by id."""
+        return {sid: s for sid, s in self.sinks.items() if s.enabled}
+
+
+def default_config_path() -> Path:
+    """``$FONZIPD_CONFIG``, else /etc/fonzipd/config.toml."""
+    env = os.environ.get("FONZIPD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Settings:
+    """Read, validate and resolve one TOML file; ConfigError says what and where."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return settings_from_dict(data, base_dir=path.parent, origin=str(path))
+
+
+def settings_from_dict(data: dict[str, Any], *, base_dir: Path, origin: str) -> Settings:
+    """Validate already-parsed TOML data; relative paths resolve against ``base_dir``."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConfigWarning)
+            settings = Settings(**data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    for w in caught:
+        warnings.warn(f"{origin}: {w.message}", ConfigWarning, stacklevel=2)
+    return _resolve_paths(settings, base_dir)
+
+
+def _describe(exc: pydantic.ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration ({exc.error_count()} problem(s)):"]
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        given = err.get("input")
+        shown = "" if isinstance(given, dict | list) or err["type"] == "missing" else given
+        if "secret" in key or "token" in key:
+            shown = "***"
+        lines.append(f"  {key}: {msg}" + (f" (got {shown!r})" if shown != "" else ""))
+        env = "FONZIPD_" + "__".join(str(p).upper() for p in err["loc"])
+        lines.append(f"    (in the file, or the environment variable {env})")
+    return "\n".join(lines)
+
+
+def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base_dir / p).resolve()
+
+    sinks = {
+        sid: s.model_copy(
+            update={
+                k: str(resolve(Path(v)))
+                for k, v in s.options.items()
+                if k in ("path", "directory") and isinstance(v, str)
+            }
+        )
+        for sid, s in settings.sinks.items()
+    }
+    return settings.model_copy(
+        update={
+            "state": settings.state.model_copy(update={"path": resolve(settings.state.path)}),
+            "plugins_dir": None if settings.plugins_dir is None else resolve(settings.plugins_dir),
+            "sinks": sinks,
+        }
+    )
+

@@ -1,0 +1,1 @@
+"""The only package that knows Fonzip's HTTP API."""

@@ -1,0 +1,136 @@
+"""Record, the normalized form of a Fonzip object, and the normalizers of the six kinds."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import json
+from decimal import Decimal
+from typing import Any
+
+from fonzipd.kinds import Kind
+
+__all__ = ["Person", "Record", "Source"]
+
+
+class Source(enum.StrEnum):
+    """How fonzipd learned of a record."""
+
+    WEBHOOK = "webhook"
+    RECONCILE = "reconcile"
+    BACKFILL = "backfill"
+    CLI = "cli"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Person:
+    """Who a record is about: the donor, member, buyer, respondent or fundraiser."""
+
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    fonzip_user_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """One state of one Fonzip object, as every sink receives it.
+
+    ``version`` is a hash of the normalized content (not of ``source`` or
+    ``fetched_at``), so the same state fetched twice has the same version and the
+    same ``key``; a new state (a refund, say) has a new one.
+    """
+
+    kind: Kind
+    fonzip_id: int
+    status: str
+    amount: Decimal | None
+    currency: str | None
+    occurred_at: dt.datetime | None
+    """When it happened (completion, or creation for campaigns); aware, in UTC."""
+    business_date: dt.date | None
+    """The date of ``occurred_at`` in the configured timezone."""
+    person: Person
+    source: Source
+    fetched_at: dt.datetime
+    version: str
+    data: dict[str, Any]
+    """The full Fonzip object (detail, completed from the list row where needed)."""
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: ``kind:fonzip_id:version``."""
+        return f"{self.kind}:{self.fonzip_id}:{self.version}"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready values: Decimal as string, datetimes as ISO-8601."""
+        return {
+            "key": self.key,
+            "kind": str(self.kind),
+            "fonzip_id": self.fonzip_id,
+            "status": self.status,
+            "amount": None if self.amount is None else str(self.amount),
+            "currency": self.currency,
+            "occurred_at": None if self.occurred_at is None else self.occurred_at.isoformat(),
+            "business_date": (
+                None if self.business_date is None else self.business_date.isoformat()
+            ),
+            "person": dataclasses.asdict(self.person),
+            "source": str(self.source),
+            "fetched_at": self.fetched_at.isoformat(),
+            "version": self.version,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_json_dict(cls, value: dict[str, Any]) -> Record:
+        """The inverse of :meth:`to_json_dict`."""
+        occurred = value.get("occurred_at")
+        bdate = value.get("business_date")
+        amount = value.get("amount")
+        return cls(
+            kind=Kind(value["kind"]),
+            fonzip_id=int(value["fonzip_id"]),
+            status=str(value["status"]),
+            amount=None if amount is None else Decimal(amount),
+            currency=value.get("currency"),
+            occurred_at=None if occurred is None else dt.datetime.fromisoformat(occurred),
+            business_date=None if bdate is None else dt.date.fromisoformat(bdate),
+            person=Person(**value.get("person", {})),
+            source=Source(value["source"]),
+            fetched_at=dt.datetime.fromisoformat(value["fetched_at"]),
+            version=str(value["version"]),
+            data=dict(value["data"]),
+        )
+
+
+def content_version(
+    kind: Kind,
+    fonzip_id: int,
+    status: str,
+    amount: Decimal | None,
+    currency: str | None,
+    occurred_at: dt.datetime | None,
+    person: Person,
+    data: dict[str, Any],
+) -> str:
+    """A short stable hash of a record's normalized content."""
+    payload = json.dumps(
+        [
+            str(kind),
+            fonzip_id,
+            status,
+            None if amount is None else str(amount),
+            currency,
+            None if occurred_at is None else occurred_at.isoformat(),
+            dataclasses.asdict(person),
+            data,
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
