@@ -158,8 +158,10 @@ class SinkSettings(BaseModel):
     """Records per ``write``; the sink type's default when unset."""
     flush_interval: float = Field(default=0.5, ge=0)
     """Seconds to wait for a batch to fill once it has a record."""
-    max_attempts: int = Field(default=20, ge=1)
-    """Attempts of a batch on transient errors before its records are dead letters."""
+    max_attempts: int = Field(default=10, ge=1)
+    """Attempts of a batch that fails with an unexpected error (a bug in the sink) before
+    its records become dead letters. Transient errors (sink down) are retried until the
+    sink is back; permanent ones (a refused record) go to the dead letters at once."""
     retry_initial: float = Field(default=1, gt=0)
     """Seconds before the first retry; doubles each attempt, with jitter."""
     retry_max: float = Field(default=300, gt=0)
