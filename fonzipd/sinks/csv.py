@@ -1,0 +1,326 @@
+"""The CSV sink: one file per kind and business date, each record version written once.
+
+Files are ``<directory>/<kind>/<YYYY-MM-DD>.csv`` (``<kind>/undated.csv`` for records
+without a business date), UTF-8, a header row, RFC 4180 quoting, CRLF line ends, and
+the columns of :data:`COLUMNS` (plus ``data``, the full Fonzip object as JSON, with
+``include_data = true``). A refund is a new row with the new status: a new version.
+
+Exactly one row per version, even across ``kill -9``: a ledger
+(``<directory>/.fonzipd-csv-ledger.db``, SQLite, ``synchronous=FULL``) holds each
+file's committed size and every key written. A batch: skip keys already in the
+ledger; for each file, cut it back to its committed size (rows of a write whose
+ledger commit never happened, or half a row) and append the rows; fsync the files
+(and the directories of new files); then record the keys and new sizes in one ledger
+transaction. A crash before that commit leaves rows the next write cuts away and
+writes again; a crash after it leaves keys the next write skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import structlog
+
+from fonzipd.sink import (
+    PermanentSinkError,
+    Record,
+    Sink,
+    SinkConfigError,
+    SinkContext,
+    SinkOptions,
+    TransientSinkError,
+)
+
+log = structlog.get_logger(__name__)
+
+COLUMNS: tuple[str, ...] = (
+    "key",
+    "kind",
+    "fonzip_id",
+    "status",
+    "amount",
+    "currency",
+    "occurred_at",
+    "business_date",
+    "person_name",
+    "person_email",
+    "person_phone",
+    "fonzip_user_id",
+    "source",
+    "fetched_at",
+    "version",
+)
+"""The columns of every file, in order; ``data`` follows when ``include_data`` is set."""
+
+LEDGER_NAME = ".fonzipd-csv-ledger.db"
+LOCK_NAME = ".fonzipd-csv.lock"
+_BOM = "\ufeff".encode()
+
+_LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,      -- relative to the directory
+    size INTEGER NOT NULL,      -- bytes committed: everything after is a torn write
+    header TEXT NOT NULL        -- the header row the file was started with
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY,
+    path TEXT NOT NULL
+);
+"""
+
+
+class CSVOptions(SinkOptions):
+    """``[sinks.<id>] type = "csv"``."""
+
+    directory: Path
+    """Where the ``<kind>/<date>.csv`` files and the ledger live; created if missing."""
+    include_data: bool = False
+    """Add a ``data`` column with the full Fonzip object as JSON."""
+    excel_bom: bool = False
+    """Start new files with a UTF-8 byte order mark, so that Excel reads them as UTF-8."""
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _fields(record: Record, include_data: bool) -> list[str]:
+    row = [
+        record.key,
+        str(record.kind),
+        str(record.fonzip_id),
+        record.status,
+        _cell(record.amount),
+        _cell(record.currency),
+        "" if record.occurred_at is None else record.occurred_at.isoformat(),
+        "" if record.business_date is None else record.business_date.isoformat(),
+        _cell(record.person.name),
+        _cell(record.person.email),
+        _cell(record.person.phone),
+        _cell(record.person.fonzip_user_id),
+        str(record.source),
+        record.fetched_at.isoformat(),
+        record.version,
+    ]
+    if include_data:
+        row.append(json.dumps(record.data, ensure_ascii=False, separators=(",", ":")))
+    return row
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def relative_path(record: Record) -> str:
+    """The file of a record, relative to the directory: ``<kind>/<date or undated>.csv``."""
+    day = "undated" if record.business_date is None else record.business_date.isoformat()
+    return f"{record.kind}/{day}.csv"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CSVSink(Sink):
+    """Appends records to CSV files per kind and business date, each version once."""
+
+    name: ClassVar[str] = "csv"
+    Options: ClassVar[type[SinkOptions]] = CSVOptions
+    batch_size: ClassVar[int] = 500
+
+    def __init__(self, options: SinkOptions, context: SinkContext) -> None:
+        super().__init__(options, context)
+        assert isinstance(options, CSVOptions)
+        self._opts = options
+        self._dir = options.directory
+        self._header = _csv_text([[*COLUMNS, "data"] if options.include_data else list(COLUMNS)])
+        self._ledger: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._log = log.bind(sink_id=context.sink_id, directory=str(self._dir))
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+        self._log.info("sink_opened")
+
+    async def write(self, batch: Sequence[Record]) -> None:
+        if self._ledger is None:
+            raise RuntimeError(f"CSV sink {self.context.sink_id!r} is not open")
+        if not batch:
+            return
+        written = await asyncio.to_thread(self._write, batch)
+        self._log.debug("batch_written", records=len(batch), rows=written)
+
+    async def close(self) -> None:
+        ledger, self._ledger = self._ledger, None
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if ledger is not None:
+            await asyncio.to_thread(ledger.close)
+        if lock_fd is not None:
+            os.close(lock_fd)  # releases the flock
+        if ledger is not None:
+            self._log.info("sink_closed")
+
+    # The rest runs in a worker thread: fsync blocks.
+
+    @contextlib.contextmanager
+    def _os_errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError) as exc:
+            # Unwritable, missing, full: all may pass (a remount, a freed disk).
+            raise TransientSinkError(f"CSV sink cannot {doing}: {exc}") from exc
+
+    def _open(self) -> None:
+        with self._os_errors(f"use directory {self._dir}"):
+            self._dir.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(self._dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock_fd)
+                raise SinkConfigError(
+                    f"sinks.{self.context.sink_id}: another CSV sink is writing to "
+                    f"{self._dir}; give each CSV sink its own directory"
+                ) from None
+            try:
+                ledger = sqlite3.connect(
+                    self._dir / LEDGER_NAME, isolation_level=None, check_same_thread=False
+                )
+                ledger.execute("PRAGMA journal_mode=WAL")
+                ledger.execute("PRAGMA synchronous=FULL")
+                ledger.executescript(_LEDGER_SCHEMA)
+                self._recover(ledger)
+            except BaseException:
+                os.close(lock_fd)
+                raise
+        self._ledger, self._lock_fd = ledger, lock_fd
+
+    def _recover(self, ledger: sqlite3.Connection) -> None:
+        """Cut every file back to its committed size: the tail is a write never acknowledged."""
+        for rel, size in ledger.execute("SELECT path, size FROM files").fetchall():
+            path = self._dir / rel
+            with contextlib.suppress(FileNotFoundError):
+                actual = path.stat().st_size
+                if actual > size:
+                    os.truncate(path, size)
+                    self._log.warning("torn_write_truncated", file=rel, removed_bytes=actual - size)
+
+    def _write(self, batch: Sequence[Record]) -> int:
+        assert self._ledger is not None
+        ledger = self._ledger
+        keys = [r.key for r in batch]
+        with self._os_errors(f"read its ledger in {self._dir}"):
+            done = {
+                k
+                for (k,) in ledger.execute(
+                    "SELECT key FROM keys WHERE key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(keys),),
+                )
+            }
+            files = {
+                rel: (size, header)
+                for rel, size, header in ledger.execute("SELECT path, size, header FROM files")
+            }
+        by_file: dict[str, list[Record]] = {}
+        for record in batch:
+            if record.key in done:
+                continue
+            done.add(record.key)  # the same key twice in one batch: one row
+            by_file.setdefault(relative_path(record), []).append(record)
+        if not by_file:
+            return 0
+
+        new_sizes: dict[str, int] = {}
+        rejected: list[PermanentSinkError] = []
+        for rel, records in list(by_file.items()):
+            size, header = files.get(rel, (0, self._header))
+            rows = [_fields(r, self._opts.include_data) for r in records]
+            try:
+                new_sizes[rel] = self._append(rel, size, header, rows)
+            except PermanentSinkError as exc:
+                rejected.append(exc)
+                del by_file[rel]
+
+        with self._os_errors(f"commit its ledger in {self._dir}"):
+            ledger.execute("BEGIN IMMEDIATE")
+            try:
+                ledger.executemany(
+                    "INSERT OR IGNORE INTO keys (key, path) VALUES (?, ?)",
+                    [(r.key, rel) for rel, recs in by_file.items() for r in recs],
+                )
+                ledger.executemany(
+                    "INSERT INTO files (path, size, header) VALUES (?, ?, ?) "
+                    "ON CONFLICT (path) DO UPDATE "
+                    "SET size = excluded.size, header = excluded.header",
+                    [(rel, size, self._header) for rel, size in new_sizes.items()],
+                )
+                ledger.execute("COMMIT")
+            except BaseException:
+                if ledger.in_transaction:
+                    ledger.execute("ROLLBACK")
+                raise
+        if rejected:
+            raise PermanentSinkError(
+                "; ".join(str(e) for e in rejected),
+                failed_keys=frozenset().union(*(e.failed_keys or () for e in rejected)),
+            )
+        return sum(len(recs) for recs in by_file.values())
+
+    def _append(self, rel: str, committed: int, header: str, rows: list[list[str]]) -> int:
+        """Append ``rows`` after the first ``committed`` bytes of a file; its new size."""
+        path = self._dir / rel
+        with self._os_errors(f"write {path}"):
+            created_dir = not path.parent.is_dir()
+            if created_dir:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            created = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                actual = os.fstat(fd).st_size
+                if actual > committed:
+                    os.ftruncate(fd, committed)
+                    self._log.warning(
+                        "torn_write_truncated", file=rel, removed_bytes=actual - committed
+                    )
+                elif actual < committed:
+                    # Someone moved or cut the file (to import it, say): start it afresh.
+                    self._log.warning("csv_file_shorter_than_ledger", file=rel, size=actual)
+                    committed = actual
+                if committed > 0 and header != self._header:
+                    raise PermanentSinkError(
+                        f"CSV sink: {path} was started with other columns (include_data "
+                        f"changed?); move it away, then replay the dead letters",
+                        failed_keys=[r[0] for r in rows],
+                    )
+                data = _csv_text(rows).encode()
+                if committed == 0:
+                    data = (_BOM if self._opts.excel_bom else b"") + self._header.encode() + data
+                os.lseek(fd, committed, os.SEEK_SET)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(path.parent)
+            if created_dir:
+                _fsync_dir(path.parent.parent)
+            return committed + len(data)

@@ -1,0 +1,189 @@
+"""The SQLite sink: the latest state of every record, and every version ever seen.
+
+Table ``records`` holds one row per ``(kind, fonzip_id)``: an upsert that never lets an
+older fetch overwrite a newer one. Table ``record_history`` holds one row per
+``(kind, fonzip_id, version)``. Each batch is one transaction (WAL, ``synchronous=FULL``),
+so ``write`` returns only once the batch is on disk, and writing it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiosqlite
+import structlog
+
+from fonzipd.sink import Record, Sink, SinkContext, SinkOptions, TransientSinkError
+
+log = structlog.get_logger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    fonzip_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    amount TEXT,
+    currency TEXT,
+    occurred_at TEXT,
+    business_date TEXT,
+    person_name TEXT,
+    person_email TEXT,
+    person_phone TEXT,
+    fonzip_user_id INTEGER,
+    version TEXT NOT NULL,
+    source TEXT NOT NULL,
+    data TEXT NOT NULL,
+    fetched_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (kind, fonzip_id)
+);
+CREATE INDEX IF NOT EXISTS records_business_date ON records (business_date, kind);
+CREATE TABLE IF NOT EXISTS record_history (
+    kind TEXT NOT NULL,
+    fonzip_id INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    status TEXT NOT NULL,
+    amount TEXT,
+    currency TEXT,
+    occurred_at TEXT,
+    business_date TEXT,
+    source TEXT NOT NULL,
+    data TEXT NOT NULL,
+    fetched_at TEXT NOT NULL,
+    written_at TEXT NOT NULL,
+    PRIMARY KEY (kind, fonzip_id, version)
+);
+"""
+
+_COLUMNS = (
+    "kind, fonzip_id, status, amount, currency, occurred_at, business_date, person_name, "
+    "person_email, person_phone, fonzip_user_id, version, source, data, fetched_at, updated_at"
+)
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+# fetched_at is stored as UTC ISO-8601 with microseconds, so text order is time order.
+# An equal version is a no-op (the same state again); an older fetch never wins.
+_UPSERT = f"""
+INSERT INTO records ({_COLUMNS})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NOW})
+ON CONFLICT (kind, fonzip_id) DO UPDATE SET
+    status = excluded.status, amount = excluded.amount, currency = excluded.currency,
+    occurred_at = excluded.occurred_at, business_date = excluded.business_date,
+    person_name = excluded.person_name, person_email = excluded.person_email,
+    person_phone = excluded.person_phone, fonzip_user_id = excluded.fonzip_user_id,
+    version = excluded.version, source = excluded.source, data = excluded.data,
+    fetched_at = excluded.fetched_at, updated_at = excluded.updated_at
+WHERE excluded.version <> records.version AND excluded.fetched_at > records.fetched_at
+"""
+
+_HISTORY = f"""
+INSERT OR IGNORE INTO record_history (kind, fonzip_id, version, status, amount, currency,
+    occurred_at, business_date, source, data, fetched_at, written_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NOW})
+"""
+
+
+class SQLiteOptions(SinkOptions):
+    """``[sinks.<id>] type = "sqlite"``."""
+
+    path: Path
+    """The database file; created (with its parent directories) if missing."""
+
+
+def utc_text(value: dt.datetime) -> str:
+    """A datetime as UTC ISO-8601 with microseconds: sortable as text."""
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _row(record: Record) -> tuple[Any, ...]:
+    return (
+        str(record.kind),
+        record.fonzip_id,
+        record.status,
+        None if record.amount is None else str(record.amount),
+        record.currency,
+        None if record.occurred_at is None else utc_text(record.occurred_at),
+        None if record.business_date is None else record.business_date.isoformat(),
+        record.person.name,
+        record.person.email,
+        record.person.phone,
+        record.person.fonzip_user_id,
+        record.version,
+        str(record.source),
+        json.dumps(record.data, ensure_ascii=False, separators=(",", ":")),
+        utc_text(record.fetched_at),
+    )
+
+
+def _history_row(record: Record) -> tuple[Any, ...]:
+    r = _row(record)
+    return (r[0], r[1], record.version, r[2], r[3], r[4], r[5], r[6], r[12], r[13], r[14])
+
+
+class SQLiteSink(Sink):
+    """Upserts records into a SQLite file of your own (not fonzipd's state.db)."""
+
+    name: ClassVar[str] = "sqlite"
+    Options: ClassVar[type[SinkOptions]] = SQLiteOptions
+    batch_size: ClassVar[int] = 500
+
+    def __init__(self, options: SinkOptions, context: SinkContext) -> None:
+        super().__init__(options, context)
+        assert isinstance(options, SQLiteOptions)
+        self._path = options.path
+        self._db: aiosqlite.Connection | None = None
+        self._log = log.bind(sink_id=context.sink_id, path=str(self._path))
+
+    async def open(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self._path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise TransientSinkError(f"cannot open SQLite sink file {self._path}: {exc}") from exc
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            await db.close()
+            raise TransientSinkError(
+                f"cannot prepare SQLite sink file {self._path}: {exc}"
+            ) from exc
+        self._db = db
+        self._log.info("sink_opened")
+
+    async def write(self, batch: Sequence[Record]) -> None:
+        if self._db is None:
+            raise RuntimeError(f"SQLite sink {self.context.sink_id!r} is not open")
+        if not batch:
+            return
+        db = self._db
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                # Row by row, in order: two versions of one record in a batch must
+                # be applied in the order they were created.
+                await db.executemany(_UPSERT, [_row(r) for r in batch])
+                await db.executemany(_HISTORY, [_history_row(r) for r in batch])
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            # Locked, disk full, I/O error: all may pass. A corrupt file will not, and
+            # then the batch becomes dead letters after max_attempts, with this message.
+            raise TransientSinkError(f"SQLite sink {self._path}: {exc}") from exc
+        self._log.debug("batch_written", records=len(batch))
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+            self._log.info("sink_closed")

@@ -1,0 +1,103 @@
+"""The SQLite sink: conformance, upsert order, history, and failures as transient errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fonzipd.sink import TransientSinkError
+from fonzipd.sinks.sqlite import SQLiteOptions, SQLiteSink
+from fonzipd.testing import check_sink, context_for_tests, sample_records
+
+
+def _sink(tmp_path: Path, db: Path) -> SQLiteSink:
+    return SQLiteSink(SQLiteOptions(path=db), context_for_tests(tmp_path))
+
+
+def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute(sql))
+
+
+async def test_passes_the_conformance_suite(tmp_path: Path) -> None:
+    db = tmp_path / "nested" / "dir" / "out.db"
+
+    async def read_back() -> list[str]:
+        if not db.exists():
+            return []
+        rows = _query(
+            db,
+            "SELECT kind || ':' || fonzip_id || ':' || version FROM record_history ORDER BY rowid",
+        )
+        return [str(r[0]) for r in rows]
+
+    await check_sink(lambda: _sink(tmp_path, db), read_back)
+
+
+async def test_records_holds_the_latest_state_and_history_every_version(tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    recs = sample_records(6)
+    paid, refund = recs[0], recs[-1]
+    sink = _sink(tmp_path, db)
+    await sink.open()
+    await sink.write(recs)
+    # The older fetch of the paid version arrives again (a late reconcile): it must not win.
+    await sink.write([dataclasses.replace(paid, fetched_at=paid.fetched_at + dt.timedelta(1))])
+    await sink.close()
+
+    rows = _query(
+        db, f"SELECT status, version, amount, data FROM records WHERE fonzip_id = {paid.fonzip_id}"
+    )
+    assert rows == [("refund", refund.version, str(refund.amount), rows[0][3])]
+    assert '"refund_date"' in str(rows[0][3])
+    history = _query(
+        db, f"SELECT status FROM record_history WHERE fonzip_id = {paid.fonzip_id} ORDER BY rowid"
+    )
+    assert history == [("paid",), ("refund",)]
+    assert _query(db, "SELECT count(*) FROM records") == [(5,)]
+    assert _query(db, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_an_older_fetch_of_a_new_version_does_not_overwrite(tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    recs = sample_records(6)
+    paid, refund = recs[0], recs[-1]
+    stale = dataclasses.replace(paid, fetched_at=refund.fetched_at - dt.timedelta(hours=1))
+    sink = _sink(tmp_path, db)
+    await sink.open()
+    await sink.write([refund])
+    await sink.write([stale])
+    await sink.close()
+    assert _query(db, f"SELECT status FROM records WHERE fonzip_id = {paid.fonzip_id}") == [
+        ("refund",)
+    ]
+
+
+async def test_an_unusable_path_is_a_transient_error_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    sink = _sink(tmp_path, blocker / "out.db")
+    with pytest.raises(TransientSinkError, match="a-file"):
+        await sink.open()
+
+
+async def test_a_locked_database_is_transient(tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    sink = _sink(tmp_path, db)
+    await sink.open()
+    locker = sqlite3.connect(db, timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        await sink._db.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+        with pytest.raises(TransientSinkError, match="locked"):
+            await sink.write(sample_records(2))
+    finally:
+        locker.rollback()
+        locker.close()
+    await sink.write(sample_records(2))
+    await sink.close()
+    assert _query(db, "SELECT count(*) FROM record_history") == [(2,)]
