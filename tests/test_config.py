@@ -1,0 +1,144 @@
+"""Tests of the configuration: the file, the environment, and the errors users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fonzipd.config import ConfigError, ConfigWarning, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "a-long-enough-webhook-token"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    settings = load_config(ROOT / "config.example.toml")
+    assert settings.fonzip.timezone == "Europe/Istanbul"
+    assert settings.listener.port == 8787
+    assert set(settings.sinks) == {"archive", "spreadsheets", "crm"}
+    assert set(settings.enabled_sinks) == {"archive", "spreadsheets"}
+    text = (ROOT / "config.example.toml").read_text()
+    for section, model in (
+        ("fonzip", type(settings.fonzip)),
+        ("listener", type(settings.listener)),
+        ("state", type(settings.state)),
+        ("fetcher", type(settings.fetcher)),
+        ("logging", type(settings.logging)),
+    ):
+        for key in model.model_fields:
+            assert f"{key} =" in text, f"config.example.toml does not document {section}.{key}"
+
+
+def test_issue_example_with_relative_paths(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+[fonzip]
+base_url = "https://fonzip.com/api/v2"
+client_id = "id"
+client_secret = "s3cr3t-value"
+timezone = "Europe/Istanbul"
+requests_per_minute = 240
+
+[listener]
+host = "127.0.0.1"
+port = 8787
+path = "/fonzip/webhook"
+auth_token = "{TOKEN}"
+
+[state]
+path = "state/state.db"
+
+[fetcher]
+concurrency = 4
+
+[sinks.archive]
+type = "sqlite"
+path = "fonzip.db"
+""",
+    )
+    s = load_config(path)
+    assert s.state.path == (tmp_path / "state" / "state.db").resolve()
+    assert s.sinks["archive"].options == {"path": str((tmp_path / "fonzip.db").resolve())}
+    assert s.fonzip.client_secret is not None
+    assert s.fonzip.client_secret.get_secret_value() == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(s)
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        f'[listener]\nauth_token = "{TOKEN}"\n[sinks.a]\ntype = "sqlite"\npath = "/from/file.db"\n',
+    )
+    monkeypatch.setenv("FONZIPD_FONZIP__CLIENT_SECRET", "from-env")
+    monkeypatch.setenv("FONZIPD_LISTENER__PORT", "9999")
+    monkeypatch.setenv("FONZIPD_SINKS__A__PATH", "/from/env.db")
+    s = load_config(path)
+    assert s.fonzip.client_secret is not None
+    assert s.fonzip.client_secret.get_secret_value() == "from-env"
+    assert s.listener.port == 9999
+    assert s.sinks["a"].options["path"] == "/from/env.db"
+
+
+def test_unknown_keys_and_bad_values_name_the_key_and_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f'[listener]\nauth_token = "{TOKEN}"\nprot = 80\n[fonzip]\ntimezone = "Mars/Olympus"\n'
+        "requests_per_minute = 0\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert "listener.prot: unknown key" in text
+    assert "fonzip.timezone" in text
+    assert "Mars/Olympus" in text
+    assert "fonzip.requests_per_minute" in text
+
+
+def test_secrets_are_not_echoed_in_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, '[listener]\nauth_token = "short"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "at least 16 characters" in str(err.value)
+    assert "short" not in str(err.value)
+
+
+def test_listener_needs_a_token_or_an_explicit_opt_out(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="auth_token is required"):
+        load_config(write(tmp_path, "[listener]\nport = 8787\n"))
+    s = load_config(write(tmp_path, "[listener]\nallow_unauthenticated = true\n"))
+    assert s.listener.auth_token is None
+
+
+def test_rate_above_fonzips_limit_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, f'[listener]\nauth_token = "{TOKEN}"\n[fonzip]\nrequests_per_minute = 1000\n'
+    )
+    with pytest.warns(ConfigWarning, match="above Fonzip's documented 240"):
+        s = load_config(path)
+    assert s.fonzip.requests_per_minute == 1000
+
+
+def test_syntax_errors_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[listener\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'[fonzip]\ntimezone = "\xe7"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(bad)
+
+
+def test_sink_ids_are_validated(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[listener]\nauth_token = "{TOKEN}"\n[sinks."Bad Id"]\ntype = "csv"\n')
+    with pytest.raises(ConfigError, match="sinks"):
+        load_config(path)
