@@ -1,0 +1,273 @@
+"""The HTTP forwarder: POSTs records as JSON, signed the Standard Webhooks way.
+
+Each record is one POST of ``Record.to_json_dict()`` (or, with ``batch_mode``, one
+POST of ``{"records": [...]}`` per batch), with the headers of the Standard Webhooks
+convention (https://www.standardwebhooks.com):
+
+* ``webhook-id``: the record's key (batch mode: ``batch_`` + a hash of the keys), the
+  same on every retry, so that the receiver can drop duplicates: delivery is at least
+  once, the id makes it once in effect;
+* ``webhook-timestamp``: Unix seconds of this attempt;
+* ``webhook-signature``: ``v1,`` + base64 of HMAC-SHA256 over ``id.timestamp.body``
+  with the secret's bytes (``whsec_<base64>`` is decoded; any other value is used as
+  its UTF-8 bytes).
+
+Answers: 2xx delivers. 408, 409, 429 (``Retry-After`` honoured), 5xx, network errors
+and timeouts are transient. 409 is treated as transient, as the issue specifies, even
+though some receivers answer it for a duplicate they already hold: such a receiver
+should answer 2xx for a duplicate instead, or the record retries until dead. Any other
+status (other 4xx, 3xx: redirects are not followed) is permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+import pydantic
+import structlog
+from pydantic import Field, SecretStr
+
+import fonzipd
+from fonzipd.sink import (
+    PermanentSinkError,
+    Record,
+    Sink,
+    SinkConfigError,
+    SinkContext,
+    SinkOptions,
+    TransientSinkError,
+)
+
+log = structlog.get_logger(__name__)
+
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+_SIGNED_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
+_EXCERPT = 200
+
+
+class HTTPOptions(SinkOptions):
+    """``[sinks.<id>] type = "http"``."""
+
+    url: pydantic.AnyHttpUrl
+    """Where to POST."""
+    secret: SecretStr
+    """Standard Webhooks signing secret: ``whsec_<base64>``, or any string used as is."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra headers (``Authorization``...); a value ``env:NAME`` is read from $NAME at open."""
+    batch_mode: bool = False
+    """One POST of ``{"records": [...]}`` per batch instead of one POST per record."""
+    timeout: float = Field(default=10, gt=0)
+    """Seconds for one request, connection included."""
+    concurrency: int = Field(default=1, ge=1, le=64)
+    """Records of a batch in flight at once (single mode; versions of one record stay in order)."""
+
+    @pydantic.field_validator("secret")
+    @classmethod
+    def _decodable(cls, value: SecretStr) -> SecretStr:
+        secret_bytes(value)
+        return value
+
+    @pydantic.field_validator("headers")
+    @classmethod
+    def _not_signature_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        clash = sorted(k for k in value if k.lower() in _SIGNED_HEADERS)
+        if clash:
+            raise ValueError(f"{', '.join(clash)} is set by the signature; remove it")
+        return value
+
+
+def secret_bytes(secret: SecretStr) -> bytes:
+    """The HMAC key: ``whsec_`` secrets are base64-decoded, others used as UTF-8."""
+    raw = secret.get_secret_value()
+    if not raw:
+        raise ValueError("must not be empty")
+    if raw.startswith("whsec_"):
+        try:
+            return base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("whsec_ secret is not valid base64") from None
+    return raw.encode()
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value of one message."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def batch_id(keys: Sequence[str]) -> str:
+    """The stable ``webhook-id`` of a batch: the same keys in the same order, the same id."""
+    return "batch_" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class HTTPSink(Sink):
+    """Forwards records to an HTTP endpoint, signed, with a stable idempotency id."""
+
+    name: ClassVar[str] = "http"
+    Options: ClassVar[type[SinkOptions]] = HTTPOptions
+    batch_size: ClassVar[int] = 1
+
+    def __init__(self, options: SinkOptions, context: SinkContext) -> None:
+        super().__init__(options, context)
+        assert isinstance(options, HTTPOptions)
+        self._opts = options
+        self._key = secret_bytes(options.secret)
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
+        # The URL may hold credentials in its query: log only scheme, host and path.
+        url = options.url
+        self._log = log.bind(
+            sink_id=context.sink_id, url=f"{url.scheme}://{url.host}:{url.port}{url.path or ''}"
+        )
+
+    def preferred_batch_size(self) -> int:
+        if self._opts.batch_mode:
+            return 100
+        return self._opts.concurrency
+
+    async def open(self) -> None:
+        headers = {"User-Agent": f"fonzipd/{fonzipd.__version__}"}
+        for name, value in self._opts.headers.items():
+            if value.startswith("env:"):
+                var = value.removeprefix("env:")
+                found = os.environ.get(var)
+                if found is None:
+                    raise SinkConfigError(
+                        f"sinks.{self.context.sink_id}.headers.{name}: the environment "
+                        f"variable {var} is not set"
+                    )
+                value = found
+            headers[name] = value
+        self._headers = headers
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._opts.timeout)
+        )
+        self._log.info("sink_opened", batch_mode=self._opts.batch_mode)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+            self._log.info("sink_closed")
+
+    async def write(self, batch: Sequence[Record]) -> None:
+        if self._session is None:
+            raise RuntimeError(f"HTTP sink {self.context.sink_id!r} is not open")
+        if not batch:
+            return
+        if self._opts.batch_mode:
+            keys = [r.key for r in batch]
+            body = {"records": [r.to_json_dict() for r in batch]}
+            await self._post(self._session, batch_id(keys), body, failed_keys=None)
+        else:
+            await self._write_each(self._session, batch)
+        self._log.debug("batch_written", records=len(batch))
+
+    async def _write_each(self, session: aiohttp.ClientSession, batch: Sequence[Record]) -> None:
+        # Versions of one record go one after the other, in order; distinct records
+        # go up to `concurrency` at once.
+        chains: dict[tuple[str, int], list[Record]] = {}
+        for record in batch:
+            chains.setdefault((str(record.kind), record.fonzip_id), []).append(record)
+        slots = asyncio.Semaphore(self._opts.concurrency)
+        transient: list[TransientSinkError] = []
+        permanent: list[PermanentSinkError] = []
+
+        async def send_chain(records: list[Record]) -> None:
+            for record in records:
+                async with slots:
+                    try:
+                        await self._post(
+                            session, record.key, record.to_json_dict(), failed_keys=[record.key]
+                        )
+                    except TransientSinkError as exc:
+                        transient.append(exc)
+                        return  # a later version must not overtake this one
+                    except PermanentSinkError as exc:
+                        permanent.append(exc)  # dead anyway: later versions may go
+
+        async with asyncio.TaskGroup() as group:
+            for records in chains.values():
+                group.create_task(send_chain(records))
+        if transient:
+            # The whole batch is retried; the receiver drops what it has by webhook-id.
+            waits = [e.retry_after for e in transient if e.retry_after is not None]
+            raise TransientSinkError(
+                f"{len(transient)} of {len(batch)} record(s) not delivered: {transient[0]}",
+                retry_after=max(waits) if waits else None,
+            )
+        if permanent:
+            failed = frozenset().union(*(e.failed_keys or () for e in permanent))
+            raise PermanentSinkError(
+                f"{len(failed)} of {len(batch)} record(s) rejected: {permanent[0]}",
+                failed_keys=failed,
+            )
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        msg_id: str,
+        payload: dict[str, Any],
+        *,
+        failed_keys: list[str] | None,
+    ) -> None:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = int(self.context.clock.now().timestamp())
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self._key, msg_id, timestamp, body),
+        }
+        url = str(self._opts.url)
+        try:
+            async with session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    return
+                excerpt = (await response.content.read(4 * _EXCERPT)).decode(
+                    "utf-8", errors="replace"
+                )[:_EXCERPT]
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), self.context.clock.now().timestamp()
+                )
+        except TimeoutError as exc:
+            raise TransientSinkError(
+                f"HTTP sink: no answer within {self._opts.timeout:g} s for {msg_id}"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TransientSinkError(
+                f"HTTP sink: {type(exc).__name__} for {msg_id}: {exc}"
+            ) from exc
+        message = f"HTTP sink: {status} for {msg_id}: {excerpt!r}"
+        self._log.warning("delivery_refused", webhook_id=msg_id, status=status)
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            raise TransientSinkError(message, retry_after=retry_after)
+        raise PermanentSinkError(message, failed_keys=failed_keys)

@@ -1,0 +1,266 @@
+"""The HTTP forwarder against a real receiver on 127.0.0.1 that checks every signature."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog.testing
+from aiohttp import web
+from pydantic import SecretStr, ValidationError
+
+from fonzipd.sink import PermanentSinkError, SinkConfigError, SinkContext, TransientSinkError
+from fonzipd.sinks.http import HTTPOptions, HTTPSink, batch_id, parse_retry_after
+from fonzipd.testing import ISTANBUL, check_sink, sample_records
+
+SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
+NOW = dt.datetime(2025, 3, 12, 9, 0, tzinfo=dt.UTC)
+
+
+class FixedClock:
+    def now(self) -> dt.datetime:
+        return NOW
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("the sink must not sleep")
+
+
+@dataclass
+class Receiver:
+    """A Standard Webhooks receiver: verifies signatures, keeps messages by webhook-id."""
+
+    url: str = ""
+    answers: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
+    hang: bool = False
+    messages: dict[str, Any] = field(default_factory=dict)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    bad_signatures: int = 0
+    requests: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        body = await request.read()
+        msg_id = request.headers["webhook-id"]
+        ts = request.headers["webhook-timestamp"]
+        key = base64.b64decode(SECRET.removeprefix("whsec_"))
+        expected = base64.b64encode(
+            hmac.new(key, msg_id.encode() + b"." + ts.encode() + b"." + body, "sha256").digest()
+        ).decode()
+        given = request.headers["webhook-signature"].split(" ")
+        if f"v1,{expected}" not in given:
+            self.bad_signatures += 1
+            return web.Response(status=401, text="bad signature")
+        self.headers.append(dict(request.headers))
+        if self.hang:
+            await self.released.wait()
+        if self.answers:
+            status, headers, text = self.answers.pop(0)
+            return web.Response(status=status, headers=headers, text=text)
+        self.messages.setdefault(msg_id, json.loads(body))
+        return web.Response(status=204)
+
+    async def keys(self) -> list[str]:
+        return list(self.messages)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rec.url = f"http://127.0.0.1:{port}/hook"
+    yield rec
+    rec.released.set()
+    await runner.cleanup()
+
+
+def _sink(tmp_path: Path, receiver: Receiver, **options: Any) -> HTTPSink:
+    opts = HTTPOptions(url=receiver.url, secret=SecretStr(SECRET), **options)
+    context = SinkContext("forward", tmp_path, ISTANBUL, clock=FixedClock())
+    return HTTPSink(opts, context)
+
+
+async def test_passes_the_conformance_suite(tmp_path: Path, receiver: Receiver) -> None:
+    await check_sink(lambda: _sink(tmp_path, receiver, concurrency=4), receiver.keys)
+    assert receiver.bad_signatures == 0
+
+
+async def test_batch_mode_passes_the_conformance_suite(tmp_path: Path, receiver: Receiver) -> None:
+    async def keys() -> list[str]:
+        return list(
+            dict.fromkeys(r["key"] for m in receiver.messages.values() for r in m["records"])
+        )
+
+    await check_sink(lambda: _sink(tmp_path, receiver, batch_mode=True), keys)
+    assert receiver.bad_signatures == 0
+
+
+async def test_posts_the_record_json_signed_with_its_key(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    recs = sample_records(3)
+    sink = _sink(tmp_path, receiver, headers={"Authorization": "Bearer abc"})
+    with structlog.testing.capture_logs() as logs:
+        await sink.open()
+        await sink.write(recs)
+        receiver.answers.append((400, {}, "no"))
+        with pytest.raises(PermanentSinkError):
+            await sink.write(sample_records(5)[3:4])
+        await sink.close()
+    assert logs
+    assert "Bearer abc" not in repr(logs)
+    assert SECRET.removeprefix("whsec_") not in repr(logs)
+    assert receiver.messages == {r.key: r.to_json_dict() for r in recs}
+    assert all(h["webhook-timestamp"] == str(int(NOW.timestamp())) for h in receiver.headers)
+    assert all(h["Authorization"] == "Bearer abc" for h in receiver.headers)
+
+
+async def test_header_values_can_come_from_the_environment(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FONZIPD_TEST_TOKEN", "Bearer from-env")
+    sink = _sink(tmp_path, receiver, headers={"Authorization": "env:FONZIPD_TEST_TOKEN"})
+    await sink.open()
+    await sink.write(sample_records(2)[:1])
+    await sink.close()
+    assert receiver.headers[0]["Authorization"] == "Bearer from-env"
+
+    monkeypatch.delenv("FONZIPD_TEST_TOKEN")
+    with pytest.raises(SinkConfigError, match=r"headers\.Authorization.*FONZIPD_TEST_TOKEN"):
+        await _sink(tmp_path, receiver, headers={"Authorization": "env:FONZIPD_TEST_TOKEN"}).open()
+
+
+async def test_batch_mode_sends_one_post_with_a_stable_id(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    recs = sample_records(5)
+    sink = _sink(tmp_path, receiver, batch_mode=True)
+    assert sink.preferred_batch_size() == 100
+    await sink.open()
+    await sink.write(recs)
+    await sink.write(recs)
+    await sink.close()
+    assert receiver.requests == 2
+    assert list(receiver.messages) == [batch_id([r.key for r in recs])]
+    assert receiver.messages[batch_id([r.key for r in recs])]["records"] == [
+        r.to_json_dict() for r in recs
+    ]
+
+
+@pytest.mark.parametrize("status", [500, 503, 408, 409])
+async def test_server_errors_are_transient_and_recover(
+    tmp_path: Path, receiver: Receiver, status: int
+) -> None:
+    recs = sample_records(2)[:1]
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    receiver.answers.append((status, {}, "try later"))
+    with pytest.raises(TransientSinkError, match=str(status)):
+        await sink.write(recs)
+    await sink.write(recs)
+    await sink.close()
+    assert list(receiver.messages) == [recs[0].key]
+
+
+async def test_429_is_transient_with_retry_after(tmp_path: Path, receiver: Receiver) -> None:
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    receiver.answers.append((429, {"Retry-After": "17"}, "slow down"))
+    with pytest.raises(TransientSinkError) as caught:
+        await sink.write(sample_records(2)[:1])
+    await sink.close()
+    assert caught.value.retry_after == 17.0
+
+
+async def test_400_is_permanent_with_a_short_excerpt(tmp_path: Path, receiver: Receiver) -> None:
+    recs = sample_records(4)[:2]
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    receiver.answers.append((400, {}, "invalid amount " + "x" * 1000))
+    with pytest.raises(PermanentSinkError, match="400") as caught:
+        await sink.write(recs)
+    await sink.close()
+    assert caught.value.failed_keys == frozenset({recs[0].key})
+    assert "invalid amount" in str(caught.value)
+    assert str(caught.value).count("x") <= 200
+    assert list(receiver.messages) == [recs[1].key]  # the other one was delivered
+
+
+async def test_a_timeout_is_transient(tmp_path: Path, receiver: Receiver) -> None:
+    sink = _sink(tmp_path, receiver, timeout=0.2)
+    await sink.open()
+    receiver.hang = True
+    with pytest.raises(TransientSinkError, match=r"no answer within 0\.2 s"):
+        await sink.write(sample_records(2)[:1])
+    receiver.hang = False
+    receiver.released.set()
+    await sink.write(sample_records(2)[:1])
+    await sink.close()
+    assert len(receiver.messages) == 1
+
+
+async def test_a_refused_connection_is_transient(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.url = "http://127.0.0.1:9/hook"  # discard port: nothing listens
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    with pytest.raises(TransientSinkError):
+        await sink.write(sample_records(2)[:1])
+    await sink.close()
+
+
+async def test_a_transient_failure_stops_later_versions_of_that_record(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    recs = sample_records(2)  # a payment and its refund
+    sink = _sink(tmp_path, receiver, concurrency=4)
+    await sink.open()
+    receiver.answers.append((503, {}, ""))
+    with pytest.raises(TransientSinkError):
+        await sink.write(recs)
+    assert receiver.messages == {}
+    await sink.write(recs)
+    await sink.close()
+    assert list(receiver.messages) == [r.key for r in recs]
+
+
+def test_options_reject_bad_secrets_and_signature_headers() -> None:
+    with pytest.raises(ValidationError, match="base64"):
+        HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr("whsec_!!!"))
+    with pytest.raises(ValidationError, match="webhook-id"):
+        HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr("s"), headers={"webhook-id": "x"})
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    now = NOW.timestamp()
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after("Wed, 12 Mar 2025 09:01:00 GMT", now) == 60.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_raw_secret_signs_with_its_utf8_bytes() -> None:
+    from fonzipd.sinks.http import sign
+
+    body = b'{"a":1}'
+    expected = base64.b64encode(
+        hmac.new(b"raw-secret", b"id1.5." + body, hashlib.sha256).digest()
+    ).decode()
+    assert sign(b"raw-secret", "id1", 5, body) == "v1," + expected
