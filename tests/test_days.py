@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import subprocess
+import sys
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -326,3 +328,11 @@ def test_schedule_properties(
         assert next_due > now
         assert schedule.due_date(next_due, last) is not None
         assert schedule.due_date(next_due - dt.timedelta(microseconds=1), last) is None
+
+
+def test_the_module_does_no_io_and_needs_no_aiohttp() -> None:
+    probe = "import sys, fonzipd.days; print(any(m.startswith('aiohttp') for m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
