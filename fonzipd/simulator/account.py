@@ -161,7 +161,10 @@ class Account:
                 status = FAILED if self._rng.random() < 0.12 else PAID
                 if kind is Kind.CAMPAIGN:
                     status = 0
-                self.add(kind, when=when, status=status)
+                elif index < 3:
+                    status = PAID  # boundary records stay paid, so paid lists show them
+                entry = self.add(kind, when=when, status=status)
+                entry.extra["boundary"] = index < 3
 
     def _generate_refunds(self, first: dt.date, last: dt.date) -> None:
         """Refund some paid objects, mostly on a later day than they were paid."""
@@ -171,7 +174,7 @@ class Account:
             paid = [
                 e
                 for e in self.entries[kind].values()
-                if e.payment_status == PAID and e.amount is not None
+                if e.payment_status == PAID and e.amount is not None and not e.extra.get("boundary")
             ]
             for entry in self._rng.sample(paid, k=max(1, len(paid) // 10)):
                 paid_day = entry.when.astimezone(self.zone).date()

@@ -195,7 +195,9 @@ def _error(status: int, message: str) -> NoReturn:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, default=str, ensure_ascii=False))
+    return web.json_response(
+        data, status=status, dumps=lambda v: json.dumps(v, default=str, ensure_ascii=False)
+    )
 
 
 class Simulator:
