@@ -242,7 +242,9 @@ def complete_date(kind: Kind, obj: dict[str, Any], sim: Simulator) -> str:
     if kind is Kind.FORM_ANSWER:
         return str(obj["complete_date"])
     if kind is Kind.ECARD_SALE:
-        return next(r["transaction__complete_date"] for r in sim.rows(kind) if r["id"] == obj["id"])
+        return next(
+            str(r["transaction__complete_date"]) for r in sim.rows(kind) if r["id"] == obj["id"]
+        )
     return str(obj["transaction"]["complete_date"])
 
 
@@ -449,6 +451,15 @@ async def test_debts_answer_only_on_the_debt_path(api: Api, sim: Simulator) -> N
     assert body["subscription"]["id"] == debt
     assert (await api.get(f"/subscription/{payment}"))[0] == 200
     assert (await api.get(f"/debt/{payment}"))[0] == 404
+
+
+async def test_created_debt_is_found_only_on_the_debt_path(api: Api, sim: Simulator) -> None:
+    debt, status = await sim.create_event(Kind.MEMBERSHIP_FEE, debt=True, deliver=False)
+    assert status == 3
+    assert (await api.get(f"/subscription/{debt}"))[0] == 404
+    assert (await api.get(f"/debt/{debt}"))[1]["subscription"]["status"] == 8
+    _, listed = await api.get("/subscriptions", {**day_window(DAY), "how_many": "100"})
+    assert debt in {r["id"] for r in listed["subscription_list"]}
 
 
 async def test_form_answer_detail_needs_the_right_form(api: Api, sim: Simulator) -> None:

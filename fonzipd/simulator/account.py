@@ -216,13 +216,14 @@ class Account:
             extra["message"] = rng.choice(_MESSAGES)
             extra["donor_type"] = "corporate" if rng.random() < 0.1 else "personal"
         elif kind is Kind.MEMBERSHIP_FEE:
-            extra["is_debt"] = rng.random() < 0.25
+            extra["is_debt"] = rng.random() < 0.2
             extra["period"] = when.astimezone(self.zone).date().replace(day=1)
         elif kind is Kind.TICKET_SALE:
             extra["event"] = rng.choice(_EVENTS)
             extra["quantity"] = rng.randint(1, 3)
         elif kind is Kind.FORM_ANSWER:
-            form = rng.choice(FORMS)
+            # A failed payment needs a paid form: free forms have no transaction.
+            form = rng.choice(FORMS if status != FAILED else [f for f in FORMS if f[2]])
             extra["form"] = form
             extra["approval_status"] = rng.choice(
                 (APPROVED, APPROVED, APPROVED, WAITING_APPROVAL, REJECTED)

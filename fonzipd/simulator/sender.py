@@ -53,8 +53,9 @@ class Delivery:
 class Sender:
     """Sends notifications in background tasks and logs every attempt in ``deliveries``.
 
-    An attempt fails on a non-2xx answer, a connection error or a timeout; after
-    ``len(retry_delays) + 1`` attempts (3 by default) the notification is abandoned.
+    An attempt fails on a non-2xx answer, a connection error or a timeout (``timeout``
+    seconds). Attempts are ``retry_delays`` apart (1 s, then 2 s by default; Fonzip does
+    not document its gaps); after the third failed attempt the notification is abandoned.
     """
 
     def __init__(

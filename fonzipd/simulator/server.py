@@ -340,16 +340,21 @@ class Simulator:
         status: int = 3,
         deliver: bool = True,
         when: dt.datetime | None = None,
+        debt: bool | None = None,
     ) -> tuple[int, int]:
         """Create a new object and notify the webhooks; return (id, webhook status).
 
         ``status`` is 3 (paid) or 5 (failed); campaigns ignore it and notify 0.
+        ``debt`` (membership fees only) forces the object to be a debt (True: only
+        ``/debt/{id}`` answers) or a payment (False); None leaves it to the seed.
         """
         if kind is not Kind.CAMPAIGN and status not in (PAID, FAILED):
             raise ValueError(f"status must be 3 (paid) or 5 (failed), got {status!r}")
         if when is not None and when.tzinfo is None:
             raise ValueError("when must be aware (have a timezone)")
         entry = self.account.add(kind, when=when or self.clock.now(), status=status)
+        if kind is Kind.MEMBERSHIP_FEE and debt is not None:
+            entry.extra["is_debt"] = debt
         webhook_status = 0 if kind is Kind.CAMPAIGN else status
         if deliver:
             self._notify(kind, entry.id, webhook_status)
@@ -871,6 +876,7 @@ class Simulator:
                 status=int(body.get("status", 3)),
                 deliver=bool(body.get("deliver", True)),
                 when=when,
+                debt=None if body.get("debt") is None else bool(body["debt"]),
             )
         except ValueError as exc:
             _error(400, str(exc))
