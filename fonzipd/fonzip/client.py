@@ -1,0 +1,741 @@
+"""The Fonzip API client: one session, the token, the shared rate limit, retries, typed errors.
+
+Every call goes through ``_send``: wait for the rate limiter (live work first), attach
+the token, send, and sort the answer: 2xx is returned; 401 drops the token and retries
+once with a fresh one; 429, 5xx, network errors and timeouts are retried with
+exponential backoff and jitter (the ``backoff`` package's generators, waiting on the
+injected clock), honouring ``Retry-After`` when Fonzip sends one; anything else raises
+a typed FonzipError naming the endpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import email.utils
+import json
+import re
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+import backoff
+import structlog
+
+from fonzipd import __version__
+from fonzipd.clock import SYSTEM_CLOCK, Clock
+from fonzipd.config import FonzipSettings
+from fonzipd.fonzip.endpoints import (
+    ECARD_FIELDS_FROM_LIST,
+    ENDPOINTS,
+    HOW_MANY,
+    Detail,
+    ListPage,
+    ListResult,
+    format_query_datetime,
+    max_pages,
+    parse_fonzip_datetime,
+    validate_detail,
+    validate_list,
+    validate_rows,
+)
+from fonzipd.fonzip.errors import (
+    FonzipBadResponse,
+    FonzipError,
+    FonzipNotFound,
+    FonzipRateLimited,
+    FonzipRequestError,
+    FonzipUnauthorized,
+    FonzipUnavailable,
+)
+from fonzipd.fonzip.limiter import Priority, RateLimiter
+from fonzipd.fonzip.token import StoredToken, TokenManager, TokenStore, token_key
+from fonzipd.kinds import Kind
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = f"fonzipd/{__version__}"
+RETRY_AFTER_CAP = 60.0
+"""Longest Retry-After honoured, in seconds."""
+BLOCKED_STATUSES = frozenset({520, 521, 523})
+BLOCKED_HINT = "Fonzip is blocking this IP; contact Fonzip support (help@fonzip.com) with it"
+SEARCH_DAYS_BACK = 3
+"""Days before today searched for a list row the webhook does not give (form id, e-card date)."""
+WEBHOOK_EVENTS = (
+    "DONATION",
+    "SUBSCRIPTION",
+    "TICKET",
+    "FORM",
+    "CERTIFICATE_SALE",
+    "FUNDRAISING_CAMPAIGN",
+)
+_WEBHOOK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,99}$")
+
+
+class FormIdCache(Protocol):
+    """Which form each form answer belongs to (the op-4 webhook does not say)."""
+
+    async def get(self, answer_id: int) -> int | None:
+        """The form id of ``answer_id``, or None when unknown."""
+        ...
+
+    async def put_many(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Remember ``(answer_id, form_id)`` pairs."""
+        ...
+
+
+class MemoryFormIdCache:
+    """A FormIdCache in memory."""
+
+    def __init__(self) -> None:
+        self.form_of: dict[int, int] = {}
+
+    async def get(self, answer_id: int) -> int | None:
+        return self.form_of.get(answer_id)
+
+    async def put_many(self, pairs: Iterable[tuple[int, int]]) -> None:
+        self.form_of.update(pairs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+
+
+class FonzipClient:
+    """Reads Fonzip for fonzipd; the only code that knows Fonzip's HTTP API.
+
+    Use as ``async with FonzipClient(settings, token_store=...) as client``. One
+    instance (and one RateLimiter) per process: they are what keeps the process
+    under Fonzip's rate limit and its single live token.
+
+    ``retry_base`` and ``retry_cap`` shape the backoff (first wait, longest wait, in
+    seconds); ``token_wait`` bounds how long a call waits for a token that Fonzip's
+    409 withholds (None: until it can be had).
+    """
+
+    def __init__(
+        self,
+        settings: FonzipSettings,
+        *,
+        token_store: TokenStore,
+        limiter: RateLimiter | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        form_ids: FormIdCache | None = None,
+        session: aiohttp.ClientSession | None = None,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+        token_wait: float | None = None,
+    ) -> None:
+        fixed = settings.access_token.get_secret_value() if settings.access_token else None
+        if fixed is None and (settings.client_id is None or settings.client_secret is None):
+            raise ValueError(
+                "Fonzip credentials missing: set fonzip.client_id and fonzip.client_secret "
+                "(FONZIPD_FONZIP__CLIENT_ID, FONZIPD_FONZIP__CLIENT_SECRET) or a fixed "
+                "FONZIPD_FONZIP__ACCESS_TOKEN"
+            )
+        self.settings = settings
+        self._base = str(settings.base_url).rstrip("/")
+        self._clock = clock
+        self.limiter = limiter or RateLimiter(settings.effective_rate, clock=clock)
+        self.form_ids: FormIdCache = form_ids or MemoryFormIdCache()
+        self._session = session
+        self._own_session = session is None
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._token_wait = token_wait
+        client_id = settings.client_id.get_secret_value() if settings.client_id else ""
+        self.tokens = TokenManager(
+            key=token_key(self._base, client_id),
+            store=token_store,
+            issue=self._issue_token,
+            clock=clock,
+            fixed_token=fixed,
+        )
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        """Requests made, by ``(endpoint template, HTTP status or "network")``."""
+        self.retries = 0
+        """Requests sent again after a 429, 5xx, network error or timeout."""
+
+    async def __aenter__(self) -> FonzipClient:
+        self._ensure_session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop a pending token request and close the session if this client made it."""
+        await self.tokens.aclose()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+            )
+        return self._session
+
+    # -- the wire -------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        *,
+        priority: Priority,
+        params: Sequence[tuple[str, str]] | None = None,
+        json_body: object = None,
+        form: dict[str, str] | None = None,
+        auth: bool = True,
+        idempotent: bool = True,
+        passthrough: Collection[int] = (),
+    ) -> _Answer:
+        endpoint = f"{method} {path}"
+        session = self._ensure_session()
+        delays = backoff.expo(base=2, factor=self._retry_base, max_value=self._retry_cap)
+        next(delays)  # backoff's generators start primed with a None
+        attempt = 0
+        refreshed = False
+        while True:
+            await self.limiter.acquire(priority)
+            headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+            token = ""
+            if auth:
+                token = await self.tokens.get(wait=self._token_wait)
+                headers["Authorization"] = f"Bearer {token}"
+            try:
+                async with session.request(
+                    method,
+                    self._base + path,
+                    params=params,
+                    json=json_body,
+                    data=form,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+                ) as resp:
+                    status = resp.status
+                    body = await resp.read()
+                    retry_after = resp.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.calls[template, "network"] += 1
+                reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                never_arrived = isinstance(exc, aiohttp.ClientConnectorError)
+                if attempt >= self.settings.max_retries or not (idempotent or never_arrived):
+                    raise FonzipUnavailable(
+                        endpoint, f"no answer after {attempt + 1} attempt(s): {reason}"
+                    ) from exc
+                attempt += 1
+                await self._wait_retry(endpoint, attempt, next(delays), None, reason)
+                continue
+            self.calls[template, str(status)] += 1
+            if 200 <= status < 300 or status in passthrough:
+                return _Answer(status, body)
+            text = _error_text(body)
+            if status == 401 and auth:
+                if not refreshed and not self.tokens.fixed:
+                    refreshed = True
+                    await self.tokens.invalidate(token)
+                    continue
+                why = (
+                    "the fixed access token (FONZIPD_FONZIP__ACCESS_TOKEN) was refused"
+                    if self.tokens.fixed
+                    else "refused even a freshly issued token"
+                )
+                raise FonzipUnauthorized(endpoint, why, status=status, error_text=text)
+            if status == 403:
+                why = "no permission"
+                if text and "1010" in text:
+                    why = "Cloudflare refused the request (error 1010: User-Agent or IP)"
+                raise FonzipUnauthorized(endpoint, why, status=status, error_text=text)
+            if status == 404:
+                raise FonzipNotFound(endpoint, "not found", status=status, error_text=text)
+            if status == 429 or status >= 500:
+                blocked = status in BLOCKED_STATUSES
+                if blocked:
+                    log.error(
+                        "fonzip_ip_blocked", endpoint=endpoint, status=status, hint=BLOCKED_HINT
+                    )
+                if attempt >= self.settings.max_retries or (status != 429 and not idempotent):
+                    if status == 429:
+                        raise FonzipRateLimited(
+                            endpoint,
+                            f"still rate limited after {attempt + 1} attempt(s)",
+                            status=status,
+                            error_text=text,
+                        )
+                    raise FonzipUnavailable(
+                        endpoint,
+                        BLOCKED_HINT if blocked else f"failed after {attempt + 1} attempt(s)",
+                        status=status,
+                        error_text=text,
+                        blocked=blocked,
+                    )
+                attempt += 1
+                await self._wait_retry(
+                    endpoint,
+                    attempt,
+                    next(delays),
+                    retry_after,
+                    f"HTTP {status}",
+                    pause=status == 429,
+                )
+                continue
+            raise FonzipRequestError(endpoint, "request refused", status=status, error_text=text)
+
+    async def _wait_retry(
+        self,
+        endpoint: str,
+        attempt: int,
+        base_delay: float,
+        retry_after: str | None,
+        reason: str,
+        *,
+        pause: bool = False,
+    ) -> None:
+        told = _parse_retry_after(retry_after, self._clock.now())
+        delay = min(told, RETRY_AFTER_CAP) if told is not None else backoff.full_jitter(base_delay)
+        self.retries += 1
+        log.warning(
+            "fonzip_call_retried",
+            endpoint=endpoint,
+            attempt=attempt,
+            reason=reason,
+            wait=round(delay, 3),
+            retry_after=retry_after,
+        )
+        if pause:
+            # Fonzip counts per account: everyone holds back, not just this caller.
+            self.limiter.pause(delay)
+        else:
+            await self._clock.sleep(delay)
+
+    async def _get_json(
+        self,
+        path: str,
+        template: str,
+        *,
+        priority: Priority,
+        params: Sequence[tuple[str, str]] | None = None,
+    ) -> object:
+        answer = await self._send("GET", path, template, priority=priority, params=params)
+        return _parse_json(f"GET {path}", answer)
+
+    async def _issue_token(self) -> StoredToken | None:
+        settings = self.settings
+        if settings.client_id is None or settings.client_secret is None:
+            raise FonzipUnauthorized("POST /token", "no client_id/client_secret configured")
+        requested_at = self._clock.now()
+        answer = await self._send(
+            "POST",
+            "/token",
+            "POST /token",
+            priority=Priority.LIVE,
+            form={
+                "grant_type": "client_credentials",
+                "client_id": settings.client_id.get_secret_value(),
+                "client_secret": settings.client_secret.get_secret_value(),
+            },
+            auth=False,
+            passthrough=(401, 403, 409),
+        )
+        text = _error_text(answer.body)
+        if answer.status == 409:
+            if text and "already created" not in text.lower():
+                log.warning("token_conflict_unrecognised", error_text=text)
+            return None
+        if answer.status in (401, 403):
+            hint = ""
+            if text and "1010" in text:
+                hint = " (Cloudflare error 1010: the request's User-Agent or IP was refused)"
+            raise FonzipUnauthorized(
+                "POST /token",
+                "Fonzip refused the API key; check FONZIPD_FONZIP__CLIENT_ID and "
+                f"FONZIPD_FONZIP__CLIENT_SECRET (not retried){hint}",
+                status=answer.status,
+                error_text=text,
+            )
+        body = _parse_json("POST /token", answer)
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise FonzipBadResponse("POST /token", "no 'access_token' string in the answer")
+        if not body["access_token"]:
+            raise FonzipBadResponse("POST /token", "'access_token' is empty")
+        expires_in = body.get("expires_in")
+        if (
+            not isinstance(expires_in, int | float)
+            or isinstance(expires_in, bool)
+            or expires_in <= 0
+        ):
+            log.warning("token_expiry_missing", expires_in=repr(expires_in), assumed=3600)
+            expires_in = 3600
+        # Counted from before the request: the token may have been issued a moment earlier.
+        return StoredToken(
+            body["access_token"], expires_at=requested_at + dt.timedelta(seconds=expires_in)
+        )
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def me(self) -> dict[str, Any]:
+        """``GET /me``: the association; a cheap check of the connection and credentials."""
+        body = await self._get_json("/me", "GET /me", priority=Priority.LIVE)
+        if not isinstance(body, dict):
+            raise FonzipBadResponse("GET /me", "expected a JSON object")
+        return body
+
+    async def fetch_detail(
+        self,
+        kind: Kind,
+        fonzip_id: int,
+        *,
+        priority: Priority = Priority.LIVE,
+        list_row: dict[str, Any] | None = None,
+    ) -> Detail:
+        """The object ``fonzip_id`` of ``kind``, as its detail endpoint returns it.
+
+        Handles the kinds' traps: dues ids that are debts, form answers whose form is
+        unknown, e-card details without date and ISO currency (see Detail). Raises
+        FonzipNotFound when Fonzip has no such object (it may have been deleted).
+        """
+        spec = ENDPOINTS[kind]
+        if kind is Kind.FORM_ANSWER:
+            return await self._fetch_form_answer(fonzip_id, priority, list_row)
+        path = spec.detail_path.format(id=fonzip_id)
+        try:
+            obj = await self._get_detail(
+                path, spec.detail_path, spec.detail_key, fonzip_id, priority
+            )
+        except FonzipNotFound:
+            if spec.fallback_detail_path is None:
+                raise
+            path = spec.fallback_detail_path.format(id=fonzip_id)
+            obj = await self._get_detail(
+                path, spec.fallback_detail_path, spec.detail_key, fonzip_id, priority
+            )
+        if kind is Kind.ECARD_SALE:
+            list_row = list_row or await self._find_ecard_row(fonzip_id, obj, priority)
+            if list_row is None:
+                log.warning(
+                    "ecard_list_row_not_found",
+                    fonzip_id=fonzip_id,
+                    missing=list(ECARD_FIELDS_FROM_LIST),
+                )
+            else:
+                obj = {**obj, **{k: list_row[k] for k in ECARD_FIELDS_FROM_LIST if k in list_row}}
+        return Detail(kind=kind, fonzip_id=fonzip_id, obj=obj, list_row=list_row, endpoint=path)
+
+    async def _get_detail(
+        self, path: str, template: str, key: str, fonzip_id: int, priority: Priority
+    ) -> dict[str, Any]:
+        body = await self._get_json(path, f"GET {template}", priority=priority)
+        return validate_detail(f"GET {path}", body, key, fonzip_id)
+
+    async def _fetch_form_answer(
+        self, answer_id: int, priority: Priority, list_row: dict[str, Any] | None
+    ) -> Detail:
+        spec = ENDPOINTS[Kind.FORM_ANSWER]
+        form_id = _int_or_none(list_row.get("custom_form_id")) if list_row else None
+        if form_id is None:
+            form_id = await self.form_ids.get(answer_id)
+        if form_id is None:
+            list_row = await self._find_recent_row(
+                Kind.FORM_ANSWER, answer_id, Kind.FORM_ANSWER.list_statuses, priority
+            )
+            form_id = _int_or_none(list_row.get("custom_form_id")) if list_row else None
+        candidates = [form_id] if form_id is not None else await self._form_ids_from_forms(priority)
+        for candidate in candidates:
+            path = spec.detail_path.format(form_id=candidate, id=answer_id)
+            try:
+                obj = await self._get_detail(
+                    path, spec.detail_path, spec.detail_key, answer_id, priority
+                )
+            except FonzipNotFound:
+                if form_id is not None:
+                    raise
+                continue  # the wrong form: try the next
+            await self.form_ids.put_many([(answer_id, candidate)])
+            return Detail(Kind.FORM_ANSWER, answer_id, obj, list_row, endpoint=path)
+        raise FonzipNotFound(
+            f"GET /form/{{form_id}}/answer/{answer_id}",
+            f"no form holds answer {answer_id} (searched the last {SEARCH_DAYS_BACK} days of "
+            f"form answers and tried {len(candidates)} form(s) of GET /forms)",
+            status=404,
+        )
+
+    async def _form_ids_from_forms(self, priority: Priority) -> list[int]:
+        # The shape of GET /forms is not in the reference: assumed {"form_list": [...]},
+        # else the first list of objects with an integer id; paged like the other lists.
+        ids: list[int] = []
+        for page in range(1, 51):
+            params = [("start_page", str(page)), ("how_many", str(HOW_MANY))]
+            body = await self._get_json("/forms", "GET /forms", priority=priority, params=params)
+            key = "form_list"
+            if isinstance(body, dict) and key not in body:
+                key = next((k for k, v in body.items() if isinstance(v, list)), key)
+            rows = validate_rows("GET /forms", body, key)
+            ids.extend(r["id"] for r in rows if r["id"] not in ids)
+            if len(rows) < HOW_MANY:
+                break
+        return ids
+
+    async def _find_recent_row(
+        self, kind: Kind, fonzip_id: int, statuses: Iterable[str], priority: Priority
+    ) -> dict[str, Any] | None:
+        """The list row of ``fonzip_id`` in the last few days' lists, or None."""
+        tz = self.settings.tz
+        today = self._clock.now().astimezone(tz).date()
+        start = dt.datetime.combine(today - dt.timedelta(days=SEARCH_DAYS_BACK), dt.time(), tz)
+        end = dt.datetime.combine(today + dt.timedelta(days=2), dt.time(), tz)
+        for status in statuses:
+            async for page in self.iter_list(kind, status, start, end, priority=priority):
+                for row in page.rows:
+                    if row["id"] == fonzip_id:
+                        return row
+        return None
+
+    async def _find_ecard_row(
+        self, sale_id: int, obj: dict[str, Any], priority: Priority
+    ) -> dict[str, Any] | None:
+        user_id = _int_or_none(obj.get("user_id"))
+        if user_id is not None:
+            path = f"/user/{user_id}/ecard-transactions"
+            for page in range(1, 21):
+                params = [("start_page", str(page)), ("how_many", str(HOW_MANY))]
+                try:
+                    body = await self._get_json(
+                        path, "GET /user/{id}/ecard-transactions", priority=priority, params=params
+                    )
+                    rows = validate_rows(f"GET {path}", body, "sale_list")
+                except (FonzipNotFound, FonzipBadResponse) as exc:
+                    log.warning("ecard_user_list_failed", fonzip_id=sale_id, error=str(exc))
+                    break
+                for row in rows:
+                    if row["id"] == sale_id:
+                        return row
+                if len(rows) < HOW_MANY:
+                    break
+        # The payment status tells which list holds the sale: 3 paid, 4 refund, 5 failed.
+        by_status = {3: "paid", 4: "refund", 5: "failed"}
+        first = by_status.get(_int_or_none(obj.get("transaction__payment_status")) or -1)
+        statuses = Kind.ECARD_SALE.list_statuses
+        ordered = ([first] if first else []) + [s for s in statuses if s != first]
+        return await self._find_recent_row(Kind.ECARD_SALE, sale_id, ordered, priority)
+
+    async def iter_list(
+        self,
+        kind: Kind,
+        list_status: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        priority: Priority = Priority.BULK,
+    ) -> AsyncIterator[ListPage]:
+        """The pages of ``kind``'s list for ``list_status`` and the window [start, end).
+
+        ``start`` and ``end`` are aware; they are sent with their own offset. Pages
+        hold 100 rows; paging stops when Fonzip's ``total`` is reached, or on a short
+        or empty page. Rows are deduplicated by id across pages. Campaigns, whose list
+        has no date range, are listed by ``create_date > start`` in ascending order,
+        filtered to [start, end), and their ``total`` is None. Form answers' form ids
+        are remembered in the FormIdCache on the way.
+        """
+        if list_status not in kind.list_statuses:
+            raise ValueError(
+                f"{kind} lists have statuses {', '.join(kind.list_statuses)}, not {list_status!r}"
+            )
+        if start >= end:
+            raise ValueError(f"empty window: start {start} is not before end {end}")
+        spec = ENDPOINTS[kind]
+        if kind is Kind.CAMPAIGN:
+            # '>' excludes the instant itself: ask from one second before the start.
+            base = [
+                ("create_date", format_query_datetime(start - dt.timedelta(seconds=1))),
+                ("create_date_cnd", ">"),
+                ("order_by", "create_date"),
+            ]
+        else:
+            base = [
+                ("status", list_status),
+                ("start_date", format_query_datetime(start)),
+                ("end_date", format_query_datetime(end, round_up=True)),
+            ]
+            if spec.order_by:
+                base.append(("order_by", spec.order_by))
+            if kind is Kind.TICKET_SALE:
+                base.append(("time_selection", "0"))
+        seen: set[int] = set()
+        fetched = 0
+        page = 1
+        tz = self.settings.tz
+        while True:
+            params = [*base, ("start_page", str(page)), ("how_many", str(HOW_MANY))]
+            endpoint = f"GET {spec.list_path}"
+            body = await self._get_json(spec.list_path, endpoint, priority=priority, params=params)
+            rows, total = validate_list(f"{endpoint} (page {page})", body, spec.list_key)
+            fetched += len(rows)
+            fresh = [r for r in rows if r["id"] not in seen]
+            seen.update(r["id"] for r in rows)
+            past_end = False
+            if kind is Kind.FORM_ANSWER:
+                pairs = [(r["id"], f) for r in rows if (f := _int_or_none(r.get("custom_form_id")))]
+                if pairs:
+                    await self.form_ids.put_many(pairs)
+            if kind is Kind.CAMPAIGN:
+                created = []
+                for r in fresh:
+                    when = parse_fonzip_datetime(r.get("create_date"), tz)
+                    if when is None:
+                        raise FonzipBadResponse(
+                            f"{endpoint} (page {page})",
+                            f"campaign {r['id']} has no readable create_date: "
+                            f"{r.get('create_date')!r}",
+                        )
+                    created.append((when, r))
+                past_end = any(when >= end for when, _ in created)
+                fresh = [r for when, r in created if start <= when < end]
+            yield ListPage(rows=fresh, total=None if kind is Kind.CAMPAIGN else total, page=page)
+            if not rows or len(rows) < HOW_MANY or fetched >= total or past_end:
+                return
+            if page >= max_pages(total):
+                log.warning(
+                    "list_paging_stopped", endpoint=endpoint, page=page, total=total, seen=len(seen)
+                )
+                return
+            page += 1
+
+    async def list_window(
+        self,
+        kind: Kind,
+        list_status: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        priority: Priority = Priority.BULK,
+    ) -> ListResult:
+        """Every row of iter_list's pages, Fonzip's total and the requests made."""
+        rows: list[dict[str, Any]] = []
+        total: int | None = None
+        calls = 0
+        async for page in self.iter_list(kind, list_status, start, end, priority=priority):
+            rows.extend(page.rows)
+            total = page.total
+            calls += 1
+        return ListResult(rows=rows, total=total, calls=calls)
+
+    # -- webhooks ---------------------------------------------------------------------
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        """``GET /webhooks``: the account's webhooks (``id``, ``name``, ``url``)."""
+        body = await self._get_json("/webhooks", "GET /webhooks", priority=Priority.LIVE)
+        return validate_rows("GET /webhooks", body, "webhook_list")
+
+    async def create_webhook(self, name: str, url: str, auth_token: str) -> dict[str, Any]:
+        """Create a webhook for all six events, with authentication; return it from the list.
+
+        Fonzip does not return the new id, so the webhook is found by ``url`` afterwards.
+        Names must be unique; letters, digits, spaces, ``-`` and ``_`` only (Fonzip
+        answered 500 to parentheses).
+        """
+        if not _WEBHOOK_NAME.match(name):
+            raise ValueError(
+                f"webhook name {name!r}: use letters, digits, spaces, '-' and '_' only"
+            )
+        body = {
+            "name": name,
+            "url": url,
+            "authentication": True,
+            "auth_token": auth_token,
+            # All six sent explicitly: Fonzip answered 500 when some were left out.
+            "events": dict.fromkeys(WEBHOOK_EVENTS, True),
+        }
+        answer = await self._send(
+            "POST",
+            "/webhooks",
+            "POST /webhooks",
+            priority=Priority.LIVE,
+            json_body=body,
+            idempotent=False,
+        )
+        _parse_json("POST /webhooks", answer)
+        matches = [w for w in await self.list_webhooks() if w.get("url") == url]
+        if not matches:
+            raise FonzipBadResponse(
+                "POST /webhooks", f"created, but no webhook with url {url!r} is listed"
+            )
+        return max(matches, key=lambda w: int(w["id"]))
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        """``DELETE /webhook/{id}``."""
+        path = f"/webhook/{webhook_id}"
+        answer = await self._send("DELETE", path, "DELETE /webhook/{id}", priority=Priority.LIVE)
+        _parse_json(f"DELETE {path}", answer)
+
+    async def test_webhook(self, webhook_id: int) -> None:
+        """``PATCH /webhook/{id}``: Fonzip sends a test notification to the webhook's URL."""
+        path = f"/webhook/{webhook_id}"
+        answer = await self._send(
+            "PATCH", path, "PATCH /webhook/{id}", priority=Priority.LIVE, idempotent=False
+        )
+        _parse_json(f"PATCH {path}", answer)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _parse_json(endpoint: str, answer: _Answer) -> object:
+    try:
+        return json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
+        shown = answer.body[:80].decode("utf-8", "replace")
+        raise FonzipBadResponse(
+            endpoint,
+            f"not JSON ({len(answer.body)} bytes, starting {shown!r})",
+            status=answer.status,
+        ) from None
+
+
+def _error_text(body: bytes) -> str | None:
+    """Fonzip's own words: ``error_description`` or ``error`` of a JSON body, else the text."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        text = body[:200].decode("utf-8", "replace").strip()
+        return text or None
+    if isinstance(data, dict):
+        for key in ("error_description", "error", "message", "detail"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date); None if absent or bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+__all__ = [
+    "FonzipClient",
+    "FonzipError",
+    "FormIdCache",
+    "MemoryFormIdCache",
+]

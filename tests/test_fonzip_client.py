@@ -1,0 +1,398 @@
+"""The Fonzip client: on the wire, token lifecycle, retries, the six kinds, and their traps."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from aioresponses import aioresponses
+from pydantic import HttpUrl, SecretStr
+
+from fonzipd.config import FonzipSettings
+from fonzipd.fonzip.client import USER_AGENT, FonzipClient
+from fonzipd.fonzip.errors import (
+    FonzipBadResponse,
+    FonzipRateLimited,
+    FonzipRequestError,
+    FonzipUnauthorized,
+    FonzipUnavailable,
+)
+from fonzipd.fonzip.limiter import RateLimiter
+from fonzipd.fonzip.token import MemoryTokenStore
+from fonzipd.kinds import Kind
+
+IST = ZoneInfo("Europe/Istanbul")
+DAY_START = dt.datetime(2024, 5, 6, tzinfo=IST)
+DAY_END = dt.datetime(2024, 5, 7, tzinfo=IST)
+
+
+class FastClock:
+    """Real time plus every sleep taken, which returns at once: retries cost nothing."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.offset += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+def settings(base_url: str, **kw: Any) -> FonzipSettings:
+    values: dict[str, Any] = {
+        "base_url": HttpUrl(base_url),
+        "client_id": SecretStr("sim-client"),
+        "client_secret": SecretStr("sim-secret"),
+        "max_retries": 3,
+        "request_timeout": 5,
+        "requests_per_minute": 240,
+    }
+    values.update(kw)
+    return FonzipSettings(**values)
+
+
+def client_for(base_url: str, clock: FastClock | None = None, **kw: Any) -> FonzipClient:
+    clock = clock or FastClock()
+    store = kw.pop("token_store", None) or MemoryTokenStore()
+    return FonzipClient(
+        settings(base_url, **kw.pop("settings", {})),
+        token_store=store,
+        clock=clock,
+        limiter=RateLimiter(6000, clock=clock, burst=50),
+        **kw,
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[str]]]:
+    """Start a loopback server with the given ``"METHOD /path": handler`` routes."""
+    runners: list[web.AppRunner] = []
+
+    async def start(routes: dict[str, Handler]) -> str:
+        app = web.Application()
+        for key, handler in routes.items():
+            method, path = key.split(" ", 1)
+            app.router.add_route(method, "/api/v2" + path, handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}/api/v2"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def token_ok(name: str = "tok") -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": name, "token_type": "Bearer", "expires_in": 3600})
+
+    return handler
+
+
+# -- the wire --------------------------------------------------------------------------
+
+
+async def test_headers_form_encoded_token_and_plus_encoded_as_2b(serve: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    async def token(request: web.Request) -> web.Response:
+        seen["token_ct"] = request.content_type
+        seen["form"] = dict(await request.post())
+        seen["token_ua"] = request.headers.get("User-Agent")
+        return web.json_response({"access_token": "tok", "expires_in": 3600})
+
+    async def donations(request: web.Request) -> web.Response:
+        seen["raw"] = request.raw_path
+        seen["query"] = dict(request.query)
+        seen["headers"] = dict(request.headers)
+        return web.json_response({"donation_list": [], "total": 0})
+
+    base = await serve({"POST /token": token, "GET /donations": donations})
+    async with client_for(base) as client:
+        result = await client.list_window(Kind.DONATION, "paid", DAY_START, DAY_END)
+    assert result.rows == []
+    assert result.total == 0
+    assert result.calls == 1
+    assert seen["token_ct"] == "application/x-www-form-urlencoded"
+    assert seen["form"] == {
+        "grant_type": "client_credentials",
+        "client_id": "sim-client",
+        "client_secret": "sim-secret",
+    }
+    assert seen["token_ua"] == USER_AGENT
+    assert re.fullmatch(r"fonzipd/\d+\.\d+\.\d+.*", USER_AGENT)
+    assert seen["headers"]["User-Agent"] == USER_AGENT
+    assert seen["headers"]["Accept"] == "application/json"
+    assert seen["headers"]["Authorization"] == "Bearer tok"
+    assert "start_date=2024-05-06T00:00:00%2B03:00" in seen["raw"]
+    assert "end_date=2024-05-07T00:00:00%2B03:00" in seen["raw"]
+    assert seen["query"]["start_date"] == "2024-05-06T00:00:00+03:00"
+    assert seen["query"]["status"] == "paid"
+    assert seen["query"]["order_by"] == "transaction__complete_date"
+    assert (seen["query"]["start_page"], seen["query"]["how_many"]) == ("1", "100")
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+async def test_409_waits_logs_once_then_gets_a_token(serve: Any) -> None:
+    answers = iter([409, 409, 409, 200])
+
+    async def token(request: web.Request) -> web.Response:
+        if next(answers) == 409:
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "Access token already created"},
+                status=409,
+            )
+        return web.json_response({"access_token": "late", "expires_in": 3600})
+
+    async def me(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer late"
+        return web.json_response({"id": 1, "name": "Dernek"})
+
+    base = await serve({"POST /token": token, "GET /me": me})
+    clock = FastClock()
+    with structlog.testing.capture_logs() as logs:
+        async with client_for(base, clock) as client:
+            assert (await client.me())["id"] == 1
+    assert [e["event"] for e in logs].count("token_locked") == 1
+    assert clock.sleeps.count(30.0) == 3
+    assert client.calls["POST /token", "409"] == 3
+
+
+async def test_401_refreshes_the_token_once_and_retries(serve: Any) -> None:
+    issued = iter(["old", "new"])
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": next(issued), "expires_in": 3600})
+
+    async def me(request: web.Request) -> web.Response:
+        if request.headers["Authorization"] == "Bearer old":
+            return web.json_response({"error": "Unauthorized Access"}, status=401)
+        return web.json_response({"id": 1})
+
+    base = await serve({"POST /token": token, "GET /me": me})
+    store = MemoryTokenStore()
+    async with client_for(base, token_store=store) as client:
+        assert (await client.me())["id"] == 1
+    assert client.calls["GET /me", "401"] == 1
+    assert client.calls["GET /me", "200"] == 1
+    assert [t.access_token for t in store.tokens.values()] == ["new"]
+
+
+async def test_persistent_401_raises_unauthorized_after_one_refresh(serve: Any) -> None:
+    async def me(request: web.Request) -> web.Response:
+        return web.json_response({"error": "Unauthorized Access"}, status=401)
+
+    base = await serve({"POST /token": token_ok(), "GET /me": me})
+    async with client_for(base) as client:
+        with pytest.raises(FonzipUnauthorized, match="GET /me") as info:
+            await client.me()
+    assert info.value.error_text == "Unauthorized Access"
+    assert client.calls["GET /me", "401"] == 2
+    assert client.calls["POST /token", "200"] == 2
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_bad_credentials_stop_with_a_clear_error(serve: Any, status: int) -> None:
+    async def token(request: web.Request) -> web.Response:
+        body = {"error": "invalid_client", "error_description": "Unauthorized Access"}
+        return web.json_response(body, status=status)
+
+    base = await serve({"POST /token": token})
+    async with client_for(base) as client:
+        with pytest.raises(FonzipUnauthorized, match="FONZIPD_FONZIP__CLIENT_SECRET"):
+            await client.me()
+    assert client.calls["POST /token", str(status)] == 1
+
+
+async def test_fixed_token_skips_the_token_endpoint(serve: Any) -> None:
+    async def me(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer fixed-one"
+        return web.json_response({"id": 3})
+
+    base = await serve({"GET /me": me})
+    kw = {"access_token": SecretStr("fixed-one"), "client_id": None, "client_secret": None}
+    async with client_for(base, settings=kw) as client:
+        assert (await client.me())["id"] == 3
+
+
+def test_missing_credentials_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="FONZIPD_FONZIP__CLIENT_ID"):
+        FonzipClient(
+            settings("http://127.0.0.1:9/api/v2", client_id=None), token_store=MemoryTokenStore()
+        )
+
+
+# -- retries ---------------------------------------------------------------------------
+
+
+async def test_429_storm_pauses_everyone_and_honours_retry_after(serve: Any) -> None:
+    left = {"429": 3}
+
+    async def me(request: web.Request) -> web.Response:
+        if left["429"]:
+            left["429"] -= 1
+            return web.json_response(
+                {"error": "rate limit"}, status=429, headers={"Retry-After": "7"}
+            )
+        return web.json_response({"id": 1})
+
+    base = await serve({"POST /token": token_ok(), "GET /me": me})
+    clock = FastClock()
+    async with client_for(base, clock) as client:
+        await client.me()
+    assert client.calls["GET /me", "429"] == 3
+    assert client.retries == 3
+    # Retry-After 7 became a pause of the shared limiter, waited out on the clock.
+    assert sum(s for s in clock.sleeps if s > 1) == pytest.approx(21, abs=0.5)
+
+
+async def test_429_after_all_retries_is_rate_limited(serve: Any) -> None:
+    async def me(request: web.Request) -> web.Response:
+        return web.json_response({"error": "Rate limit exceeded"}, status=429)
+
+    base = await serve({"POST /token": token_ok(), "GET /me": me})
+    async with client_for(base) as client:
+        with pytest.raises(FonzipRateLimited) as info:
+            await client.me()
+    assert info.value.error_text == "Rate limit exceeded"
+    assert client.calls["GET /me", "429"] == 4  # 1 + max_retries
+
+
+async def test_other_4xx_are_not_retried(serve: Any) -> None:
+    async def donations(request: web.Request) -> web.Response:
+        return web.json_response({"error": "Lutfen gecerli bir tarih araligi girin"}, status=400)
+
+    base = await serve({"POST /token": token_ok(), "GET /donations": donations})
+    async with client_for(base) as client:
+        with pytest.raises(FonzipRequestError, match="tarih") as info:
+            await client.list_window(Kind.DONATION, "paid", DAY_START, DAY_END)
+    assert info.value.endpoint == "GET /donations"
+    assert info.value.status == 400
+    assert client.calls["GET /donations", "400"] == 1
+
+
+async def test_not_json_and_missing_keys_are_bad_responses_naming_the_endpoint(
+    serve: Any,
+) -> None:
+    async def detail(request: web.Request) -> web.Response:
+        return web.Response(text="<html>oops</html>", content_type="text/html")
+
+    async def donations(request: web.Request) -> web.Response:
+        return web.json_response({"donation_list": [{"id": "7"}], "total": 1})
+
+    async def ticket(request: web.Request) -> web.Response:
+        return web.json_response({"ticket": {"id": 1}})
+
+    base = await serve(
+        {
+            "POST /token": token_ok(),
+            "GET /donation/{id}": detail,
+            "GET /donations": donations,
+            "GET /ticket-sale/{id}": ticket,
+        }
+    )
+    async with client_for(base) as client:
+        with pytest.raises(FonzipBadResponse, match=r"GET /donation/5: not JSON"):
+            await client.fetch_detail(Kind.DONATION, 5)
+        with pytest.raises(FonzipBadResponse, match=r"donation_list\[0\]\.id is str"):
+            await client.list_window(Kind.DONATION, "paid", DAY_START, DAY_END)
+        with pytest.raises(
+            FonzipBadResponse, match=r"GET /ticket-sale/1: missing key 'ticket_sale'"
+        ):
+            await client.fetch_detail(Kind.TICKET_SALE, 1)
+
+
+# -- mocked failures the loopback cannot produce ----------------------------------------
+
+BASE = "http://fonzip.test/api/v2"
+TOKEN_URL = f"{BASE}/token"
+ME_URL = f"{BASE}/me"
+
+
+async def test_connection_reset_and_truncated_body_are_retried() -> None:
+    with aioresponses() as mocked:
+        mocked.post(TOKEN_URL, payload={"access_token": "t", "expires_in": 3600})
+        mocked.get(ME_URL, exception=aiohttp.ClientOSError(104, "Connection reset by peer"))
+        mocked.get(
+            ME_URL, exception=aiohttp.ClientPayloadError("Response payload is not completed")
+        )
+        mocked.get(ME_URL, exception=TimeoutError())
+        mocked.get(ME_URL, payload={"id": 9})
+        async with client_for(BASE) as client:
+            assert (await client.me())["id"] == 9
+    assert client.calls["GET /me", "network"] == 3
+
+
+async def test_truncated_json_body_is_a_bad_response() -> None:
+    with aioresponses() as mocked:
+        mocked.post(TOKEN_URL, payload={"access_token": "t", "expires_in": 3600})
+        mocked.get(f"{BASE}/donation/5", body='{"donation": {"id": 5, "na', status=200)
+        async with client_for(BASE) as client:
+            with pytest.raises(FonzipBadResponse, match="GET /donation/5: not JSON"):
+                await client.fetch_detail(Kind.DONATION, 5)
+
+
+async def test_network_errors_after_all_retries_are_unavailable() -> None:
+    with aioresponses() as mocked:
+        mocked.post(TOKEN_URL, payload={"access_token": "t", "expires_in": 3600})
+        mocked.get(ME_URL, exception=aiohttp.ServerDisconnectedError(), repeat=True)
+        async with client_for(BASE) as client:
+            with pytest.raises(FonzipUnavailable, match="GET /me: no answer after 4") as info:
+                await client.me()
+    assert not info.value.blocked
+
+
+@pytest.mark.parametrize("status", [520, 521, 523])
+async def test_cloudflare_520s_say_the_ip_is_blocked(status: int) -> None:
+    with aioresponses() as mocked:
+        mocked.post(TOKEN_URL, payload={"access_token": "t", "expires_in": 3600})
+        mocked.get(ME_URL, status=status, body="<html>cf</html>", repeat=True)
+        with structlog.testing.capture_logs() as logs:
+            async with client_for(BASE) as client:
+                with pytest.raises(FonzipUnavailable, match="blocking this IP") as info:
+                    await client.me()
+    assert info.value.blocked
+    assert info.value.status == status
+    blocked = [e for e in logs if e["event"] == "fonzip_ip_blocked"]
+    assert blocked
+    assert "contact Fonzip support" in blocked[0]["hint"]
+
+
+async def test_5xx_then_success_is_retried_with_backoff() -> None:
+    with aioresponses() as mocked:
+        mocked.post(TOKEN_URL, payload={"access_token": "t", "expires_in": 3600})
+        mocked.get(ME_URL, status=502, body="bad gateway")
+        mocked.get(ME_URL, status=503, payload={"error": "down"})
+        mocked.get(ME_URL, payload={"id": 2})
+        clock = FastClock()
+        async with client_for(BASE, clock, retry_base=1.0) as client:
+            assert (await client.me())["id"] == 2
+    retry_sleeps = [s for s in clock.sleeps if s > 0]
+    assert len(retry_sleeps) == 2
+    assert retry_sleeps[0] <= 1.0
+    assert retry_sleeps[1] <= 2.0
