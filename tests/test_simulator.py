@@ -758,3 +758,10 @@ async def test_serve_prints_where_it_listens_and_the_credentials() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_start_inside_async_with_returns_the_running_url(sim: Simulator) -> None:
+    base = sim.base_url
+    assert base is not None
+    assert await sim.start() == base
+    assert sim.admin_url == base.removesuffix("/api/v2") + "/_sim"

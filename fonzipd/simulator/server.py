@@ -247,9 +247,13 @@ class Simulator:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host:port`` (0 picks a free port); return the API base URL."""
-        if self._runner is not None:
-            raise RuntimeError("simulator already started")
+        """Listen on ``host:port`` (0 picks a free port); return the API base URL.
+
+        Calling it again while running (``async with`` already started it) returns the
+        same URL without moving.
+        """
+        if self._runner is not None and self.base_url is not None:
+            return self.base_url
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
