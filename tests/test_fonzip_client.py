@@ -7,6 +7,7 @@ import datetime as dt
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,17 +19,19 @@ from aioresponses import aioresponses
 from pydantic import HttpUrl, SecretStr
 
 from fonzipd.config import FonzipSettings
-from fonzipd.fonzip.client import USER_AGENT, FonzipClient
+from fonzipd.fonzip.client import USER_AGENT, FonzipClient, MemoryFormIdCache
 from fonzipd.fonzip.errors import (
     FonzipBadResponse,
+    FonzipNotFound,
     FonzipRateLimited,
     FonzipRequestError,
     FonzipUnauthorized,
     FonzipUnavailable,
 )
 from fonzipd.fonzip.limiter import RateLimiter
-from fonzipd.fonzip.token import MemoryTokenStore
+from fonzipd.fonzip.token import FileTokenStore, MemoryTokenStore
 from fonzipd.kinds import Kind
+from fonzipd.simulator import Simulator
 
 IST = ZoneInfo("Europe/Istanbul")
 DAY_START = dt.datetime(2024, 5, 6, tzinfo=IST)
@@ -396,3 +399,169 @@ async def test_5xx_then_success_is_retried_with_backoff() -> None:
     assert len(retry_sleeps) == 2
     assert retry_sleeps[0] <= 1.0
     assert retry_sleeps[1] <= 2.0
+
+
+# -- against the simulator ---------------------------------------------------------------
+
+SIM_END = dt.date(2024, 5, 8)
+
+
+def sim_window(days: int) -> tuple[dt.datetime, dt.datetime]:
+    first = SIM_END - dt.timedelta(days=days - 1)
+    return (
+        dt.datetime.combine(first, dt.time(), IST),
+        dt.datetime.combine(SIM_END + dt.timedelta(days=1), dt.time(), IST),
+    )
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(seed=7, days=2, per_day=12, end_date=SIM_END) as simulator:
+        yield simulator
+
+
+async def test_all_six_kinds_list_and_detail_against_the_simulator(sim: Simulator) -> None:
+    assert sim.base_url is not None
+    start, end = sim_window(2)
+    async with client_for(sim.base_url) as client:
+        for kind in Kind:
+            listed: dict[int, dict[str, Any]] = {}
+            for status in kind.list_statuses:
+                result = await client.list_window(kind, status, start, end)
+                if kind is not Kind.CAMPAIGN:
+                    assert result.total == len(result.rows), (kind, status)
+                listed.update((r["id"], r) for r in result.rows)
+            expected = {o["id"]: o for o in sim.objects(kind)}
+            assert set(listed) == set(expected), kind
+            for fonzip_id in sorted(listed)[:3]:
+                detail = await client.fetch_detail(kind, fonzip_id)
+                assert detail.kind is kind
+                assert detail.fonzip_id == fonzip_id
+                if kind is Kind.ECARD_SALE:
+                    row = listed[fonzip_id]
+                    # The detail lacks these; the client found the list row itself.
+                    for field in ("transaction__complete_date", "transaction__currency__iso_code"):
+                        assert detail.obj[field] == row[field]
+                        assert field not in expected[fonzip_id]
+                else:
+                    assert detail.obj == expected[fonzip_id], kind
+
+
+async def test_form_answer_without_cache_finds_its_form_and_remembers_it(sim: Simulator) -> None:
+    assert sim.base_url is not None
+    answer_id = sim.objects(Kind.FORM_ANSWER)[0]["id"]
+    cache = MemoryFormIdCache()
+    clock = FastClock()
+    # "Now" is the simulator's last day: the recent-lists search must find the answer.
+    clock.offset = (
+        dt.datetime.combine(SIM_END, dt.time(12), IST) - dt.datetime.now(dt.UTC)
+    ).total_seconds()
+    async with client_for(sim.base_url, clock, form_ids=cache) as client:
+        detail = await client.fetch_detail(Kind.FORM_ANSWER, answer_id)
+        assert detail.endpoint == f"/form/{sim.form_id_of(answer_id)}/answer/{answer_id}"
+        assert await cache.get(answer_id) == sim.form_id_of(answer_id)
+        searched = sum(n for (t, _), n in client.calls.items() if t == "GET /form-answers")
+        again = await client.fetch_detail(Kind.FORM_ANSWER, answer_id)
+        assert again.obj == detail.obj
+        assert sum(n for (t, _), n in client.calls.items() if t == "GET /form-answers") == searched
+
+
+async def test_form_answer_falls_back_to_trying_each_form(sim: Simulator) -> None:
+    assert sim.base_url is not None
+    answer_id = sim.objects(Kind.FORM_ANSWER)[-1]["id"]
+    clock = FastClock()
+    clock.offset = 365 * 86400.0  # far from the data: the list search finds nothing
+    async with client_for(sim.base_url, clock) as client:
+        detail = await client.fetch_detail(Kind.FORM_ANSWER, answer_id)
+    assert detail.endpoint == f"/form/{sim.form_id_of(answer_id)}/answer/{answer_id}"
+
+
+async def test_membership_fee_id_of_a_debt_falls_back_to_debt_endpoint(sim: Simulator) -> None:
+    assert sim.base_url is not None
+    debt = sim.debt_ids()[0]
+    async with client_for(sim.base_url) as client:
+        detail = await client.fetch_detail(Kind.MEMBERSHIP_FEE, debt)
+        with pytest.raises(FonzipNotFound, match="/debt/999999"):
+            await client.fetch_detail(Kind.MEMBERSHIP_FEE, 999_999)
+    assert detail.endpoint == f"/debt/{debt}"
+    assert client.calls["GET /subscription/{id}", "404"] == 2
+
+
+async def test_campaigns_are_filtered_to_the_window(sim: Simulator) -> None:
+    assert sim.base_url is not None
+    start = dt.datetime.combine(SIM_END, dt.time(), IST)
+    end = start + dt.timedelta(days=1)
+    async with client_for(sim.base_url) as client:
+        result = await client.list_window(Kind.CAMPAIGN, "created", start, end)
+    expected = [
+        o["id"]
+        for o in sim.objects(Kind.CAMPAIGN)
+        if start <= dt.datetime.fromisoformat(o["create_date"]) < end
+    ]
+    assert sorted(r["id"] for r in result.rows) == sorted(expected)
+    assert result.total is None
+
+
+async def test_pagination_of_more_than_100_rows_counts_requests() -> None:
+    async with Simulator(seed=1, days=1, per_day=1000, end_date=SIM_END) as sim:
+        assert sim.base_url is not None
+        start, end = sim_window(1)
+        async with client_for(sim.base_url) as client:
+            results = {
+                s: await client.list_window(Kind.DONATION, s, start, end)
+                for s in Kind.DONATION.list_statuses
+            }
+    paid = results["paid"]
+    assert paid.total is not None
+    assert paid.total > 100
+    assert len(paid.rows) == paid.total == len({r["id"] for r in paid.rows})
+    total_rows = sum(len(r.rows) for r in results.values())
+    list_calls = sum(r.calls for r in results.values())
+    expected_calls = sum(max(1, -(-(r.total or 0) // 100)) for r in results.values())
+    assert list_calls == expected_calls
+    assert client.calls["POST /token", "200"] == 1
+    print(f"\n1000-record day: {total_rows} rows, {list_calls} list requests + 1 token request")
+
+
+async def test_token_is_reused_across_a_restart_via_the_file_store(tmp_path: Path) -> None:
+    clock = FastClock()
+    path = tmp_path / "token.json"
+    async with Simulator(seed=3, days=1, per_day=12, end_date=SIM_END, clock=clock) as sim:
+        assert sim.base_url is not None
+        store = FileTokenStore(path)
+        async with client_for(sim.base_url, clock, token_store=store) as first:
+            await first.me()
+        async with client_for(sim.base_url, clock, token_store=FileTokenStore(path)) as second:
+            await second.me()
+        assert first.calls["POST /token", "200"] == 1
+        assert ("POST /token", "200") not in second.calls
+        assert ("POST /token", "409") not in second.calls
+        # Without the file, a restart meets Fonzip's 409 and waits out the old token.
+        with structlog.testing.capture_logs() as logs:
+            async with client_for(sim.base_url, clock) as third:
+                await third.me()
+    assert [e["event"] for e in logs].count("token_locked") == 1
+    assert third.calls["POST /token", "409"] >= 100
+    assert third.calls["POST /token", "200"] == 1
+    assert 3600 <= clock.offset <= 3600 + 60
+
+
+async def test_simulator_429_storm_is_survived(sim: Simulator) -> None:
+    assert sim.base_url is not None
+    sim.faults.update({"burst_429": 3})
+    async with client_for(sim.base_url) as client:
+        got = await asyncio.gather(*(client.me() for _ in range(3)))
+    assert len(got) == 3
+    assert client.calls["GET /me", "429"] + client.calls["POST /token", "429"] == 3
+
+
+async def test_webhook_management_against_the_simulator(sim: Simulator) -> None:
+    assert sim.base_url is not None
+    async with client_for(sim.base_url) as client:
+        hook = await client.create_webhook("fonzipd-1", "http://127.0.0.1:9/hook", "x" * 20)
+        assert hook["url"] == "http://127.0.0.1:9/hook"
+        assert [w["id"] for w in await client.list_webhooks()] == [hook["id"]]
+        await client.delete_webhook(hook["id"])
+        assert await client.list_webhooks() == []
+        with pytest.raises(ValueError, match="letters"):
+            await client.create_webhook("bad (name)", "http://127.0.0.1:9/x", "x" * 20)
