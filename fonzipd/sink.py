@@ -27,13 +27,13 @@ What ``write`` raises decides what happens to the batch:
 
 * :class:`TransientSinkError`: the destination may accept it later (down, timeout,
   rate limited, disk full). The batch is retried with exponential backoff, honouring
-  ``retry_after`` when given, up to the sink's ``max_attempts``; then its records
-  become dead letters.
+  ``retry_after`` when given, until the destination is back.
 * :class:`PermanentSinkError`: retrying cannot help (the destination rejects the
   data). The records become dead letters at once (all of the batch, or only
   ``failed_keys``), and can be replayed later with ``fonzipd replay``.
 * any other exception is a **bug** in the sink: the dispatcher logs its traceback
-  and retries the batch like a transient error. Do not rely on that; classify errors.
+  and retries the batch, up to the sink's ``max_attempts``; then its records become
+  dead letters. Do not rely on that; classify your errors.
 
 ``open`` may raise :class:`TransientSinkError` (the destination is unreachable at
 start; fonzipd retries it with backoff) or :class:`SinkConfigError` (the sink cannot
@@ -142,7 +142,7 @@ class SinkError(Exception):
 
 
 class TransientSinkError(SinkError):
-    """The destination may accept the batch later: retried with backoff."""
+    """The destination may accept the batch later: retried with backoff until it does."""
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)

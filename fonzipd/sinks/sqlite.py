@@ -177,8 +177,8 @@ class SQLiteSink(Sink):
                     await db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            # Locked, disk full, I/O error: all may pass. A corrupt file will not, and
-            # then the batch becomes dead letters after max_attempts, with this message.
+            # Locked, disk full, I/O error: all may pass. A corrupt file will not, but
+            # then the sink is down until someone repairs it, and this message says why.
             raise TransientSinkError(f"SQLite sink {self._path}: {exc}") from exc
         self._log.debug("batch_written", records=len(batch))
 
