@@ -166,6 +166,21 @@ async def test_cancelled_waiter_does_not_block_the_queue() -> None:
     assert limiter.waiting == {Priority.LIVE: 0, Priority.BULK: 0}
 
 
+async def test_rounding_noise_of_the_bucket_never_stalls_virtual_time() -> None:
+    # 228/minute makes the refill interval a float that does not sum exactly; a wait
+    # of 1e-17 s would leave a virtual clock (and a real one, for a while) spinning.
+    clock = VirtualClock()
+    limiter = RateLimiter(228, clock=clock, burst=3)
+
+    async def send() -> None:
+        for _ in range(300):
+            await limiter.acquire(Priority.LIVE)
+
+    await clock.run(send())
+    assert limiter.sent == 300
+    assert clock.t == pytest.approx(297 * 60 / 228, abs=0.5)
+
+
 def test_rejects_nonsense_settings() -> None:
     with pytest.raises(ValueError, match="per_minute"):
         RateLimiter(0)

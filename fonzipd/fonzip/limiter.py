@@ -11,6 +11,9 @@ from fonzipd.clock import SYSTEM_CLOCK, Clock
 
 WINDOW = 60.0
 """Fonzip counts requests per minute."""
+_EPSILON = 1e-6
+"""Waits shorter than this are rounding noise of the bucket arithmetic: waiting them
+could spin forever on a clock whose time does not move by so little."""
 
 
 class Priority(enum.IntEnum):
@@ -62,7 +65,7 @@ class RateLimiter:
 
     async def acquire(self, priority: Priority) -> None:
         """Wait until this caller may send one request."""
-        if not any(self._waiters.values()) and self._delay() <= 0:
+        if not any(self._waiters.values()) and self._delay() <= _EPSILON:
             self._grant(priority)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -113,7 +116,7 @@ class RateLimiter:
 
     def _grant(self, priority: Priority) -> None:
         now = self._clock.monotonic()
-        self._tokens -= 1
+        self._tokens = max(0.0, self._tokens - 1)
         self._log.append(now)
         self.sent += 1
         self.sent_by_priority[priority] += 1
@@ -133,7 +136,7 @@ class RateLimiter:
             if head is None:
                 return
             delay = self._delay()
-            if delay > 0:
+            if delay > _EPSILON:
                 # The head is chosen again after the wait, so a LIVE caller that
                 # arrives meanwhile still goes first.
                 await self._clock.sleep(delay)
