@@ -1,0 +1,168 @@
+"""The fetcher: workers that turn inbox rows into records, through the Fonzip client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from fonzipd.clock import SYSTEM_CLOCK, Clock
+from fonzipd.config import FetcherSettings
+from fonzipd.fonzip.client import FonzipClient
+from fonzipd.fonzip.errors import (
+    FonzipBadResponse,
+    FonzipError,
+    FonzipNotFound,
+    FonzipRequestError,
+)
+from fonzipd.fonzip.limiter import Priority
+from fonzipd.records import NormalizeError, normalize
+from fonzipd.store import InboxRow, Store
+
+log = structlog.get_logger(__name__)
+
+# A malformed answer may be a glitch (a truncated body): worth a few more tries,
+# but not the whole retry budget.
+_MALFORMED_ATTEMPTS = 3
+
+
+class Fetcher:
+    """``concurrency`` workers claiming inbox rows, live work first."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: FonzipClient,
+        settings: FetcherSettings,
+        *,
+        sink_ids: Callable[[], Sequence[str]],
+        tz: ZoneInfo,
+        on_record: Callable[[], None],
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._settings = settings
+        self._sink_ids = sink_ids
+        self._on_record = on_record
+        self._clock = clock
+        self._tz = tz
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self.processed = 0
+
+    def wake(self) -> None:
+        """New work was committed: stop waiting."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._worker(n), name=f"fetcher-{n}")
+            for n in range(self._settings.concurrency)
+        ]
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming; let in-flight rows finish for ``timeout`` s, then put them back."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks = []
+
+    async def _worker(self, n: int) -> None:
+        while not self._stopping:
+            row = await self._store.claim()
+            if row is None:
+                await self._idle()
+                continue
+            try:
+                await self._process(row)
+            except asyncio.CancelledError:
+                # Shutdown mid-fetch: the row goes back untouched, nothing is lost.
+                await asyncio.shield(self._store.unclaim(row.id))
+                raise
+            except Exception as exc:
+                # A bug, not a Fonzip problem: keep the row, retry later, keep working.
+                log.exception("fetch_crashed", inbox_id=row.id, kind=str(row.kind))
+                await self._store.retry_later(
+                    row.id, f"internal error: {exc!r}", self._backoff(row.attempts)
+                )
+
+    async def _idle(self) -> None:
+        self._wakeup.clear()
+        due = await self._store.next_inbox_due()
+        timeout = 5.0
+        if due is not None:
+            timeout = min(timeout, max(0.0, (due - self._clock.now()).total_seconds()))
+        if timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _backoff(self, attempts: int) -> float:
+        base = min(
+            self._settings.retry_max, self._settings.retry_initial * 2 ** max(0, attempts - 1)
+        )
+        return float(base * random.uniform(0.5, 1.0))
+
+    async def _process(self, row: InboxRow) -> None:
+        bound = log.bind(
+            inbox_id=row.id,
+            kind=str(row.kind),
+            fonzip_id=row.fonzip_id,
+            source=str(row.source),
+            attempt=row.attempts,
+        )
+        started = self._clock.monotonic()
+        priority = Priority.LIVE if row.priority == 0 else Priority.BULK
+        try:
+            detail = await self._client.fetch_detail(
+                row.kind, row.fonzip_id, priority=priority, list_row=row.list_row
+            )
+            record = normalize(detail, tz=self._tz, source=row.source, fetched_at=self._clock.now())
+        except FonzipNotFound as exc:
+            bound.warning("fetch_failed", error=str(exc), final=True)
+            await self._store.fail(row.id, f"not found at Fonzip (deleted?): {exc}")
+            return
+        except FonzipRequestError as exc:
+            bound.warning("fetch_failed", error=str(exc), final=True)
+            await self._store.fail(row.id, str(exc))
+            return
+        except (FonzipBadResponse, NormalizeError) as exc:
+            final = row.attempts >= _MALFORMED_ATTEMPTS
+            bound.warning("fetch_failed", error=str(exc), final=final)
+            if final:
+                await self._store.fail(row.id, f"malformed object: {exc}")
+            else:
+                await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
+            return
+        except FonzipError as exc:
+            final = row.attempts >= self._settings.max_attempts
+            bound.warning("fetch_failed", error=str(exc), final=final)
+            if final:
+                await self._store.fail(row.id, f"gave up after {row.attempts} attempts: {exc}")
+            else:
+                await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
+            return
+        applied = await self._store.apply_record(row.id, record, self._sink_ids())
+        self.processed += 1
+        bound.info(
+            "record_fetched",
+            status=record.status,
+            outcome=applied.outcome,
+            enqueued=applied.enqueued,
+            ms=round((self._clock.monotonic() - started) * 1000, 1),
+        )
+        if applied.enqueued:
+            self._on_record()

@@ -1,0 +1,234 @@
+"""The webhook listener: the aiohttp routes Fonzip POSTs to, plus /healthz and /readyz.
+
+A webhook is answered 200 only once its inbox row is committed. Commits are
+grouped: one writer task commits every event that arrived while the previous
+commit was running, in one transaction, then answers them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from fonzipd.config import ListenerSettings
+from fonzipd.kinds import WEBHOOK_STATUSES, Kind
+from fonzipd.records import Source
+from fonzipd.store import InboxEvent, Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+AUTH_HEADER = "X-FZ-Auth-Token"
+_FIELDS = ("id", "webhook_id", "operation", "status")
+
+
+class PayloadError(ValueError):
+    """A webhook body that is not a valid Fonzip notification."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Webhook:
+    """A validated Fonzip webhook notification."""
+
+    id: int
+    webhook_id: int
+    operation: int
+    status: int
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.from_operation(self.operation)
+
+
+def parse_webhook(body: bytes) -> Webhook:
+    """Validate a webhook body strictly; PayloadError says what is wrong."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PayloadError(f"body must be a JSON object, got {type(data).__name__}")
+    values: dict[str, int] = {}
+    problems: list[str] = []
+    for name in _FIELDS:
+        if name not in data:
+            problems.append(f"{name}: missing")
+            continue
+        value = data[name]
+        # bool is an int in Python; JSON true is not a number.
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name}: must be an integer, got {json.dumps(value)[:40]}")
+            continue
+        if not 0 <= value < 2**63:
+            problems.append(f"{name}: out of range ({value})")
+            continue
+        values[name] = value
+    if "operation" in values and not 1 <= values["operation"] <= 6:
+        problems.append(f"operation: must be 1 to 6, got {values['operation']}")
+    if "status" in values and values["status"] not in WEBHOOK_STATUSES:
+        problems.append(f"status: must be 0, 3, 4 or 5, got {values['status']}")
+    if problems:
+        raise PayloadError("; ".join(problems))
+    # Unknown extra keys are ignored: Fonzip may add fields, and only the detail
+    # fetched over the authenticated API is authoritative anyway.
+    return Webhook(**values)
+
+
+class GroupCommitter:
+    """Commits inbox events in groups: whatever arrived during the last commit."""
+
+    def __init__(self, store: Store, *, max_batch: int, on_commit: Callable[[], None]) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[tuple[InboxEvent, asyncio.Future[bool]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.committed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-committer")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def submit(self, event: InboxEvent) -> bool:
+        """Wait until the event is committed; True when it was new, False for a duplicate."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._queue.put((event, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                added = await self._store.add_events([ev for ev, _ in batch])
+            except (sqlite3.Error, StoreError) as exc:
+                log.error("commit_failed", events=len(batch), error=str(exc))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreError(str(exc)))
+            else:
+                self.commits += 1
+                self.committed += len(batch)
+                for (_, fut), was_added in zip(batch, added, strict=True):
+                    if not fut.done():
+                        fut.set_result(was_added)
+                self._on_commit()
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+
+ReadinessProbe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+SETTINGS_KEY = web.AppKey("settings", ListenerSettings)
+COMMITTER_KEY = web.AppKey("committer", GroupCommitter)
+READINESS_KEY: web.AppKey[ReadinessProbe] = web.AppKey("readiness")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def handle_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    token = settings.auth_token
+    if token is not None:
+        given = request.headers.get(AUTH_HEADER)
+        expected = token.get_secret_value().encode()
+        if given is None or not hmac.compare_digest(given.encode(), expected):
+            log.warning(
+                "webhook_rejected",
+                reason="missing token" if given is None else "wrong token",
+                remote=request.remote,
+            )
+            return _error(401, f"missing or wrong {AUTH_HEADER} header")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        return _error(413, f"body larger than {settings.max_body_bytes} bytes")
+    if request.content_type != "application/json":
+        return _error(415, f"Content-Type must be application/json, got {request.content_type!r}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body larger than {settings.max_body_bytes} bytes")
+    try:
+        hook = parse_webhook(body)
+    except PayloadError as exc:
+        log.warning("webhook_rejected", reason=str(exc), remote=request.remote)
+        return _error(422, str(exc))
+    bound = log.bind(
+        kind=str(hook.kind), fonzip_id=hook.id, status=hook.status, webhook_id=hook.webhook_id
+    )
+    if hook.id == 0:
+        # Fonzip's test deliveries (PATCH /webhook/{id}) carry id 0: nothing to fetch.
+        bound.info("webhook_test_received")
+        return web.json_response({"result": "ok", "test": True})
+    event = InboxEvent(
+        kind=hook.kind, fonzip_id=hook.id, event_status=hook.status, source=Source.WEBHOOK
+    )
+    try:
+        added = await request.app[COMMITTER_KEY].submit(event)
+    except StoreError:
+        # Never 200 without a committed row: Fonzip retries a non-2xx answer.
+        bound.error("webhook_not_stored")
+        return _error(503, "the event could not be stored; please retry")
+    bound.info("webhook_accepted", duplicate=not added)
+    return web.json_response({"result": "ok", "duplicate": not added})
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    ok, details = await request.app[READINESS_KEY]()
+    return web.json_response(
+        {"status": "ready" if ok else "not ready", **details}, status=200 if ok else 503
+    )
+
+
+def build_app(
+    settings: ListenerSettings,
+    committer: GroupCommitter,
+    readiness: ReadinessProbe,
+    *,
+    extra_routes: list[web.RouteDef] | None = None,
+) -> web.Application:
+    """The listener's aiohttp application."""
+    # client_max_size bounds what aiohttp reads even without a Content-Length.
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS_KEY] = settings
+    app[COMMITTER_KEY] = committer
+    app[READINESS_KEY] = readiness
+    app.router.add_post(settings.path, handle_webhook)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    if extra_routes:
+        app.router.add_routes(extra_routes)
+
+    async def committer_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[COMMITTER_KEY].start()
+        yield
+        await app[COMMITTER_KEY].stop()
+
+    app.cleanup_ctx.append(committer_ctx)
+    return app

@@ -1,0 +1,65 @@
+"""Test support: a controllable clock and realistic sample records."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from decimal import Decimal
+
+from fonzipd.kinds import Kind
+from fonzipd.records import Person, Record, Source, content_version
+
+
+class FakeClock:
+    """A clock the test moves by hand; ``sleep`` advances it instead of waiting."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self._now = start or dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
+        self._mono = 1000.0
+
+    def now(self) -> dt.datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._now += dt.timedelta(seconds=seconds)
+        self._mono += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
+
+
+def make_record(
+    fonzip_id: int = 101,
+    *,
+    kind: Kind = Kind.DONATION,
+    status: str = "succeeded",
+    amount: str = "250.00",
+    name: str = "Ayşe Yılmaz",
+    day: dt.date = dt.date(2026, 11, 26),
+    source: Source = Source.WEBHOOK,
+) -> Record:
+    """A realistic normalized record whose version follows its content."""
+    occurred = dt.datetime.combine(day, dt.time(11, 3), tzinfo=dt.UTC)
+    person = Person(name=name, email="ayse@example.com", phone=None, fonzip_user_id=55)
+    data = {"id": fonzip_id, "name": name, "transaction": {"payment_status": status}}
+    version = content_version(
+        kind, fonzip_id, status, Decimal(amount), "TRY", occurred, person, data
+    )
+    return Record(
+        kind=kind,
+        fonzip_id=fonzip_id,
+        status=status,
+        amount=Decimal(amount),
+        currency="TRY",
+        occurred_at=occurred,
+        business_date=day,
+        person=person,
+        source=source,
+        fetched_at=dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC),
+        version=version,
+        data=data,
+    )
