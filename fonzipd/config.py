@@ -7,6 +7,7 @@ Every key of the file can be overridden by ``FONZIPD_<SECTION>__<KEY>`` (for a s
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
 import warnings
@@ -17,6 +18,8 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fonzipd.kinds import Kind
 
 DEFAULT_CONFIG_PATH = Path("/etc/fonzipd/config.toml")
 FONZIP_DOCUMENTED_RATE = 240
@@ -173,6 +176,47 @@ class SinkSettings(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ReconcilerSettings(_Section):
+    """``[reconciler]``: the nightly reconcile that finds what webhooks missed."""
+
+    enabled: bool = True
+    """Run the nightly reconcile and the catch-up after downtime inside the daemon."""
+    at: dt.time = dt.time(3, 30)
+    """Local wall time (in ``fonzip.timezone``) the nightly run starts, once per local date."""
+    lookback_days: int = Field(default=3, ge=0, le=60)
+    """Days before yesterday reconciled again each night (late entries, later refunds)."""
+    kinds: tuple[Kind, ...] = tuple(Kind)
+    """Kinds reconciled (default all six): donation, membership_fee, ticket_sale,
+    form_answer, ecard_sale, campaign."""
+    coverage_warning: float = Field(default=0.2, ge=0, le=1)
+    """Warn when more than this share of a day's records was first seen by the reconcile,
+    not a webhook: a sign of a broken webhook set-up (firewall, TLS, wrong token)."""
+    coverage_min_records: int = Field(default=10, ge=1)
+    """Days with fewer records than this never warn about webhook coverage."""
+    catchup_after: float = Field(default=3600, gt=0)
+    """Seconds of downtime (since the last heartbeat) after which the daemon reconciles
+    the downtime window at start: longer than Fonzip's webhook retry window."""
+    fetch_wait: float = Field(default=1800, gt=0)
+    """Seconds a run waits for the records it queued to be fetched before it leaves the
+    day open (the next run retries it)."""
+    poll_interval: float = Field(default=5, gt=0, le=300)
+    """Seconds between the daemon's checks for due runs and for ``fonzipd reconcile``
+    requests; the scheduler never sleeps longer than this at once."""
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _wall_time(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                parsed = dt.time.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"must be a wall time HH:MM, got {value!r}") from None
+            if parsed.tzinfo is not None:
+                raise ValueError("must be a local wall time without an offset")
+            return parsed
+        return value
+
+
 class LoggingSettings(_Section):
     """``[logging]``."""
 
@@ -180,6 +224,25 @@ class LoggingSettings(_Section):
     """Lowest level written."""
     format: Literal["auto", "json", "console"] = "auto"
     """``auto``: JSON under systemd or when not a terminal, console on a terminal."""
+
+
+class MetricsSettings(_Section):
+    """``[metrics]``: where /metrics, /healthz and /readyz are served."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """A separate port for /metrics, /healthz and /readyz (0 picks a free one); unset:
+    they are served on the listener's port. Set it when the listener faces the internet."""
+    host: str = "127.0.0.1"
+    """Address of that separate server; keep it on loopback or a private network."""
+
+
+class HealthSettings(_Section):
+    """``[health]``: when /readyz reports the daemon not ready."""
+
+    sink_failing_after: float = Field(default=1800, ge=0)
+    """Seconds a sink may keep failing before /readyz fails (0: never for sink failures)."""
+    status_interval: float = Field(default=10, gt=0)
+    """Seconds between the STATUS= lines sent to systemd (inbox and outbox depths)."""
 
 
 class Settings(BaseSettings):
@@ -199,10 +262,13 @@ class Settings(BaseSettings):
     )
     state: StateSettings = StateSettings()
     fetcher: FetcherSettings = FetcherSettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
     sinks: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], SinkSettings] = {}
     plugins_dir: Path | None = None
     """Folder of single-file sink plugins; relative to the config file."""
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    health: HealthSettings = HealthSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -240,7 +306,35 @@ def load_config(path: Path) -> Settings:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    _merge_credentials(data, os.environ.get("CREDENTIALS_DIRECTORY"))
     return settings_from_dict(data, base_dir=path.parent, origin=str(path))
+
+
+def _merge_credentials(data: dict[str, Any], directory: str | None) -> None:
+    """Put systemd credentials (``LoadCredential=fonzip.client_secret:...``) into ``data``.
+
+    Each file of ``$CREDENTIALS_DIRECTORY`` named ``<section>.<key>`` (or
+    ``sinks.<id>.<key>``) sets that key; a credential wins over the file, and
+    ``FONZIPD_*`` environment variables win over both.
+    """
+    if not directory:
+        return
+    try:
+        entries = sorted(Path(directory).iterdir())
+    except OSError as exc:
+        raise ConfigError(f"$CREDENTIALS_DIRECTORY {directory}: {exc.strerror}") from exc
+    for entry in entries:
+        parts = entry.name.split(".")
+        if len(parts) < 2 or not all(parts) or not entry.is_file():
+            continue
+        value = entry.read_text(encoding="utf-8").removesuffix("\n")
+        target = data
+        for part in parts[:-1]:
+            section = target.setdefault(part, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"credential {entry.name}: {part} is not a table")
+            target = section
+        target[parts[-1]] = value
 
 
 def settings_from_dict(data: dict[str, Any], *, base_dir: Path, origin: str) -> Settings:
@@ -294,4 +388,3 @@ def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
             "sinks": sinks,
         }
     )
-

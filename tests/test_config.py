@@ -30,7 +30,10 @@ def test_example_config_loads_and_documents_every_key() -> None:
         ("listener", type(settings.listener)),
         ("state", type(settings.state)),
         ("fetcher", type(settings.fetcher)),
+        ("reconciler", type(settings.reconciler)),
         ("logging", type(settings.logging)),
+        ("metrics", type(settings.metrics)),
+        ("health", type(settings.health)),
     ):
         for key in model.model_fields:
             assert f"{key} =" in text, f"config.example.toml does not document {section}.{key}"
@@ -142,3 +145,23 @@ def test_sink_ids_are_validated(tmp_path: Path) -> None:
     path = write(tmp_path, f'[listener]\nauth_token = "{TOKEN}"\n[sinks."Bad Id"]\ntype = "csv"\n')
     with pytest.raises(ConfigError, match="sinks"):
         load_config(path)
+
+
+def test_systemd_credentials_set_keys_and_the_environment_still_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "fonzip.client_secret").write_text("from-credential\n")
+    (creds / "listener.auth_token").write_text("a-long-credential-token")
+    (creds / "fonzip.client_id").write_text("cred-id")
+    path = write(tmp_path, '[fonzip]\nclient_id = "file-id"\n')
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.setenv("FONZIPD_FONZIP__CLIENT_ID", "env-id")
+    settings = load_config(path)
+    assert settings.fonzip.client_secret is not None
+    assert settings.fonzip.client_secret.get_secret_value() == "from-credential"
+    assert settings.listener.auth_token is not None
+    assert settings.listener.auth_token.get_secret_value() == "a-long-credential-token"
+    assert settings.fonzip.client_id is not None
+    assert settings.fonzip.client_id.get_secret_value() == "env-id"
