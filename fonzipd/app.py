@@ -19,6 +19,7 @@ from fonzipd.fetcher import Fetcher
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.listener import GroupCommitter, build_app
+from fonzipd.reconciler import Reconciler, ReconcileScheduler
 from fonzipd.registry import build_sinks
 from fonzipd.store import Store, StoreError
 
@@ -37,8 +38,20 @@ class Daemon:
     """
 
     def __init__(
-        self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK, drain_timeout: float = 15.0
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        drain_timeout: float = 15.0,
+        listen: bool = True,
+        schedule: bool = True,
     ) -> None:
+        # listen=False, schedule=False: the pipeline alone (fetcher + dispatcher), which
+        # `fonzipd reconcile` and `backfill` run when no daemon is running.
+        self.listen = listen
+        self.schedule = schedule
+        self.reconciler: Reconciler | None = None
+        self.scheduler: ReconcileScheduler | None = None
         self.settings = settings
         self.clock = clock
         self.drain_timeout = drain_timeout
@@ -90,6 +103,22 @@ class Daemon:
         )
         self.dispatcher.start()
         self.fetcher.start()
+        self.reconciler = Reconciler(
+            store,
+            self.client,
+            tz=s.fonzip.tz,
+            settings=s.reconciler,
+            wake=self.fetcher.wake,
+            clock=self.clock,
+        )
+        if self.schedule:
+            # Heartbeat, catch-up after downtime, the nightly run, `reconcile` requests.
+            self.scheduler = ReconcileScheduler(
+                self.reconciler, store, tz=s.fonzip.tz, clock=self.clock
+            )
+            self.scheduler.start()
+        if not self.listen:
+            return
 
         self.committer = GroupCommitter(
             store, max_batch=s.listener.commit_max_batch, on_commit=self.fetcher.wake
@@ -158,6 +187,9 @@ class Daemon:
 
     async def stop(self) -> None:
         """Phase one: stop taking work. Phase two: deliver what is queued, close."""
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
         if self._runner is not None:
             # Closes the socket, answers in-flight webhooks, then commits what is queued.
             await self._runner.cleanup()

@@ -30,7 +30,7 @@ from fonzipd.records import Record, Source
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -109,6 +109,55 @@ MIGRATIONS: list[str] = [
     CREATE TABLE form_ids (
         answer_id INTEGER PRIMARY KEY,
         form_id INTEGER NOT NULL
+    );
+    """,
+    # 2: the reconciler's bookkeeping (fonzipd.reconciler).
+    """
+    CREATE TABLE reconcile_runs (
+        business_date TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        list_status TEXT NOT NULL,
+        run_key TEXT NOT NULL,
+        source TEXT NOT NULL,
+        fonzip_total INTEGER,
+        window_total INTEGER,
+        local_before INTEGER,
+        local_after INTEGER,
+        missing INTEGER NOT NULL DEFAULT 0,
+        changed INTEGER NOT NULL DEFAULT 0,
+        extra INTEGER NOT NULL DEFAULT 0,
+        fetched INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        calls INTEGER NOT NULL DEFAULT 0,
+        basis TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (business_date, kind, list_status)
+    );
+    CREATE INDEX reconcile_runs_started ON reconcile_runs (started_at);
+
+    CREATE TABLE reconcile_days (
+        business_date TEXT PRIMARY KEY,
+        state TEXT NOT NULL CHECK (state IN ('open', 'closed')),
+        reason TEXT,
+        records INTEGER NOT NULL DEFAULT 0,
+        first_by_webhook INTEGER NOT NULL DEFAULT 0,
+        first_by_reconcile INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+
+    CREATE TABLE reconcile_requests (
+        id INTEGER PRIMARY KEY,
+        days TEXT NOT NULL,
+        kinds TEXT NOT NULL,
+        source TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        requested_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        outcome TEXT
     );
     """,
 ]
@@ -783,6 +832,182 @@ class Store:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
                 (self._clock.now().isoformat(),),
             )
+
+    # -- reconcile runs (fonzipd.reconciler) -------------------------------------------
+
+    async def save_reconcile_run(self, run: dict[str, Any]) -> None:
+        """Insert or replace the run row of one (business date, kind, list status)."""
+        cols = list(run)
+        async with self.transaction() as tx:
+            await tx.execute(
+                f"INSERT OR REPLACE INTO reconcile_runs ({', '.join(cols)})"
+                f" VALUES ({', '.join('?' * len(cols))})",
+                [run[c] for c in cols],
+            )
+
+    async def reconcile_runs(
+        self, *, days: Sequence[dt.date] | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Run rows of these business dates (all, newest first, when None)."""
+        sql = "SELECT * FROM reconcile_runs"
+        params: list[Any] = []
+        if days is not None:
+            sql += f" WHERE business_date IN ({','.join('?' * len(days))})"
+            params = [d.isoformat() for d in days]
+        sql += " ORDER BY business_date DESC, kind, list_status LIMIT ?"
+        async with self.db.execute(sql, (*params, limit)) as cur:
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) async for r in cur]
+
+    async def local_ids(
+        self, kind: Kind, day: dt.date, statuses: Iterable[str]
+    ) -> dict[int, str]:
+        """Stored records of ``kind`` on business date ``day`` with one of ``statuses``."""
+        wanted = list(statuses)
+        async with self.db.execute(
+            "SELECT fonzip_id, status FROM records WHERE kind = ? AND business_date = ?"
+            f" AND status IN ({','.join('?' * len(wanted))})",
+            (str(kind), day.isoformat(), *wanted),
+        ) as cur:
+            return {int(i): str(st) async for i, st in cur}
+
+    async def refund_dates(self, kind: Kind, status: str = "refunded") -> list[tuple[int, Any]]:
+        """(id, refund date as Fonzip wrote it) of every stored record of ``kind`` in ``status``."""
+        async with self.db.execute(
+            "SELECT fonzip_id, coalesce(json_extract(record, '$.data.transaction.refund_date'),"
+            " json_extract(record, '$.data.transaction__refund_date'),"
+            " json_extract(record, '$.data.refund_date')) FROM records"
+            " WHERE kind = ? AND status = ?",
+            (str(kind), status),
+        ) as cur:
+            return [(int(i), when) async for i, when in cur]
+
+    async def unfinished_events(self, kind: Kind, ids: Iterable[int]) -> int:
+        """How many inbox rows for these ids of ``kind`` are still pending or claimed."""
+        wanted = list(ids)
+        count = 0
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            async with self.db.execute(
+                "SELECT count(*) FROM inbox WHERE kind = ? AND state IN ('pending', 'claimed')"
+                f" AND fonzip_id IN ({','.join('?' * len(chunk))})",
+                (str(kind), *chunk),
+            ) as cur:
+                row = await cur.fetchone()
+            count += int(row[0]) if row else 0
+        return count
+
+    async def first_sources(self, day: dt.date) -> dict[str, int]:
+        """Records of business date ``day`` by the source they were first seen through."""
+        async with self.db.execute(
+            "SELECT first_source, count(*) FROM records WHERE business_date = ?"
+            " GROUP BY first_source",
+            (day.isoformat(),),
+        ) as cur:
+            return {str(s): int(n) async for s, n in cur}
+
+    async def save_reconcile_day(
+        self,
+        day: dt.date,
+        *,
+        closed: bool,
+        reason: str | None,
+        records: int,
+        first_by_webhook: int,
+        first_by_reconcile: int,
+    ) -> None:
+        """Record whether a business day is closed (or why it stays open), with coverage."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "INSERT OR REPLACE INTO reconcile_days (business_date, state, reason, records,"
+                " first_by_webhook, first_by_reconcile, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    day.isoformat(),
+                    "closed" if closed else "open",
+                    reason,
+                    records,
+                    first_by_webhook,
+                    first_by_reconcile,
+                    _ts(self._clock.now()),
+                ),
+            )
+
+    async def reconcile_days(
+        self, *, days: Sequence[dt.date] | None = None, open_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """Day rows (state, reason, coverage), newest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        if days is not None:
+            where.append(f"business_date IN ({','.join('?' * len(days))})")
+            params.extend(d.isoformat() for d in days)
+        if open_only:
+            where.append("state = 'open'")
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        async with self.db.execute(
+            f"SELECT * FROM reconcile_days{clause} ORDER BY business_date DESC", params
+        ) as cur:
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) async for r in cur]
+
+    async def add_reconcile_request(
+        self, days: Sequence[dt.date], kinds: Sequence[Kind], source: Source, *, dry_run: bool
+    ) -> int:
+        """Ask the running daemon to reconcile these days; returns the request id."""
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "INSERT INTO reconcile_requests (days, kinds, source, dry_run, requested_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    json.dumps([d.isoformat() for d in days]),
+                    json.dumps([str(k) for k in kinds]),
+                    str(source),
+                    int(dry_run),
+                    _ts(self._clock.now()),
+                ),
+            )
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    async def claim_reconcile_request(self) -> dict[str, Any] | None:
+        """The oldest request not started yet, marked started; None when there is none."""
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE reconcile_requests SET started_at = ? WHERE id = (SELECT id FROM"
+                " reconcile_requests WHERE started_at IS NULL ORDER BY id LIMIT 1)"
+                " RETURNING id, days, kinds, source, dry_run",
+                (_ts(self._clock.now()),),
+            )
+            row = await cur.fetchone()
+            await cur.close()
+        if row is None:
+            return None
+        return {
+            "id": int(row[0]),
+            "days": [dt.date.fromisoformat(d) for d in json.loads(row[1])],
+            "kinds": [Kind(k) for k in json.loads(row[2])],
+            "source": Source(row[3]),
+            "dry_run": bool(row[4]),
+        }
+
+    async def finish_reconcile_request(self, request_id: int, outcome: str) -> None:
+        """Mark a request done with its outcome (``closed``, ``open`` or an error)."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE reconcile_requests SET finished_at = ?, outcome = ? WHERE id = ?",
+                (_ts(self._clock.now()), outcome, request_id),
+            )
+
+    async def reconcile_request(self, request_id: int) -> dict[str, Any] | None:
+        """One request's row: ``started_at``, ``finished_at`` and ``outcome``."""
+        async with self.db.execute(
+            "SELECT id, started_at, finished_at, outcome FROM reconcile_requests WHERE id = ?",
+            (request_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return {"id": row[0], "started_at": row[1], "finished_at": row[2], "outcome": row[3]}
 
 
 def _iso(value: float | None) -> str | None:

@@ -1,0 +1,717 @@
+"""The reconciler: list each business day at Fonzip, diff it with ``records``, queue the rest.
+
+Fonzip tries a webhook three times and then never again, so fonzipd is complete only
+because of this module. For each business day, kind and list status it pages
+through Fonzip's list, compares the rows with the stored records, and queues every
+id that is missing or whose status differs (and every stored record Fonzip no longer
+lists, to find out why) as a low-priority inbox event; the normal fetcher fetches and
+delivers them. Each (business date, kind, list status) gets one row in
+``reconcile_runs``; a day is *closed* when every list's local count equals Fonzip's
+count and everything queued was fetched.
+
+How lists are compared with local records (see also DESIGN.md, "Time"):
+
+- paid, failed, the form-answer statuses and campaigns: local records whose business
+  date (completion or creation time in the configured zone) is the day and whose
+  status belongs in that list;
+- refund lists: Fonzip documents filtering by refund date for e-cards only. The
+  simulator does so for every kind. This module checks the rows it gets: if their
+  refund dates fall inside the window it counts local refunded records by *refund*
+  date (basis ``refund_date``), if their completion dates do, by business date (basis
+  ``complete_date``); with no rows to tell, it assumes the refund date. The basis is
+  recorded in each run row.
+- Fonzip's ``end_date`` is inclusive (the client sends the next midnight), so rows at
+  exactly the next day's 00:00:00 come back too: rows whose list date lies outside
+  [start, end) are dropped, and ``window_total`` is ``total`` less those rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from fonzipd.clock import SYSTEM_CLOCK, Clock
+from fonzipd.config import ReconcilerSettings
+from fonzipd.days import NightlySchedule, business_date, day_window, days_between, reconcile_days
+from fonzipd.fonzip.client import FonzipClient
+from fonzipd.fonzip.endpoints import ENDPOINTS
+from fonzipd.fonzip.errors import FonzipError
+from fonzipd.fonzip.limiter import Priority
+from fonzipd.kinds import Kind
+from fonzipd.records import (
+    CAMPAIGN_STATUSES,
+    NormalizeError,
+    Source,
+    list_row_id,
+    list_row_status,
+    parse_fonzip_datetime,
+)
+from fonzipd.store import InboxEvent, Store
+
+log = structlog.get_logger(__name__)
+
+_MONEY_LISTS: Mapping[str, tuple[str, ...]] = {
+    "paid": ("succeeded",),
+    "refund": ("refunded",),
+    "failed": ("failed",),
+}
+_FORM_LISTS: Mapping[str, tuple[str, ...]] = {
+    "answer": ("answered",),
+    "waiting_approval": ("waiting_approval",),
+    "rejected": ("rejected",),
+    "refund": ("refunded",),
+    "failed": ("failed",),
+}
+# Refund dates as the list rows of each kind carry them (ticket rows nest them).
+_REFUND_ROW_FIELDS = ("transaction__refund_date", "transaction.refund_date", "refund_date")
+
+LAST_NIGHT_KEY = "reconcile_last_night"
+HEARTBEAT_KEY = "heartbeat"
+
+
+def local_statuses(kind: Kind, list_status: str) -> tuple[str, ...]:
+    """The normalized statuses of the stored records that belong in one of ``kind``'s lists."""
+    if list_status not in kind.list_statuses:
+        raise ValueError(f"{kind} has no list {list_status!r}")
+    if kind is Kind.CAMPAIGN:
+        return tuple(sorted(set(CAMPAIGN_STATUSES.values())))
+    table = _FORM_LISTS if kind is Kind.FORM_ANSWER else _MONEY_LISTS
+    return table[list_status]
+
+
+def _field(row: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _row_date(
+    kind: Kind, list_status: str, row: Mapping[str, Any], tz: ZoneInfo, basis: str
+) -> dt.datetime | None:
+    """The date a list filters ``row`` on (None when the row does not say)."""
+    if list_status == "refund" and basis == "refund_date":
+        spec = ENDPOINTS[kind]
+        fields = ((spec.refund_date_field,) if spec.refund_date_field else ()) + _REFUND_ROW_FIELDS
+        for name in fields:
+            when = parse_fonzip_datetime(_field(row, name), tz)
+            if when is not None:
+                return when
+        return None
+    return parse_fonzip_datetime(_field(row, ENDPOINTS[kind].date_field), tz)
+
+
+def _refund_basis(
+    kind: Kind,
+    rows: Sequence[Mapping[str, Any]],
+    start: dt.datetime,
+    end: dt.datetime,
+    tz: ZoneInfo,
+) -> str:
+    """Which date Fonzip's refund list filtered on, judged from the rows it returned."""
+    by_refund = sum(
+        1
+        for r in rows
+        if (w := _row_date(kind, "refund", r, tz, "refund_date")) and start <= w < end
+    )
+    by_completion = sum(
+        1
+        for r in rows
+        if (w := _row_date(kind, "refund", r, tz, "complete_date")) and start <= w < end
+    )
+    # No rows, or rows without dates: assume the refund date (documented for e-cards).
+    return "complete_date" if by_completion > by_refund else "refund_date"
+
+
+@dataclasses.dataclass(slots=True)
+class ListRun:
+    """One (business date, kind, list status) of a run: what Fonzip has, what we had."""
+
+    day: dt.date
+    kind: Kind
+    list_status: str
+    run_key: str
+    source: Source
+    started_at: float
+    fonzip_total: int | None = None
+    """Fonzip's ``total`` (campaigns: the rows created in the window)."""
+    window_total: int | None = None
+    """``fonzip_total`` less the rows outside [start, end) (the inclusive end bound)."""
+    local_before: int | None = None
+    local_after: int | None = None
+    missing: int = 0
+    changed: int = 0
+    extra: int = 0
+    """Stored records in this list's selection that Fonzip did not list (queued to check)."""
+    fetched: int = 0
+    failed: int = 0
+    calls: int = 0
+    """List pages plus one detail request per queued record (retries not counted)."""
+    basis: str | None = None
+    finished_at: float | None = None
+    outcome: str = "running"
+    reason: str | None = None
+    expected: dict[int, str] = dataclasses.field(default_factory=dict)
+    """In memory: queued ids and the status the list showed (None-like "" for extras)."""
+
+    @property
+    def closed(self) -> bool:
+        return self.outcome == "closed"
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "business_date": self.day.isoformat(),
+            "kind": str(self.kind),
+            "list_status": self.list_status,
+            "run_key": self.run_key,
+            "source": str(self.source),
+            "fonzip_total": self.fonzip_total,
+            "window_total": self.window_total,
+            "local_before": self.local_before,
+            "local_after": self.local_after,
+            "missing": self.missing,
+            "changed": self.changed,
+            "extra": self.extra,
+            "fetched": self.fetched,
+            "failed": self.failed,
+            "calls": self.calls,
+            "basis": self.basis,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "outcome": self.outcome,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ListRun:
+        return cls(
+            day=dt.date.fromisoformat(row["business_date"]),
+            kind=Kind(row["kind"]),
+            list_status=row["list_status"],
+            run_key=row["run_key"],
+            source=Source(row["source"]),
+            started_at=row["started_at"],
+            fonzip_total=row["fonzip_total"],
+            window_total=row["window_total"],
+            local_before=row["local_before"],
+            local_after=row["local_after"],
+            missing=row["missing"],
+            changed=row["changed"],
+            extra=row["extra"],
+            fetched=row["fetched"],
+            failed=row["failed"],
+            calls=row["calls"],
+            basis=row["basis"],
+            finished_at=row["finished_at"],
+            outcome=row["outcome"],
+            reason=row["reason"],
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DayReport:
+    """The result of reconciling one business day."""
+
+    day: dt.date
+    closed: bool
+    reason: str | None
+    runs: list[ListRun]
+    records: int = 0
+    first_by_reconcile: int = 0
+    """Records of the day first seen through a reconcile or backfill, not a webhook."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """What a run is doing, for a progress display."""
+
+    stage: str  # "listed", "waiting", "day_done"
+    day: dt.date
+    run: ListRun | None = None
+    pending: int = 0
+    days_done: int = 0
+    days_total: int = 0
+
+
+class Reconciler:
+    """Lists, diffs and queues; waits for the fetcher; keeps the books.
+
+    ``wake`` tells the fetcher that events were queued. One Reconciler serves the
+    nightly schedule, the catch-up after downtime, ``fonzipd reconcile`` and
+    ``fonzipd backfill``: they differ only in the days, the ``source`` and the
+    ``run_key`` (runs with the same key resume: lists already finished are skipped).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        client: FonzipClient,
+        *,
+        tz: ZoneInfo,
+        settings: ReconcilerSettings,
+        wake: Callable[[], None] = lambda: None,
+        clock: Clock = SYSTEM_CLOCK,
+        poll: float = 0.1,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self.tz = tz
+        self.settings = settings
+        self._wake = wake
+        self._clock = clock
+        self._poll = poll
+
+    async def run(
+        self,
+        days: Sequence[dt.date],
+        *,
+        run_key: str,
+        kinds: Sequence[Kind] | None = None,
+        source: Source = Source.RECONCILE,
+        dry_run: bool = False,
+        fetch_wait: float | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> list[DayReport]:
+        """Reconcile ``days`` (oldest first), one after the other; a report per day.
+
+        ``dry_run`` lists and diffs but queues and records nothing.
+        """
+        chosen = tuple(kinds) if kinds else self.settings.kinds
+        ordered = sorted(set(days))
+        reports = []
+        for n, day in enumerate(ordered):
+            report = await self.reconcile_day(
+                day,
+                run_key=run_key,
+                kinds=chosen,
+                source=source,
+                dry_run=dry_run,
+                fetch_wait=self.settings.fetch_wait if fetch_wait is None else fetch_wait,
+                progress=progress,
+            )
+            reports.append(report)
+            if progress:
+                progress(Progress("day_done", day, days_done=n + 1, days_total=len(ordered)))
+        return reports
+
+    async def reconcile_day(
+        self,
+        day: dt.date,
+        *,
+        run_key: str,
+        kinds: Sequence[Kind],
+        source: Source,
+        dry_run: bool,
+        fetch_wait: float,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> DayReport:
+        bound = log.bind(business_date=day.isoformat(), run_key=run_key, source=str(source))
+        previous = {
+            (Kind(r["kind"]), r["list_status"]): r
+            for r in await self._store.reconcile_runs(days=[day], limit=1000)
+        }
+        runs: list[ListRun] = []
+        todo: list[ListRun] = []
+        for kind in kinds:
+            for list_status in kind.list_statuses:
+                old = previous.get((kind, list_status))
+                if old is not None and old["run_key"] == run_key and old["outcome"] != "running":
+                    # Resumed run: this list was finished before the restart.
+                    runs.append(ListRun.from_row(old))
+                    continue
+                run = await self._list_one(day, kind, list_status, run_key, source, dry_run)
+                runs.append(run)
+                todo.append(run)
+                if progress:
+                    progress(Progress("listed", day, run=run))
+        if not dry_run:
+            await self._wait_fetched(day, todo, fetch_wait, progress)
+        for run in todo:
+            await self._settle(run, dry_run)
+        closed = all(r.closed or r.outcome == "dry_run_closed" for r in runs)
+        reasons = [f"{r.kind}/{r.list_status}: {r.reason}" for r in runs if r.reason]
+        reason = None if closed else "; ".join(reasons[:5]) + (" …" if len(reasons) > 5 else "")
+        sources = await self._store.first_sources(day)
+        records = sum(sources.values())
+        by_reconcile = sources.get(str(Source.RECONCILE), 0)
+        report = DayReport(day, closed, reason, runs, records, by_reconcile)
+        if dry_run:
+            return report
+        await self._store.save_reconcile_day(
+            day,
+            closed=closed,
+            reason=reason,
+            records=records,
+            first_by_webhook=sources.get(str(Source.WEBHOOK), 0),
+            first_by_reconcile=by_reconcile,
+        )
+        share = by_reconcile / records if records else 0.0
+        if (
+            source is not Source.BACKFILL
+            and records >= self.settings.coverage_min_records
+            and share > self.settings.coverage_warning
+        ):
+            bound.warning(
+                "webhook_coverage_low",
+                records=records,
+                first_seen_by_reconcile=by_reconcile,
+                share=round(share, 3),
+                hint="webhooks are not reaching fonzipd: check the firewall, TLS, the URL "
+                "and the auth token of the webhook in Fonzip",
+            )
+        bound.info(
+            "day_reconciled",
+            closed=closed,
+            reason=reason,
+            missing=sum(r.missing for r in todo),
+            changed=sum(r.changed for r in todo),
+            fetched=sum(r.fetched for r in todo),
+            calls=sum(r.calls for r in todo),
+        )
+        return report
+
+    async def _list_one(
+        self,
+        day: dt.date,
+        kind: Kind,
+        list_status: str,
+        run_key: str,
+        source: Source,
+        dry_run: bool,
+    ) -> ListRun:
+        start, end = day_window(day, self.tz)
+        run = ListRun(day, kind, list_status, run_key, source, self._clock.now().timestamp())
+        rows: list[dict[str, Any]] = []
+        total: int | None = None
+        try:
+            async for page in self._client.iter_list(
+                kind, list_status, start, end, priority=Priority.BULK
+            ):
+                rows.extend(page.rows)
+                total = page.total
+                run.calls += 1
+        except FonzipError as exc:
+            run.outcome = "open"
+            run.reason = f"listing failed: {exc}"
+            run.finished_at = self._clock.now().timestamp()
+            log.warning(
+                "reconcile_list_failed", kind=str(kind), list_status=list_status, error=str(exc)
+            )
+            if not dry_run:
+                await self._store.save_reconcile_run(run.to_row())
+            return run
+        basis = "complete_date"
+        if list_status == "refund":
+            basis = _refund_basis(kind, rows, start, end, self.tz)
+            run.basis = basis
+        inside: dict[int, dict[str, Any]] = {}
+        outside = 0
+        for row in rows:
+            when = _row_date(kind, list_status, row, self.tz, basis)
+            if when is not None and not start <= when < end:
+                outside += 1
+                continue
+            inside[list_row_id(kind, row)] = row
+        run.fonzip_total = len(rows) if total is None else total
+        run.window_total = len(inside) if total is None else max(0, total - outside)
+        local = await self._local(kind, list_status, day, basis)
+        run.local_before = len(local)
+        stored = await self._store.record_statuses(kind, inside)
+        events: list[InboxEvent] = []
+        for fid, row in inside.items():
+            try:
+                want = list_row_status(kind, list_status, row)
+            except NormalizeError as exc:
+                log.warning("reconcile_row_unreadable", kind=str(kind), error=str(exc))
+                want = ""
+            have = stored.get(fid)
+            if have is None:
+                run.missing += 1
+            elif have != want:
+                run.changed += 1
+            else:
+                continue
+            run.expected[fid] = want
+            events.append(InboxEvent(kind, fid, None, source, list_row=row))
+        for fid in sorted(set(local) - set(inside)):
+            # Stored, in this list's selection, but not listed: refunded, removed or
+            # deleted since (a detail answering 404 means deleted). Fetch to find out.
+            run.extra += 1
+            run.expected[fid] = ""
+            events.append(InboxEvent(kind, fid, None, source))
+        run.calls += len(events)
+        if dry_run:
+            return run
+        if events:
+            await self._store.add_events(events)
+            self._wake()
+        await self._store.save_reconcile_run(run.to_row())
+        return run
+
+    async def _local(self, kind: Kind, list_status: str, day: dt.date, basis: str) -> set[int]:
+        statuses = local_statuses(kind, list_status)
+        if list_status != "refund" or basis != "refund_date":
+            return set(await self._store.local_ids(kind, day, statuses))
+        found = set()
+        for fid, raw in await self._store.refund_dates(kind, statuses[0]):
+            when = parse_fonzip_datetime(raw, self.tz)
+            if when is not None and business_date(when, self.tz) == day:
+                found.add(fid)
+        return found
+
+    async def _wait_fetched(
+        self,
+        day: dt.date,
+        runs: Sequence[ListRun],
+        fetch_wait: float,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
+        by_kind: dict[Kind, set[int]] = {}
+        for run in runs:
+            by_kind.setdefault(run.kind, set()).update(run.expected)
+        if not any(by_kind.values()):
+            return
+        deadline = self._clock.monotonic() + fetch_wait
+        while True:
+            pending = 0
+            for kind, ids in by_kind.items():
+                if ids:
+                    pending += await self._store.unfinished_events(kind, ids)
+            if progress:
+                progress(Progress("waiting", day, pending=pending))
+            if pending == 0 or self._clock.monotonic() >= deadline:
+                return
+            # Polling the inbox is cheap; the fetcher has no completion callback per row.
+            await asyncio.sleep(self._poll)
+
+    async def _settle(self, run: ListRun, dry_run: bool) -> None:
+        """Count what was fetched, recount locally, and decide the list's outcome."""
+        if run.outcome == "open" and run.reason and run.reason.startswith("listing failed"):
+            return
+        if dry_run:
+            run.local_after = run.local_before
+            ok = run.local_before == run.window_total and not run.expected
+            run.outcome = "dry_run_closed" if ok else "dry_run_open"
+            if not ok:
+                run.reason = self._reason(run, unfetched=len(run.expected))
+            return
+        stored = await self._store.record_statuses(run.kind, run.expected)
+        unfinished = (
+            await self._store.unfinished_events(run.kind, run.expected) if run.expected else 0
+        )
+        for fid, want in run.expected.items():
+            have = stored.get(fid)
+            if want and have == want:
+                run.fetched += 1
+            elif not want and (have is not None or not unfinished):
+                run.fetched += 1  # an extra or unreadable row: checked again
+            else:
+                run.failed += 1
+        basis = run.basis or "complete_date"
+        run.local_after = len(await self._local(run.kind, run.list_status, run.day, basis))
+        run.finished_at = self._clock.now().timestamp()
+        if run.local_after == run.window_total and run.failed == 0:
+            run.outcome, run.reason = "closed", None
+        else:
+            run.outcome = "open"
+            run.reason = self._reason(run, unfetched=run.failed)
+        await self._store.save_reconcile_run(run.to_row())
+
+    @staticmethod
+    def _reason(run: ListRun, *, unfetched: int) -> str:
+        parts = []
+        local = run.local_after if run.local_after is not None else run.local_before
+        if local != run.window_total:
+            parts.append(f"local {local} != Fonzip {run.window_total}")
+        if unfetched:
+            parts.append(f"{unfetched} not fetched (yet)")
+        return ", ".join(parts) or "unsettled"
+
+
+class _Runs(Protocol):
+    settings: ReconcilerSettings
+
+    async def run(
+        self,
+        days: Sequence[dt.date],
+        *,
+        run_key: str,
+        kinds: Sequence[Kind] | None = ...,
+        source: Source = ...,
+        dry_run: bool = ...,
+        fetch_wait: float | None = ...,
+        progress: Callable[[Progress], None] | None = ...,
+    ) -> list[DayReport]: ...
+
+
+class ReconcileScheduler:
+    """The daemon's reconcile task: nightly runs, catch-up at start, CLI requests, heartbeat.
+
+    It never sleeps longer than ``settings.poll_interval`` at once, so a suspended VM
+    or a stepped clock delays a run by at most that; the local date, stored as
+    ``reconcile_last_night`` only once a night's run has finished, keeps runs to one
+    a date, and a restart during a run resumes it (same ``run_key``).
+    """
+
+    def __init__(
+        self,
+        reconciler: _Runs,
+        store: Store,
+        *,
+        tz: ZoneInfo,
+        clock: Clock = SYSTEM_CLOCK,
+        heartbeat_every: float = 60.0,
+    ) -> None:
+        self._reconciler = reconciler
+        self._store = store
+        self._settings = reconciler.settings
+        self._tz = tz
+        self._clock = clock
+        self._heartbeat_every = heartbeat_every
+        self._last_heartbeat: float | None = None
+        self.schedule = NightlySchedule(self._settings.at, tz)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="reconciler")
+
+    async def stop(self) -> None:
+        """Cancel the task; a run in progress resumes at the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run(self) -> None:
+        """The task body: catch up once, then tick until cancelled."""
+        try:
+            await self.catch_up()
+        except Exception:
+            log.exception("reconcile_catchup_crashed")
+        while True:
+            try:
+                delay = await self.tick()
+            except Exception:
+                # A bug or a database problem: keep the daemon up, try again later.
+                log.exception("reconcile_tick_crashed")
+                delay = self._settings.poll_interval
+            await self._clock.sleep(delay)
+
+    async def heartbeat(self, *, force: bool = False) -> None:
+        """Record that the daemon is alive (read at the next start to measure downtime)."""
+        mono = self._clock.monotonic()
+        recent = (
+            self._last_heartbeat is not None and mono - self._last_heartbeat < self._heartbeat_every
+        )
+        if recent and not force:
+            return
+        await self._store.set_meta(HEARTBEAT_KEY, self._clock.now().isoformat())
+        self._last_heartbeat = mono
+
+    async def catch_up(self) -> list[DayReport]:
+        """At start: reconcile the downtime window if fonzipd was down too long."""
+        raw = await self._store.get_meta(HEARTBEAT_KEY)
+        now = self._clock.now()
+        await self.heartbeat(force=True)
+        if raw is None or not self._settings.enabled:
+            return []
+        last = dt.datetime.fromisoformat(raw)
+        down = (now - last).total_seconds()
+        if down <= self._settings.catchup_after:
+            return []
+        days = days_between(business_date(last, self._tz), business_date(now, self._tz))
+        log.warning(
+            "reconcile_catchup_started",
+            down_s=round(down),
+            since=last.isoformat(),
+            days=[d.isoformat() for d in days],
+        )
+        return await self._reconciler.run(days, run_key=f"catchup:{last.isoformat()}")
+
+    async def tick(self) -> float:
+        """One wake-up: heartbeat, requests, a due night. Returns seconds to sleep."""
+        await self.heartbeat()
+        request = await self._store.claim_reconcile_request()
+        if request is not None:
+            await self._serve(request)
+            return 0.0
+        if not self._settings.enabled:
+            return self._settings.poll_interval
+        raw = await self._store.get_meta(LAST_NIGHT_KEY)
+        last = None if raw is None else dt.date.fromisoformat(raw)
+        now = self._clock.now()
+        due = self.schedule.due_date(now, last)
+        if due is not None:
+            await self.run_night(due)
+            return 0.0
+        return self.schedule.sleep_for(now, last, max_sleep=self._settings.poll_interval)
+
+    async def run_night(self, night: dt.date) -> list[DayReport]:
+        """The nightly run of local date ``night``: yesterday, the lookback and open days."""
+        days = set(reconcile_days(night, self._settings.lookback_days))
+        horizon = night - dt.timedelta(days=31)
+        for row in await self._store.reconcile_days(open_only=True):
+            open_day = dt.date.fromisoformat(row["business_date"])
+            if horizon <= open_day < night:
+                days.add(open_day)
+        log.info("reconcile_night_started", night=night.isoformat(), days=len(days))
+        reports = await self._reconciler.run(sorted(days), run_key=f"nightly:{night.isoformat()}")
+        await self._store.set_meta(LAST_NIGHT_KEY, night.isoformat())
+        log.info(
+            "reconcile_night_finished",
+            night=night.isoformat(),
+            closed=sum(r.closed for r in reports),
+            open=[r.day.isoformat() for r in reports if not r.closed],
+        )
+        return reports
+
+    async def _serve(self, request: dict[str, Any]) -> None:
+        source: Source = request["source"]
+        days: list[dt.date] = request["days"]
+        key = (
+            f"backfill:{days[0].isoformat()}:{days[-1].isoformat()}"
+            if source is Source.BACKFILL and days
+            else f"request:{request['id']}"
+        )
+        outcome = "error"
+        try:
+            reports = await self._reconciler.run(
+                days, run_key=key, kinds=request["kinds"] or None, source=source
+            )
+            outcome = "closed" if all(r.closed for r in reports) else "open"
+        finally:
+            await self._store.finish_reconcile_request(request["id"], outcome)
+
+
+def run_key_now(prefix: str, clock: Clock = SYSTEM_CLOCK) -> str:
+    """A run key unique to this moment (a fresh, not a resumed, run)."""
+    return f"{prefix}:{clock.now().isoformat()}"
+
+
+def all_days(first: dt.date, last: dt.date) -> list[dt.date]:
+    """Every business date from ``first`` to ``last``; ValueError if reversed."""
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}")
+    return days_between(first, last)
+
+
+def expected_kinds(kinds: Iterable[str]) -> list[Kind]:
+    """Kinds from their names; ValueError naming the unknown one."""
+    out = []
+    for name in kinds:
+        try:
+            out.append(Kind(name))
+        except ValueError:
+            known = ", ".join(k.value for k in Kind)
+            raise ValueError(f"unknown kind {name!r} (known: {known})") from None
+    return out
