@@ -139,10 +139,30 @@ class GroupCommitter:
 
 
 ReadinessProbe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+WebhookObserver = Callable[[int | None, int | None, str], None]
+"""Called once per webhook request with (operation, status, outcome), for metrics."""
+DeliverySeen = Callable[[Webhook], Awaitable[None]]
+"""Called after an authenticated, valid webhook was answered (``fonzipd webhooks test``)."""
 
 SETTINGS_KEY = web.AppKey("settings", ListenerSettings)
 COMMITTER_KEY = web.AppKey("committer", GroupCommitter)
 READINESS_KEY: web.AppKey[ReadinessProbe] = web.AppKey("readiness")
+OBSERVER_KEY: web.AppKey[WebhookObserver] = web.AppKey("webhook_observer")
+SEEN_KEY: web.AppKey[DeliverySeen] = web.AppKey("delivery_seen")
+
+
+def _observe(request: web.Request, hook: Webhook | None, outcome: str) -> None:
+    observer = request.app.get(OBSERVER_KEY)
+    if observer is not None:
+        observer(
+            None if hook is None else hook.operation, None if hook is None else hook.status, outcome
+        )
+
+
+async def _seen(request: web.Request, hook: Webhook) -> None:
+    seen = request.app.get(SEEN_KEY)
+    if seen is not None:
+        await seen(hook)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -161,19 +181,24 @@ async def handle_webhook(request: web.Request) -> web.Response:
                 reason="missing token" if given is None else "wrong token",
                 remote=request.remote,
             )
+            _observe(request, None, "unauthorized")
             return _error(401, f"missing or wrong {AUTH_HEADER} header")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        _observe(request, None, "too_large")
         return _error(413, f"body larger than {settings.max_body_bytes} bytes")
     if request.content_type != "application/json":
+        _observe(request, None, "unsupported_media_type")
         return _error(415, f"Content-Type must be application/json, got {request.content_type!r}")
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
+        _observe(request, None, "too_large")
         return _error(413, f"body larger than {settings.max_body_bytes} bytes")
     try:
         hook = parse_webhook(body)
     except PayloadError as exc:
         log.warning("webhook_rejected", reason=str(exc), remote=request.remote)
+        _observe(request, None, "invalid")
         return _error(422, str(exc))
     bound = log.bind(
         kind=str(hook.kind), fonzip_id=hook.id, status=hook.status, webhook_id=hook.webhook_id
@@ -181,6 +206,8 @@ async def handle_webhook(request: web.Request) -> web.Response:
     if hook.id == 0:
         # Fonzip's test deliveries (PATCH /webhook/{id}) carry id 0: nothing to fetch.
         bound.info("webhook_test_received")
+        _observe(request, hook, "test")
+        await _seen(request, hook)
         return web.json_response({"result": "ok", "test": True})
     event = InboxEvent(
         kind=hook.kind, fonzip_id=hook.id, event_status=hook.status, source=Source.WEBHOOK
@@ -190,8 +217,11 @@ async def handle_webhook(request: web.Request) -> web.Response:
     except StoreError:
         # Never 200 without a committed row: Fonzip retries a non-2xx answer.
         bound.error("webhook_not_stored")
+        _observe(request, hook, "not_stored")
         return _error(503, "the event could not be stored; please retry")
     bound.info("webhook_accepted", duplicate=not added)
+    _observe(request, hook, "accepted" if added else "duplicate")
+    await _seen(request, hook)
     return web.json_response({"result": "ok", "duplicate": not added})
 
 
@@ -212,13 +242,23 @@ def build_app(
     readiness: ReadinessProbe,
     *,
     extra_routes: list[web.RouteDef] | None = None,
+    observer: WebhookObserver | None = None,
+    seen: DeliverySeen | None = None,
 ) -> web.Application:
-    """The listener's aiohttp application."""
+    """The listener's aiohttp application.
+
+    ``observer`` counts every webhook request by outcome; ``seen`` hears of every
+    authenticated, valid one once it is answered.
+    """
     # client_max_size bounds what aiohttp reads even without a Content-Length.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS_KEY] = settings
     app[COMMITTER_KEY] = committer
     app[READINESS_KEY] = readiness
+    if observer is not None:
+        app[OBSERVER_KEY] = observer
+    if seen is not None:
+        app[SEEN_KEY] = seen
     app.router.add_post(settings.path, handle_webhook)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
