@@ -1,7 +1,8 @@
-"""The command line: run | check | status | replay | sinks | simulate | demo.
+"""The command line: run | check | status | replay | reconcile | backfill | sinks | simulate | demo.
 
 Exit codes: 0 success; 1 the command ran and found a problem (or failed at run
-time); 2 usage error; 78 the configuration is invalid (EX_CONFIG: systemd's
+time; for ``check --online``: Fonzip refused the credentials or could not be
+reached); 2 usage error; 78 the configuration is invalid (EX_CONFIG: systemd's
 ``RestartPreventExitStatus=78`` stops a restart loop on a broken file).
 """
 
@@ -46,7 +47,28 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     with_config(sub.add_parser("run", help="run the daemon"))
-    with_config(sub.add_parser("check", help="validate the configuration and plugins"))
+    ck = with_config(sub.add_parser("check", help="validate the configuration and plugins"))
+    ck.add_argument(
+        "--online",
+        action="store_true",
+        help="also get a token (reusing the stored one), call /me and print the association",
+    )
+    wh = sub.add_parser("webhooks", help="manage the Fonzip webhook that calls this daemon")
+    whs = wh.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    reg = with_config(whs.add_parser("register", help="create (or find) the webhook for a URL"))
+    reg.add_argument("--url", required=True, help="the public https URL Fonzip POSTs to")
+    reg.add_argument("--name", help="webhook name (default fonzipd-<host>)")
+    with_config(whs.add_parser("list", help="the account's webhooks"))
+    for action, text in (
+        ("test", "ask Fonzip for a test delivery and wait for it to reach the daemon"),
+        ("delete", "delete a webhook"),
+    ):
+        wa = with_config(whs.add_parser(action, help=text))
+        which = wa.add_mutually_exclusive_group(required=action == "delete")
+        which.add_argument("--id", type=int, dest="webhook_id", help="webhook id")
+        which.add_argument("--url", help="webhook URL")
+        if action == "test":
+            wa.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
     st = with_config(sub.add_parser("status", help="inbox, sinks and failures"))
     st.add_argument("--json", action="store_true", help="machine-readable output")
     rp = with_config(sub.add_parser("replay", help="queue records for one sink again"))
@@ -67,7 +89,31 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="output folder")
     demo.add_argument("--events", type=int, default=40, help="webhooks to send")
     demo.add_argument("--seed", type=int, default=7)
+    rc = with_config(sub.add_parser("reconcile", help="reconcile business days with Fonzip now"))
+    when = rc.add_mutually_exclusive_group()
+    when.add_argument(
+        "--date", type=_date, help="one business date YYYY-MM-DD (default: yesterday)"
+    )
+    when.add_argument("--from", dest="first", type=_date, help="first business date of a range")
+    rc.add_argument("--to", dest="last", type=_date, help="last business date (with --from)")
+    rc.add_argument(
+        "--kind", action="append", type=Kind, choices=list(Kind), help="only this kind (repeatable)"
+    )
+    rc.add_argument("--dry-run", action="store_true", help="list and compare; queue nothing")
+    bf = with_config(sub.add_parser("backfill", help="import history (resumable)"))
+    bf.add_argument("--from", dest="first", type=_date, required=True, help="first date")
+    bf.add_argument("--to", dest="last", type=_date, required=True, help="last date")
+    bf.add_argument(
+        "--kind", action="append", type=Kind, choices=list(Kind), help="only this kind (repeatable)"
+    )
     return p
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {value!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +149,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     logs.configure(settings.logging.level, settings.logging.format)
+    path = args.config if args.config is not None else default_config_path()
     try:
-        asyncio.run(Daemon(settings).run())
+        asyncio.run(Daemon(settings, config_path=path).run())
     except SinkConfigError as exc:
         print(f"fonzipd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -142,7 +189,84 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"configuration OK: listener {settings.listener.host}:{settings.listener.port}"
         f"{settings.listener.path}, state {settings.state.path}, sinks: {sinks or 'none'}"
     )
+    if args.online:
+        return asyncio.run(_check_online(settings))
     return EXIT_OK
+
+
+async def _check_online(settings: Settings) -> int:
+    from fonzipd.fonzip.errors import FonzipError
+    from fonzipd.webhooks import connected
+
+    try:
+        async with connected(settings) as (store, client):
+            me = await client.me()
+            token = None if client.tokens.fixed else await store.load(client.tokens.key)
+    except FonzipError as exc:
+        print(f"fonzipd: Fonzip: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    name = me.get("display_name") or me.get("name") or "(no name)"
+    print(f"Fonzip OK: association {name!r} (id {me.get('id')})")
+    if token is not None:
+        print(f"access token valid until {token.expires_at.isoformat()}")
+    return EXIT_OK
+
+
+def _cmd_webhooks(args: argparse.Namespace) -> int:
+    from fonzipd.fonzip.errors import FonzipError
+    from fonzipd.webhooks import WebhookError
+
+    settings = _load(args)
+    try:
+        return asyncio.run(_webhooks(args, settings))
+    except (FonzipError, WebhookError) as exc:
+        print(f"fonzipd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+async def _webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from fonzipd import webhooks
+
+    action = args.webhooks_command
+    async with webhooks.connected(settings) as (store, client):
+        if action == "list":
+            for h in await client.list_webhooks():
+                print(f"{h.get('id'):>6}  {h.get('name')}  {h.get('url')}")
+            return EXIT_OK
+        if action == "register":
+            token = settings.listener.auth_token
+            if token is None:
+                print(
+                    "fonzipd: listener.auth_token is not set: Fonzip would send no "
+                    "X-FZ-Auth-Token header (set FONZIPD_LISTENER__AUTH_TOKEN)",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
+            reg = await webhooks.register(
+                client, args.url, token.get_secret_value(), name=args.name
+            )
+            verb = "created" if reg.created else "already registered"
+            h = reg.webhook
+            print(f"webhook {h.get('id')} {h.get('name')!r} {verb} for {h.get('url')}")
+            return EXIT_OK
+        hook = await webhooks.find(client, webhook_id=args.webhook_id, url=args.url)
+        if action == "delete":
+            await client.delete_webhook(int(hook["id"]))
+            print(f"webhook {hook['id']} {hook.get('name')!r} deleted")
+            return EXIT_OK
+        if store.acquire_worker_lock():
+            print(
+                "fonzipd: no daemon is running on this state database: start it first "
+                "(systemctl start fonzipd)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        took = await webhooks.send_test(client, store, int(hook["id"]), timeout=args.timeout)
+        print(
+            f"test delivery of webhook {hook['id']} reached the daemon "
+            f"({took.total_seconds():.1f} s after the request)"
+        )
+        return EXIT_OK
 
 
 async def _status(settings: Settings) -> dict[str, Any]:
@@ -151,15 +275,51 @@ async def _status(settings: Settings) -> dict[str, Any]:
     store = await Store.open(settings.state.path)
     try:
         depth, age = await store.inbox_depth()
+        running = not store.acquire_worker_lock()
         return {
             "state": str(settings.state.path),
-            "daemon_running": not store.acquire_worker_lock(),
+            "daemon_running": running,
+            "health": await _daemon_health(settings) if running else None,
+            "token_expires_at": await _token_expiry(store, settings),
             "inbox": {"pending": depth, "oldest_age_s": age, **await store.inbox_counts()},
             "sinks": await store.sink_status(settings.sinks),
             "failed_events": await store.failed_events(),
+            "reconcile_runs": await store.reconcile_runs(limit=20),
+            "open_days": await store.reconcile_days(open_only=True),
         }
     finally:
         await store.close()
+
+
+async def _daemon_health(settings: Settings) -> dict[str, Any]:
+    """The running daemon's /readyz answer (on the metrics port when it has its own)."""
+    import aiohttp
+
+    host, port = settings.listener.host, settings.listener.port
+    if settings.metrics.port is not None:
+        host, port = settings.metrics.host, settings.metrics.port
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/readyz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
+            session.get(url) as resp,
+        ):
+            body: dict[str, Any] = await resp.json()
+            return {"ready": resp.status == 200, "url": url, **body}
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"ready": False, "url": url, "error": f"no answer: {exc}"}
+
+
+async def _token_expiry(store: Store, settings: Settings) -> str | None:
+    from fonzipd.fonzip.token import token_key
+
+    client_id = settings.fonzip.client_id
+    if client_id is None:
+        return None
+    token = await store.load(token_key(str(settings.fonzip.base_url), client_id.get_secret_value()))
+    return None if token is None else token.expires_at.isoformat()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -170,6 +330,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"state database: {status['state']}")
         print(f"daemon running: {'yes' if status['daemon_running'] else 'no'}")
+        health = status["health"]
+        if health is not None:
+            problems = {k: v for k, v in health.items() if k in ("database", "fonzip", "sinks")}
+            verdict = "ready" if health["ready"] else "NOT READY"
+            print(f"daemon health: {verdict} {health.get('error') or problems}")
+        print(f"fonzip token expires: {status['token_expires_at'] or 'no stored token'}")
         inbox = status["inbox"]
         print(
             f"inbox: {inbox['pending']} pending, {inbox.get('done', 0)} done, "
@@ -184,6 +350,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
             )
         for ev in status["failed_events"]:
             print(f"failed: {ev['kind']} {ev['fonzip_id']}: {ev['last_error']}")
+        runs = status["reconcile_runs"]
+        if runs:
+            print(f"last reconcile runs ({len(runs)}):")
+            for r in runs:
+                print(
+                    f"  {r['business_date']} {r['kind']:<14} {r['list_status']:<16} "
+                    f"fonzip {r['window_total']} local {r['local_after']} "
+                    f"missing {r['missing']} fetched {r['fetched']} {r['outcome']}"
+                )
+        for d in status["open_days"]:
+            print(f"open day: {d['business_date']}: {d['reason']}")
     unhealthy = status["failed_events"] or any(
         st["dead"] or st["failing_since"] for st in status["sinks"].values()
     )
@@ -254,6 +431,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(workdir, events=args.events, seed=args.seed))
 
 
+def _reconcile_days(args: argparse.Namespace, settings: Settings) -> list[dt.date] | None:
+    from fonzipd.reconciler import all_days
+
+    if args.first is not None or args.last is not None:
+        if args.first is None or args.last is None:
+            print("fonzipd: --from and --to go together", file=sys.stderr)
+            return None
+        try:
+            return all_days(args.first, args.last)
+        except ValueError as exc:
+            print(f"fonzipd: {exc}", file=sys.stderr)
+            return None
+    if getattr(args, "date", None) is not None:
+        return [args.date]
+    today = dt.datetime.now(dt.UTC).astimezone(settings.fonzip.tz).date()
+    return [today - dt.timedelta(days=1)]
+
+
+def _cmd_reconcile(args: argparse.Namespace, *, backfill: bool = False) -> int:
+    from fonzipd.reconcile_command import reconcile_now
+    from fonzipd.records import Source
+
+    settings = _load(args)
+    days = _reconcile_days(args, settings)
+    if days is None:
+        return EXIT_USAGE
+    source = Source.BACKFILL if backfill else Source.RECONCILE
+    return asyncio.run(
+        reconcile_now(
+            settings,
+            days,
+            kinds=args.kind or [],
+            source=source,
+            dry_run=getattr(args, "dry_run", False),
+        )
+    )
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    return _cmd_reconcile(args, backfill=True)
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "check": _cmd_check,
@@ -262,4 +481,7 @@ _COMMANDS = {
     "sinks": _cmd_sinks,
     "simulate": _cmd_simulate,
     "demo": _cmd_demo,
+    "webhooks": _cmd_webhooks,
+    "reconcile": _cmd_reconcile,
+    "backfill": _cmd_backfill,
 }

@@ -651,6 +651,14 @@ class ReconcileScheduler:
         last = None if raw is None else dt.date.fromisoformat(raw)
         now = self._clock.now()
         due = self.schedule.due_date(now, last)
+        if last is None and due is not None:
+            # A new state database: the first night is the next one (history is what
+            # `fonzipd backfill` is for), not an unasked-for run at the first start.
+            await self._store.set_meta(LAST_NIGHT_KEY, due.isoformat())
+            log.info(
+                "reconcile_schedule_started", first_night=(due + dt.timedelta(days=1)).isoformat()
+            )
+            return 0.0
         if due is not None:
             await self.run_night(due)
             return 0.0

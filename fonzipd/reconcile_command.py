@@ -1,0 +1,279 @@
+"""The reconcile and backfill commands: run now, show progress, print the table per day.
+
+Only one process talks to Fonzip at a time, so the two never break the rate limit
+together and never fetch the same record twice:
+
+- when no daemon runs, the command takes the worker lock and runs the pipeline itself
+  (``Daemon(listen=False, schedule=False)``: fetcher and dispatcher, no listener);
+- when a daemon runs, the command writes a request into the state database and the
+  daemon's scheduler (which checks every ``reconciler.poll_interval`` seconds) runs it
+  under the daemon's own rate limiter; the command follows the run rows and prints the
+  table when the daemon is done;
+- ``--dry-run`` queues nothing: it lists with its own client, at a quarter of the rate
+  when a daemon runs (list pages only: one request per 100 records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from fonzipd.clock import SYSTEM_CLOCK, Clock
+from fonzipd.config import Settings
+from fonzipd.fonzip.client import FonzipClient
+from fonzipd.fonzip.limiter import RateLimiter
+from fonzipd.kinds import Kind
+from fonzipd.reconciler import DayReport, ListRun, Progress, Reconciler, run_key_now
+from fonzipd.records import Source
+from fonzipd.store import Store
+
+DRY_RUN_SHARE_WITH_DAEMON = 0.25
+"""Share of the rate a dry run lists at while the daemon uses the rest."""
+
+
+class ProgressView:
+    """Progress on a terminal (stderr, one rewritten line); silent when not a terminal.
+
+    The ETA is derived from the rate limit: the requests the finished days took on
+    average, times the days left, at ``rate_per_minute``. It is a lower bound: Fonzip
+    answering slowly or refusing requests makes it longer.
+    """
+
+    def __init__(self, days: int, rate_per_minute: float, *, out: TextIO | None = None) -> None:
+        self.out = out if out is not None else sys.stderr
+        self.enabled = self.out.isatty()
+        self.days = days
+        self.rate = rate_per_minute
+        self.done = 0
+        self.calls_done = 0
+        self.calls_day = 0
+        self.text = ""
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate limit; None before the first day is done."""
+        if self.done == 0:
+            return None
+        per_day = self.calls_done / self.done
+        return (self.days - self.done) * per_day / (self.rate / 60.0)
+
+    def __call__(self, event: Progress) -> None:
+        if event.stage == "listed" and event.run is not None:
+            self.calls_day += event.run.calls
+            r = event.run
+            queued = len(r.expected)
+            what = f"{event.day} {r.kind}/{r.list_status}: Fonzip {r.window_total}, queued {queued}"
+        elif event.stage == "waiting":
+            what = f"{event.day}: waiting for {event.pending} fetches"
+        else:
+            self.done = event.days_done
+            self.calls_done += self.calls_day
+            self.calls_day = 0
+            what = f"{event.day} done"
+        width = 20
+        filled = int(width * self.done / self.days) if self.days else width
+        eta = self.eta_seconds()
+        eta_text = "ETA estimating" if eta is None else f"ETA ≥ {_duration(eta)}"
+        self.text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.days} days, "
+            f"{eta_text} at {self.rate:.0f} req/min  {what}"
+        )
+        if self.enabled:
+            self.out.write("\r\x1b[2K" + self.text[:150])
+            self.out.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def render_table(reports: Sequence[DayReport]) -> str:
+    """The table per day, kind and list status, then one line per day."""
+    head = (
+        f"{'date':<10}  {'kind':<14} {'list':<16} {'fonzip':>6} {'local':>6} "
+        f"{'missing':>7} {'changed':>7} {'fetched':>7} {'failed':>6}  outcome"
+    )
+    lines = [head, "-" * len(head)]
+    for rep in reports:
+        for r in rep.runs:
+            local = r.local_after if r.local_after is not None else r.local_before
+            lines.append(
+                f"{rep.day.isoformat():<10}  {r.kind!s:<14} {r.list_status:<16} "
+                f"{_num(r.window_total):>6} {_num(local):>6} {r.missing:>7} {r.changed:>7} "
+                f"{r.fetched:>7} {r.failed:>6}  {r.outcome}"
+                + (f" ({r.reason})" if r.reason and not r.closed else "")
+            )
+    lines.append("")
+    for rep in reports:
+        share = f"{rep.first_by_reconcile / rep.records:.0%}" if rep.records else "-"
+        state = "closed" if rep.closed else f"OPEN: {rep.reason}"
+        lines.append(
+            f"{rep.day.isoformat()}: {state}  ({rep.records} records, "
+            f"{rep.first_by_reconcile} first seen by the reconcile = {share})"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+async def reconcile_now(
+    settings: Settings,
+    days: Sequence[dt.date],
+    *,
+    kinds: Sequence[Kind],
+    source: Source = Source.RECONCILE,
+    dry_run: bool = False,
+    out: TextIO | None = None,
+    progress_out: TextIO | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> int:
+    """Run a reconcile (or backfill) of ``days`` now; print the table; the exit code.
+
+    0 when every day asked for is closed, 1 otherwise.
+    """
+    out = out if out is not None else sys.stdout
+    chosen = list(kinds) or list(settings.reconciler.kinds)
+    store = await Store.open(settings.state.path, clock=clock)
+    daemon_running = not store.acquire_worker_lock()
+    rate = settings.fonzip.effective_rate
+    if dry_run:
+        try:
+            share = DRY_RUN_SHARE_WITH_DAEMON if daemon_running else 1.0
+            reports = await _dry_run(settings, store, days, chosen, rate * share, clock)
+        finally:
+            await store.close()
+    elif daemon_running:
+        try:
+            reports = await _through_daemon(store, days, chosen, source, rate, progress_out, clock)
+        finally:
+            await store.close()
+    else:
+        await store.close()
+        reports = await _in_process(settings, days, chosen, source, rate, progress_out, clock)
+    print(render_table(reports), file=out)
+    if dry_run:
+        print("(dry run: nothing was queued or recorded)", file=out)
+    return 0 if reports and all(r.closed for r in reports) else 1
+
+
+async def _dry_run(
+    settings: Settings,
+    store: Store,
+    days: Sequence[dt.date],
+    kinds: Sequence[Kind],
+    rate: float,
+    clock: Clock,
+) -> list[DayReport]:
+    limiter = RateLimiter(rate, clock=clock)
+    async with FonzipClient(
+        settings.fonzip, token_store=store, limiter=limiter, clock=clock, form_ids=store
+    ) as client:
+        reconciler = Reconciler(
+            store, client, tz=settings.fonzip.tz, settings=settings.reconciler, clock=clock
+        )
+        return await reconciler.run(
+            days, run_key=run_key_now("dry-run", clock), kinds=kinds, dry_run=True
+        )
+
+
+async def _in_process(
+    settings: Settings,
+    days: Sequence[dt.date],
+    kinds: Sequence[Kind],
+    source: Source,
+    rate: float,
+    progress_out: TextIO | None,
+    clock: Clock,
+) -> list[DayReport]:
+    from fonzipd.app import Daemon  # the app imports the reconciler: import late
+
+    daemon = Daemon(settings, clock=clock, listen=False, schedule=False)
+    view = ProgressView(len(days), rate, out=progress_out)
+    await daemon.start()
+    try:
+        assert daemon.reconciler is not None
+        return await daemon.reconciler.run(
+            days, run_key=_run_key(source, days, clock), kinds=kinds, source=source, progress=view
+        )
+    finally:
+        view.finish()
+        await daemon.stop()
+
+
+def _run_key(source: Source, days: Sequence[dt.date], clock: Clock) -> str:
+    # A backfill of the same range resumes where it stopped; a reconcile starts afresh.
+    if source is Source.BACKFILL:
+        return f"backfill:{min(days).isoformat()}:{max(days).isoformat()}"
+    return run_key_now("cli", clock)
+
+
+async def _through_daemon(
+    store: Store,
+    days: Sequence[dt.date],
+    kinds: Sequence[Kind],
+    source: Source,
+    rate: float,
+    progress_out: TextIO | None,
+    clock: Clock,
+    poll: float = 0.2,
+) -> list[DayReport]:
+    request_id = await store.add_reconcile_request(days, kinds, source, dry_run=False)
+    view = ProgressView(len(days), rate, out=progress_out)
+    if view.enabled:
+        view.out.write(f"the daemon is running: it runs this reconcile (request {request_id})\n")
+    try:
+        while True:
+            row = await store.reconcile_request(request_id)
+            if row is not None and row["finished_at"] is not None:
+                break
+            done = {r["business_date"] for r in await store.reconcile_days(days=list(days))}
+            if view.enabled:
+                started = "started" if row and row["started_at"] else "waiting for the daemon"
+                view.out.write(f"\r\x1b[2K{started}: {len(done)}/{len(days)} days reported")
+                view.out.flush()
+            await asyncio.sleep(poll)
+    finally:
+        view.finish()
+    return await reports_from_store(store, days, kinds)
+
+
+async def reports_from_store(
+    store: Store, days: Sequence[dt.date], kinds: Sequence[Kind] | None = None
+) -> list[DayReport]:
+    """Day reports rebuilt from the state database (the latest run of each list)."""
+    wanted = {str(k) for k in kinds} if kinds else None
+    runs = [
+        ListRun.from_row(r)
+        for r in await store.reconcile_runs(days=list(days), limit=100_000)
+        if wanted is None or r["kind"] in wanted
+    ]
+    day_rows = {r["business_date"]: r for r in await store.reconcile_days(days=list(days))}
+    reports = []
+    for day in sorted(set(days)):
+        row = day_rows.get(day.isoformat())
+        day_runs = sorted(
+            (r for r in runs if r.day == day), key=lambda r: (r.kind.value, r.list_status)
+        )
+        reports.append(
+            DayReport(
+                day=day,
+                closed=bool(row and row["state"] == "closed"),
+                reason=(row["reason"] if row else "never reconciled"),
+                runs=day_runs,
+                records=int(row["records"]) if row else 0,
+                first_by_reconcile=int(row["first_by_reconcile"]) if row else 0,
+            )
+        )
+    return reports
