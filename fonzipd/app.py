@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import signal
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from fonzipd import __version__
+from fonzipd import __version__, logs
 from fonzipd.clock import SYSTEM_CLOCK, Clock
-from fonzipd.config import Settings
+from fonzipd.config import ConfigError, Settings, load_config
 from fonzipd.dispatcher import Dispatcher, SinkRunner
 from fonzipd.fetcher import Fetcher
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.listener import GroupCommitter, build_app
+from fonzipd.metrics import MeteredClient, Metrics, build_health_app, store_reconcile_figures
+from fonzipd.notify import Notifier
 from fonzipd.reconciler import Reconciler, ReconcileScheduler
-from fonzipd.registry import build_sinks
+from fonzipd.registry import SinkConfigError, build_sinks
 from fonzipd.store import Store, StoreError
+from fonzipd.webhooks import DeliveryLog
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +50,18 @@ class Daemon:
         drain_timeout: float = 15.0,
         listen: bool = True,
         schedule: bool = True,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
+        # config_path: what SIGHUP re-reads (None: reload is refused with a log line).
+        self.config_path = config_path
+        self.notifier = notifier if notifier is not None else Notifier.from_environ()
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self._health_runner: web.AppRunner | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[Any]] = set()
         # listen=False, schedule=False: the pipeline alone (fetcher + dispatcher), which
         # `fonzipd reconcile` and `backfill` run when no daemon is running.
         self.listen = listen
@@ -89,14 +105,28 @@ class Daemon:
         sink_ids = tuple(runners)
 
         limiter = RateLimiter(s.fonzip.effective_rate, clock=self.clock)
-        self.client = FonzipClient(
-            s.fonzip, token_store=store, limiter=limiter, clock=self.clock, form_ids=store
+        self.client = MeteredClient(
+            s.fonzip,
+            metrics=self.metrics,
+            token_store=store,
+            limiter=limiter,
+            clock=self.clock,
+            form_ids=store,
+        )
+        dispatcher = self.dispatcher
+        self.metrics.bind(
+            store=store,
+            client=self.client,
+            runners=lambda: dispatcher.runners,
+            sink_ids=lambda: self.settings.sinks,
+            reconcile=store_reconcile_figures(store),
         )
         self.fetcher = Fetcher(
             store,
             self.client,
             s.fetcher,
-            sink_ids=lambda: sink_ids,
+            # Read on every record: a reload that adds or removes sinks takes effect at once.
+            sink_ids=lambda: tuple(dispatcher.runners),
             tz=s.fonzip.tz,
             on_record=self.dispatcher.wake,
             clock=self.clock,
@@ -123,12 +153,31 @@ class Daemon:
         self.committer = GroupCommitter(
             store, max_batch=s.listener.commit_max_batch, on_commit=self.fetcher.wake
         )
-        app = build_app(s.listener, self.committer, self.readiness)
+        separate = s.metrics.port is not None
+        app = build_app(
+            s.listener,
+            self.committer,
+            self.readiness,
+            extra_routes=None if separate else [web.get("/metrics", self.metrics.handle)],
+            observer=self.metrics.observe_webhook,
+            seen=DeliveryLog(store, clock=self.clock).seen,
+        )
+        if separate:
+            health = web.AppRunner(build_health_app(self.metrics, self.readiness), access_log=None)
+            await health.setup()
+            await web.TCPSite(health, s.metrics.host, s.metrics.port).start()
+            self._health_runner = health
+            self.metrics_port = _bound_port(health)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.listener.host, s.listener.port)
         await site.start()
         self.port = self._bound_port()
+        if not separate:
+            self.metrics_port = self.port
+        # Listener bound, state database open: tell systemd (Type=notify).
+        self.notifier.ready(await self._status_line())
+        self._status_task = asyncio.create_task(self._report_status(), name="notify-status")
         if s.listener.auth_token is None:
             log.warning(
                 "listener_unauthenticated",
@@ -145,10 +194,34 @@ class Daemon:
 
     def _bound_port(self) -> int:
         assert self._runner is not None
-        for addr in self._runner.addresses:
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                return int(addr[1])
-        raise RuntimeError("the listener is not bound")
+        return _bound_port(self._runner)
+
+    async def _status_line(self) -> str:
+        store = self.store
+        if store is None:
+            return "stopped"
+        depth, _ = await store.inbox_depth()
+        sinks = await store.sink_status(self.settings.enabled_sinks)
+        outbox = ", ".join(f"{sid} {st['pending']}" for sid, st in sinks.items()) or "no sinks"
+        dead = sum(st["dead"] for st in sinks.values())
+        return f"inbox {depth}; outbox {outbox}" + (f"; {dead} dead letters" if dead else "")
+
+    async def _report_status(self) -> None:
+        """STATUS= every status_interval, WATCHDOG=1 every half WatchdogSec (if set)."""
+        status_every = self.settings.health.status_interval
+        watchdog_every = self.notifier.watchdog_interval
+        tick = min(status_every, watchdog_every) if watchdog_every else status_every
+        next_status = self.clock.monotonic() + status_every
+        while True:
+            await asyncio.sleep(tick)
+            # The ping proves the event loop runs; a hung loop never gets here.
+            self.notifier.watchdog()
+            if self.clock.monotonic() >= next_status:
+                next_status = self.clock.monotonic() + status_every
+                try:
+                    self.notifier.status(await self._status_line())
+                except (sqlite3.Error, StoreError) as exc:
+                    self.notifier.status(f"state database error: {exc}")
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the state database takes writes; with the inbox depth."""
@@ -165,6 +238,22 @@ class Daemon:
             details["database"] = f"not writable: {exc}"
         depth, age = await store.inbox_depth()
         details["inbox"] = {"pending": depth, "oldest_age_s": age}
+        if isinstance(self.client, MeteredClient) and self.client.credentials_error:
+            ok = False
+            details["fonzip"] = f"credentials rejected: {self.client.credentials_error}"
+        limit = self.settings.health.sink_failing_after
+        sinks = await store.sink_status(self.settings.enabled_sinks)
+        now = self.clock.now()
+        for sid, st in sinks.items():
+            since = st["failing_since"]
+            failing_for = (
+                0.0 if since is None else (now - dt.datetime.fromisoformat(since)).total_seconds()
+            )
+            if limit > 0 and failing_for > limit:
+                ok = False
+                details.setdefault("sinks", {})[sid] = (
+                    f"failing for {failing_for:.0f} s: {st['last_error']}"
+                )
         return ok, details
 
     def request_stop(self) -> None:
@@ -176,17 +265,103 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
             await self._stop.wait()
             log.info("shutdown_requested")
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def request_reload(self) -> None:
+        """Re-read the configuration soon (what SIGHUP does)."""
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file; apply the log level and sink changes.
+
+        Changed, added and removed sinks are swapped with a drain: nothing is lost or
+        sent twice, because each sink's outbox lives in the state database under its
+        id. Other changes need a restart; their keys are logged as
+        ``restart_required``. Returns what changed (for tests and the log).
+        """
+        async with self._reload_lock:
+            if self.config_path is None or self.dispatcher is None or self.store is None:
+                log.warning("config_reload_skipped", reason="no configuration file or not running")
+                return {}
+            self.notifier.reloading()
+            try:
+                return await self._reload(self.config_path, self.dispatcher, self.store)
+            finally:
+                self.notifier.ready(await self._status_line())
+
+    async def _reload(self, path: Path, dispatcher: Dispatcher, store: Store) -> dict[str, Any]:
+        old = self.settings
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("config_reload_failed", error=str(exc), kept="the running configuration")
+            return {"error": str(exc)}
+        before, after = old.enabled_sinks, new.enabled_sinks
+        changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+        added = sorted(after.keys() - before.keys())
+        removed = sorted(before.keys() - after.keys())
+        if changed or added:
+            try:
+                built = build_sinks(new, state_dir=new.state.path.parent, clock=self.clock)
+            except SinkConfigError as exc:
+                log.error("config_reload_failed", error=str(exc), kept="the running configuration")
+                return {"error": str(exc)}
+        else:
+            built = {}
+        # Removed and changed runners first: drained, their rows stay in the outbox.
+        for sid in removed + changed:
+            runner = dispatcher.runners.pop(sid)
+            await runner.stop(timeout=self.drain_timeout / 2)
+        for sid in changed + added:
+            b = built[sid]
+            runner = SinkRunner(
+                sid, b.sink, b.settings, store, batch_size=b.batch_size, clock=self.clock
+            )
+            dispatcher.runners[sid] = runner
+            runner.start()
+        restart = restart_required(old, new)
+        logging_changed = old.logging != new.logging
+        if logging_changed:
+            logs.configure(new.logging.level, new.logging.format)
+        self.settings = old.model_copy(
+            update={"sinks": new.sinks, "logging": new.logging, "health": new.health}
+        )
+        report = {
+            "sinks_changed": changed,
+            "sinks_added": added,
+            "sinks_removed": removed,
+            "logging": new.logging.level if logging_changed else None,
+            "restart_required": restart,
+        }
+        log.info("config_reloaded", **{k: v for k, v in report.items() if k != "restart_required"})
+        if added:
+            log.info(
+                "sinks_added",
+                sinks=added,
+                hint="records stored before now are not queued for them: `fonzipd replay`",
+            )
+        if restart:
+            log.warning("restart_required", keys=restart)
+        return report
 
     async def stop(self) -> None:
         """Phase one: stop taking work. Phase two: deliver what is queued, close."""
+        self.notifier.stopping()
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+            self._status_task = None
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None
@@ -198,6 +373,9 @@ class Daemon:
             await self.fetcher.stop(timeout=self.drain_timeout / 2)
         if self.dispatcher is not None:
             await self.dispatcher.stop(timeout=self.drain_timeout / 2)
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
+            self._health_runner = None
         if self.client is not None:
             await self.client.close()
         if self.store is not None:
@@ -206,3 +384,32 @@ class Daemon:
             await self.store.close()
             self.store = None
         log.info("daemon_stopped")
+
+
+_RELOADABLE = frozenset({"sinks", "logging", "health"})
+
+
+def restart_required(old: Settings, new: Settings) -> list[str]:
+    """Dotted keys that differ between ``old`` and ``new`` and only apply at a restart.
+
+    Only key names are returned, never values: some are secrets.
+    """
+    keys: list[str] = []
+    for name in type(old).model_fields:
+        if name in _RELOADABLE:
+            continue
+        a, b = getattr(old, name), getattr(new, name)
+        if a == b:
+            continue
+        if hasattr(a, "model_fields") and hasattr(b, "model_fields"):
+            keys += [f"{name}.{k}" for k in type(a).model_fields if getattr(a, k) != getattr(b, k)]
+        else:
+            keys.append(name)
+    return keys
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    raise RuntimeError("the server is not bound")

@@ -361,8 +361,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 )
         for d in status["open_days"]:
             print(f"open day: {d['business_date']}: {d['reason']}")
-    unhealthy = status["failed_events"] or any(
-        st["dead"] or st["failing_since"] for st in status["sinks"].values()
+    unhealthy = (
+        status["failed_events"]
+        or any(st["dead"] or st["failing_since"] for st in status["sinks"].values())
+        or (status["health"] is not None and not status["health"]["ready"])
     )
     return EXIT_FAILED if unhealthy else EXIT_OK
 
