@@ -154,7 +154,8 @@ async def test_one_day_closes_and_boundary_records_land_on_their_own_day(tmp_pat
     run = next(r for r in report.runs if (r.kind, r.list_status) == (Kind.DONATION, "paid"))
     assert run.window_total == len(paid)
     assert run.fonzip_total == len(paid) + 1  # next midnight's record, outside the window
-    assert run.local_after == len(paid) and run.missing == len(paid)
+    assert run.local_after == len(paid)
+    assert run.missing == len(paid)
     stored = sink_statuses(tmp_path / "fonzip.db", Kind.DONATION)
     midnight = [
         r["id"]
@@ -234,7 +235,8 @@ async def test_dropped_webhooks_and_an_outage_are_made_whole_by_one_reconcile(
             "SELECT count(*) FROM (SELECT DISTINCT kind, fonzip_id, version FROM record_history)"
         ).fetchone()[0]
     assert history == distinct == delivered  # each version delivered exactly once
-    assert "donation" in table and "closed" in table
+    assert "donation" in table
+    assert "closed" in table
     # Most records were first seen by the reconcile: the set-up looks broken, say so.
     assert any(e["event"] == "webhook_coverage_low" for e in logs)
 
@@ -247,3 +249,275 @@ async def _inbox_settled(store: Store) -> bool:
 async def _delivered(store: Store) -> bool:
     status = await store.sink_status(["archive"])
     return bool(status["archive"]["pending"] == 0)
+
+
+# -- DST zones ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("day", "hours"),
+    [(dt.date(2026, 3, 29), 23), (dt.date(2026, 10, 25), 25)],
+    ids=["spring-forward", "fall-back"],
+)
+async def test_berlin_change_days_close(tmp_path: Path, day: dt.date, hours: int) -> None:
+    start, end = day_window(day, BERLIN)
+    assert end - start == dt.timedelta(hours=hours)
+    async with simulator(seed=2, days=2, per_day=5, timezone="Europe/Berlin", end_date=day) as sim:
+        settings = make_settings(tmp_path, await sim.start(), timezone="Europe/Berlin")
+        async with running(Daemon(settings, listen=False, schedule=False)) as daemon:
+            assert daemon.reconciler is not None
+            reports = await daemon.reconciler.run([day - dt.timedelta(days=1), day], run_key="dst")
+    assert all(r.closed for r in reports), [r.reason for r in reports]
+    stored = sink_statuses(tmp_path / "fonzip.db", Kind.TICKET_SALE)
+    assert stored == sim_statuses(sim, Kind.TICKET_SALE, BERLIN)
+
+
+# -- forms and campaigns ---------------------------------------------------------------------
+
+
+async def test_form_ids_come_from_the_list_rows_and_campaigns_by_creation_date(
+    tmp_path: Path,
+) -> None:
+    async with simulator(seed=4, days=1, per_day=10) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date
+        async with running(Daemon(settings, listen=False, schedule=False)) as daemon:
+            assert daemon.reconciler is not None
+            assert daemon.store is not None
+            (report,) = await daemon.reconciler.run(
+                [day], run_key="fc", kinds=[Kind.FORM_ANSWER, Kind.CAMPAIGN]
+            )
+            answers = [o["id"] for o in sim.objects(Kind.FORM_ANSWER)]
+            learned = {a: await daemon.store.get(a) for a in answers}
+        form_requests = [r for r in sim.requests if r.path.startswith("/api/v2/form/")]
+    assert report.closed, report.reason
+    assert {(r.kind, r.list_status) for r in report.runs} == {
+        (Kind.FORM_ANSWER, s) for s in Kind.FORM_ANSWER.list_statuses
+    } | {(Kind.CAMPAIGN, "created")}
+    assert learned == {a: sim.form_id_of(a) for a in answers}
+    # One detail request per answer: no form search, the list row gave the form id.
+    assert len(form_requests) == len(answers)
+    sink = tmp_path / "fonzip.db"
+    assert sink_statuses(sink, Kind.CAMPAIGN) == sim_statuses(sim, Kind.CAMPAIGN, ISTANBUL)
+    assert sink_statuses(sink, Kind.FORM_ANSWER) == sim_statuses(sim, Kind.FORM_ANSWER, ISTANBUL)
+
+
+# -- restart in the middle of a run ----------------------------------------------------------
+
+
+class Crash(Exception):
+    """Stands for the process dying."""
+
+
+async def test_a_restarted_run_resumes_without_listing_finished_lists_again(
+    tmp_path: Path,
+) -> None:
+    async with simulator(seed=8, days=2, per_day=6) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        days = sim_days(sim, 2)
+
+        def crash_on_second_day(event: Progress) -> None:
+            if event.stage == "listed" and event.day == days[1]:
+                raise Crash
+
+        async with running(Daemon(settings, listen=False, schedule=False)) as daemon:
+            assert daemon.reconciler is not None
+            with pytest.raises(Crash):
+                await daemon.reconciler.run(days, run_key="nightly:x", progress=crash_on_second_day)
+        listed_before = _list_requests(sim)
+        async with running(Daemon(settings, listen=False, schedule=False)) as daemon:
+            assert daemon.reconciler is not None
+            reports = await daemon.reconciler.run(days, run_key="nightly:x")
+        listed_after = _list_requests(sim)
+    assert all(r.closed for r in reports), [r.reason for r in reports]
+    lists_per_day = sum(len(k.list_statuses) for k in Kind)
+    # Day one was finished before the crash: only day two is listed again (its first
+    # list, listed before the crash, once more).
+    assert listed_after - listed_before <= lists_per_day + 2
+    assert listed_before >= lists_per_day + 1
+    for kind in Kind:
+        assert sink_statuses(tmp_path / "fonzip.db", kind) == sim_statuses(sim, kind, ISTANBUL)
+
+
+def _list_requests(sim: Simulator) -> int:
+    paths = {
+        "/donations",
+        "/subscriptions",
+        "/ticket-sales",
+        "/form-answers",
+        "/ecard-transactions",
+        "/fundraising-campaigns",
+    }
+    return sum(1 for r in sim.requests if r.path.removeprefix("/api/v2") in paths)
+
+
+# -- the commands -----------------------------------------------------------------------------
+
+
+async def test_dry_run_queues_nothing_and_the_command_reports_open_days(tmp_path: Path) -> None:
+    async with simulator(seed=9, days=1, per_day=10) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date
+        out = io.StringIO()
+        code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], dry_run=True, out=out)
+        assert code == 1  # everything is missing locally
+        assert "dry run" in out.getvalue()
+        store = await Store.open(settings.state.path)
+        try:
+            assert await store.inbox_counts() == {}
+            assert await store.reconcile_runs() == []
+        finally:
+            await store.close()
+        # Now for real, in this process (no daemon runs): the day closes.
+        out = io.StringIO()
+        code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], out=out)
+    assert code == 0, out.getvalue()
+    assert f"{day.isoformat()}: closed" in out.getvalue()
+    paid = sum(1 for r in sim.rows(Kind.DONATION) if r["transaction__payment_status"] == 3)
+    assert paid > 0
+
+
+def test_the_table_shows_totals_local_missing_and_fetched() -> None:
+    from fonzipd.reconciler import ListRun
+
+    run = ListRun(dt.date(2026, 11, 26), Kind.DONATION, "paid", "k", Source.RECONCILE, 0.0)
+    run.window_total, run.local_before, run.local_after = 20, 18, 20
+    run.missing, run.fetched, run.outcome = 2, 2, "closed"
+    text = render_table([DayReport(run.day, True, None, [run], records=20, first_by_reconcile=2)])
+    line = next(x for x in text.splitlines() if x.startswith("2026-11-26  donation"))
+    assert line.split()[3:9] == ["20", "20", "2", "0", "2", "0"]
+    assert "2026-11-26: closed  (20 records, 2 first seen by the reconcile = 10%)" in text
+
+
+def test_the_eta_follows_the_rate_limit() -> None:
+    view = ProgressView(days=10, rate_per_minute=240, out=io.StringIO())
+    assert view.eta_seconds() is None
+    day = dt.date(2026, 11, 1)
+    from fonzipd.reconciler import ListRun
+
+    run = ListRun(day, Kind.DONATION, "paid", "k", Source.BACKFILL, 0.0, calls=120)
+    view(Progress("listed", day, run=run))
+    view(Progress("day_done", day, days_done=1, days_total=10))
+    # 9 days left at 120 requests each, 4 requests a second: 270 s.
+    assert view.eta_seconds() == pytest.approx(270)
+
+
+# -- the schedule ---------------------------------------------------------------------------
+
+
+class StubReconciler:
+    """Records the runs the scheduler asks for."""
+
+    def __init__(self, settings: ReconcilerSettings, clock: FakeClock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.runs: list[tuple[dt.datetime, str, list[dt.date]]] = []
+
+    async def run(self, days: Sequence[dt.date], *, run_key: str, **_: Any) -> list[DayReport]:
+        self.runs.append((self.clock.now(), run_key, list(days)))
+        return [DayReport(d, True, None, []) for d in days]
+
+
+@contextlib.asynccontextmanager
+async def scheduler(
+    tmp_path: Path, start: dt.datetime, tz: ZoneInfo, **settings: Any
+) -> AsyncIterator[tuple[ReconcileScheduler, StubReconciler, FakeClock, Store]]:
+    clock = FakeClock(start)
+    store = await Store.open(tmp_path / "state.db", clock=clock)
+    stub = StubReconciler(ReconcilerSettings(poll_interval=300, **settings), clock)
+    try:
+        yield ReconcileScheduler(stub, store, tz=tz, clock=clock), stub, clock, store
+    finally:
+        await store.close()
+
+
+async def drive(sched: ReconcileScheduler, clock: FakeClock, until_: dt.datetime) -> None:
+    """Tick the way the task does, sleeping on the fake clock, until ``until_``."""
+    while clock.now() < until_:
+        delay = await sched.tick()
+        assert delay <= 300  # never sleeps longer than the poll interval
+        clock.advance(max(delay, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("start", "night", "instant"),
+    [
+        # 02:30 does not exist on 29 March in Berlin: the run starts at 03:00 CEST.
+        (dt.datetime(2026, 3, 28, 12, tzinfo=dt.UTC), dt.date(2026, 3, 29), (1, 0)),
+        # 02:30 happens twice on 25 October: the run starts at the first one (CEST).
+        (dt.datetime(2026, 10, 24, 12, tzinfo=dt.UTC), dt.date(2026, 10, 25), (0, 30)),
+    ],
+    ids=["spring-forward", "fall-back"],
+)
+async def test_the_nightly_run_happens_once_per_local_date_across_dst(
+    tmp_path: Path, start: dt.datetime, night: dt.date, instant: tuple[int, int]
+) -> None:
+    async with scheduler(tmp_path, start, BERLIN, at="02:30", lookback_days=1) as (
+        sched,
+        stub,
+        clock,
+        store,
+    ):
+        await drive(sched, clock, start + dt.timedelta(days=2))
+        assert await store.get_meta(HEARTBEAT_KEY) is not None
+    keys = [key for _, key, _ in stub.runs]
+    assert keys == [f"nightly:{night}", f"nightly:{night + dt.timedelta(days=1)}"]
+    when, _, days = stub.runs[0]
+    expected = dt.datetime.combine(night, dt.time(*instant), dt.UTC)
+    assert expected <= when <= expected + dt.timedelta(seconds=300)
+    assert days == [night - dt.timedelta(days=2), night - dt.timedelta(days=1)]
+
+
+async def test_a_clock_step_or_a_suspended_vm_neither_skips_nor_doubles_a_run(
+    tmp_path: Path,
+) -> None:
+    start = dt.datetime(2026, 11, 26, 20, tzinfo=dt.UTC)  # 23:00 in Istanbul
+    async with scheduler(tmp_path, start, ISTANBUL) as (sched, stub, clock, _store):
+        await drive(sched, clock, start + dt.timedelta(hours=6))  # past 03:30 local
+        assert [k for _, k, _ in stub.runs] == ["nightly:2026-11-27"]
+        clock.advance(-3 * 3600)  # the wall clock steps back over 03:30
+        await drive(sched, clock, clock.now() + dt.timedelta(hours=4))
+        assert len(stub.runs) == 1
+        clock.advance(3 * 86400)  # suspended for three days: one run, the latest night
+        await sched.tick()
+        await sched.tick()
+    assert [k for _, k, _ in stub.runs] == ["nightly:2026-11-27", "nightly:2026-11-30"]
+
+
+async def test_a_daemon_down_at_night_runs_the_missed_night_at_start(tmp_path: Path) -> None:
+    start = dt.datetime(2026, 11, 27, 7, tzinfo=dt.UTC)  # 10:00 local, after 03:30
+    async with scheduler(tmp_path, start, ISTANBUL) as (sched, stub, _clock, store):
+        await store.set_meta(LAST_NIGHT_KEY, "2026-11-25")
+        await store.save_reconcile_day(
+            dt.date(2026, 11, 10),
+            closed=False,
+            reason="local 3 != Fonzip 4",
+            records=3,
+            first_by_webhook=3,
+            first_by_reconcile=0,
+        )
+        await sched.tick()
+        await sched.tick()
+        assert await store.get_meta(LAST_NIGHT_KEY) == "2026-11-27"
+    ((_, key, days),) = stub.runs
+    assert key == "nightly:2026-11-27"
+    # Yesterday, the lookback of 3 days, and the day still open.
+    assert days == [dt.date(2026, 11, 10)] + [dt.date(2026, 11, d) for d in (23, 24, 25, 26)]
+
+
+async def test_catch_up_after_downtime_longer_than_the_retry_window(tmp_path: Path) -> None:
+    start = dt.datetime(2026, 11, 27, 7, tzinfo=dt.UTC)
+    async with scheduler(tmp_path, start, ISTANBUL, catchup_after=3600) as (
+        sched,
+        stub,
+        clock,
+        store,
+    ):
+        await store.set_meta(HEARTBEAT_KEY, (start - dt.timedelta(hours=30)).isoformat())
+        await sched.catch_up()
+        assert await store.get_meta(HEARTBEAT_KEY) == start.isoformat()
+        clock.advance(600)
+        await sched.catch_up()  # down for ten minutes only: nothing to catch up
+    ((_, key, days),) = stub.runs
+    assert key.startswith("catchup:")
+    assert days == [dt.date(2026, 11, 26), dt.date(2026, 11, 27)]
