@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from fonzipd.clock import SYSTEM_CLOCK, Clock
-from fonzipd.config import Settings
+from fonzipd.config import ConfigError, Settings
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.kinds import Kind
@@ -141,9 +141,15 @@ async def reconcile_now(
 ) -> int:
     """Run a reconcile (or backfill) of ``days`` now; print the table; the exit code.
 
-    0 when every day asked for is closed, 1 otherwise.
+    0 when every day asked for is closed, 1 otherwise. ConfigError without credentials.
     """
     out = out if out is not None else sys.stdout
+    f = settings.fonzip
+    if f.access_token is None and (f.client_id is None or f.client_secret is None):
+        raise ConfigError(
+            "the reconcile needs Fonzip credentials: set FONZIPD_FONZIP__CLIENT_ID and "
+            "FONZIPD_FONZIP__CLIENT_SECRET (or FONZIPD_FONZIP__ACCESS_TOKEN)"
+        )
     chosen = list(kinds) or list(settings.reconciler.kinds)
     store = await Store.open(settings.state.path, clock=clock)
     daemon_running = not store.acquire_worker_lock()
