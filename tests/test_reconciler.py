@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import structlog
 
+from fonzipd import cli
 from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import ConfigWarning, ReconcilerSettings, Settings, settings_from_dict
@@ -373,6 +374,9 @@ async def test_dry_run_queues_nothing_and_the_command_reports_open_days(tmp_path
         code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], out=out)
     assert code == 0, out.getvalue()
     assert f"{day.isoformat()}: closed" in out.getvalue()
+    status = await cli._status(settings)
+    assert {r["list_status"] for r in status["reconcile_runs"]} == {"paid", "refund", "failed"}
+    assert status["open_days"] == []
     paid = sum(1 for r in sim.rows(Kind.DONATION) if r["transaction__payment_status"] == 3)
     assert paid > 0
 
@@ -521,3 +525,24 @@ async def test_catch_up_after_downtime_longer_than_the_retry_window(tmp_path: Pa
     ((_, key, days),) = stub.runs
     assert key.startswith("catchup:")
     assert days == [dt.date(2026, 11, 26), dt.date(2026, 11, 27)]
+
+
+async def test_backfill_resumes_and_marks_records_as_backfilled(tmp_path: Path) -> None:
+    async with simulator(seed=6, days=3, per_day=10) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        days = sim_days(sim, 3)
+        with structlog.testing.capture_logs() as logs:
+            code = await reconcile_now(
+                settings, days, kinds=[Kind.CAMPAIGN], source=Source.BACKFILL, out=io.StringIO()
+            )
+        listed = _list_requests(sim)
+        # The same backfill again: every list is finished, nothing is listed again.
+        code_again = await reconcile_now(
+            settings, days, kinds=[Kind.CAMPAIGN], source=Source.BACKFILL, out=io.StringIO()
+        )
+        assert _list_requests(sim) == listed
+    assert code == code_again == 0
+    with contextlib.closing(sqlite3.connect(settings.state.path)) as db:
+        sources = db.execute("SELECT DISTINCT first_source FROM records").fetchall()
+    assert sources == [("backfill",)]
+    assert not any(e["event"] == "webhook_coverage_low" for e in logs)  # expected, not a fault
