@@ -859,9 +859,7 @@ class Store:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r, strict=True)) async for r in cur]
 
-    async def local_ids(
-        self, kind: Kind, day: dt.date, statuses: Iterable[str]
-    ) -> dict[int, str]:
+    async def local_ids(self, kind: Kind, day: dt.date, statuses: Iterable[str]) -> dict[int, str]:
         """Stored records of ``kind`` on business date ``day`` with one of ``statuses``."""
         wanted = list(statuses)
         async with self.db.execute(
