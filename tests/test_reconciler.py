@@ -157,21 +157,27 @@ async def test_one_day_closes_and_boundary_records_land_on_their_own_day(tmp_pat
     assert run.fonzip_total == len(paid) + 1  # next midnight's record, outside the window
     assert run.local_after == len(paid)
     assert run.missing == len(paid)
-    stored = sink_statuses(tmp_path / "fonzip.db", Kind.DONATION)
-    midnight = [
-        r["id"]
+    boundary = {
+        r["id"]: r["transaction__complete_date"]
         for r in sim.rows(Kind.DONATION)
-        if r["transaction__complete_date"].endswith("T00:00:00+03:00")
-    ]
+        if r["transaction__complete_date"][:10] == day.isoformat()
+        and r["transaction__complete_date"][11:19] in ("00:00:00", "23:59:59")
+    }
+    assert len(boundary) == 3  # 00:00:00, 23:59:59 and 23:59:59.6
     with contextlib.closing(sqlite3.connect(tmp_path / "fonzip.db")) as db:
         dates = dict(
             db.execute(
                 "SELECT fonzip_id, business_date FROM records WHERE kind = 'donation'"
             ).fetchall()
         )
-    for fid in midnight:
-        if fid in stored:
-            assert dates[fid] == day.isoformat()
+    # All three are stored, on this day; the next day's 00:00:00 record is not.
+    assert {fid: dates.get(fid) for fid in boundary} == dict.fromkeys(boundary, day.isoformat())
+    next_midnight = (day + dt.timedelta(days=1)).isoformat() + "T00:00:00"
+    assert not [
+        r
+        for r in sim.rows(Kind.DONATION)
+        if r["transaction__complete_date"].startswith(next_midnight) and r["id"] in dates
+    ]
     assert first_sources == {"reconcile": report.records}
 
 
