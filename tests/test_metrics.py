@@ -1,0 +1,204 @@
+"""/metrics and /readyz of a real daemon against the simulator, scraped and parsed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fonzipd.app import Daemon
+from fonzipd.config import Settings, settings_from_dict
+from fonzipd.kinds import Kind
+from fonzipd.simulator import Simulator
+
+TOKEN = "metrics-test-token-0123456789"
+
+
+def make_settings(tmp_path: Path, base_url: str, **extra: Any) -> Settings:
+    data: dict[str, Any] = {
+        "fonzip": {"base_url": base_url, "client_id": "sim-client", "client_secret": "sim-secret"},
+        "listener": {"host": "127.0.0.1", "port": 0, "auth_token": TOKEN},
+        "state": {"path": "state.db"},
+        "sinks": {"archive": {"type": "sqlite", "path": "fonzip.db", "flush_interval": 0}},
+        "reconciler": {"enabled": False},
+        "logging": {"level": "warning"},
+    }
+    for section, values in extra.items():
+        data[section] = {**data.get(section, {}), **values}
+    return settings_from_dict(data, base_dir=tmp_path, origin="(test)")
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(url: str) -> Samples:
+    async with aiohttp.ClientSession() as s, s.get(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(seed=3, days=1, per_day=5, rate_per_minute=6000) as s:
+        yield s
+
+
+async def started(settings: Settings) -> Daemon:
+    daemon = Daemon(settings, drain_timeout=2)
+    await daemon.start()
+    return daemon
+
+
+async def test_a_webhook_shows_up_in_every_stage_of_the_metrics(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    daemon = await started(make_settings(tmp_path, await sim.start(), fonzip={}))
+    try:
+        hook = f"http://127.0.0.1:{daemon.port}/fonzip/webhook"
+        sim.configure_webhook_target(hook, TOKEN)
+        await sim.create_event(Kind.DONATION, status=3)
+        await sim.wait_deliveries_idle()
+        assert daemon.dispatcher is not None
+        runner = daemon.dispatcher.runners["archive"]
+
+        async def delivered() -> bool:
+            return runner.delivered == 1
+
+        await until(delivered)
+        async with aiohttp.ClientSession() as s, s.post(hook, data=b"{}") as resp:
+            assert resp.status == 401  # no token: counted as unauthorized
+        m = await scrape(f"http://127.0.0.1:{daemon.port}/metrics")
+    finally:
+        await daemon.stop()
+
+    def get(name: str, **labels: str) -> float:
+        return m[(name, tuple(sorted(labels.items())))]
+
+    assert (
+        get("fonzipd_webhooks_received_total", operation="donation", status="3", outcome="accepted")
+        == 1
+    )
+    assert (
+        get(
+            "fonzipd_webhooks_received_total",
+            operation="unknown",
+            status="unknown",
+            outcome="unauthorized",
+        )
+        == 1
+    )
+    assert get("fonzipd_fetch_duration_seconds_count", kind="donation", outcome="ok") == 1
+    assert get("fonzipd_fonzip_api_calls_total", endpoint="GET /donation/{id}", status="200") == 1
+    assert get("fonzipd_fonzip_api_calls_total", endpoint="POST /token", status="200") == 1
+    assert get("fonzipd_fonzip_rate_limit_used") >= 2
+    assert get("fonzipd_fonzip_rate_limit_per_minute") == pytest.approx(240 * 0.95)
+    assert get("fonzipd_fonzip_token_expiry_timestamp_seconds") > time.time()
+    assert get("fonzipd_fonzip_credentials_rejected") == 0
+    assert get("fonzipd_inbox_depth") == 0
+    assert get("fonzipd_inbox_oldest_age_seconds") == 0
+    assert get("fonzipd_sink_records_delivered_total", sink="archive") == 1
+    assert get("fonzipd_sink_records_dead_total", sink="archive") == 0
+    assert get("fonzipd_outbox_depth", sink="archive") == 0
+    assert get("fonzipd_outbox_dead_letters", sink="archive") == 0
+    assert get("fonzipd_sink_failing_seconds", sink="archive") == 0
+    assert get("fonzipd_reconcile_open_days") == 0
+
+
+async def test_separate_metrics_port_serves_health_and_the_listener_does_not_serve_metrics(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    daemon = await started(make_settings(tmp_path, await sim.start(), metrics={"port": 0}))
+    try:
+        assert daemon.metrics_port not in (None, daemon.port)
+        m = await scrape(f"http://127.0.0.1:{daemon.metrics_port}/metrics")
+        assert m[("fonzipd_inbox_depth", ())] == 0
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{daemon.metrics_port}/readyz") as resp:
+                assert resp.status == 200
+            async with s.get(f"http://127.0.0.1:{daemon.port}/metrics") as resp:
+                assert resp.status == 404
+    finally:
+        await daemon.stop()
+
+
+async def readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{daemon.port}/readyz") as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_readyz_fails_while_fonzip_rejects_the_credentials(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    settings = make_settings(tmp_path, await sim.start(), fonzip={"client_secret": "wrong"})
+    daemon = await started(settings)
+    try:
+        assert (await readyz(daemon))[0] == 200
+        sim.configure_webhook_target(f"http://127.0.0.1:{daemon.port}/fonzip/webhook", TOKEN)
+        await sim.create_event(Kind.DONATION, status=3)
+
+        async def rejected() -> bool:
+            return (await readyz(daemon))[0] == 503
+
+        await until(rejected)
+        status, body = await readyz(daemon)
+        assert status == 503
+        assert "credentials rejected" in body["fonzip"]
+        assert body["database"] == "writable"
+    finally:
+        await daemon.stop()
+
+
+async def test_readyz_fails_once_a_sink_has_failed_longer_than_allowed(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        await sim.start(),
+        sinks={
+            "crm": {
+                "type": "http",
+                "url": "http://127.0.0.1:9/unreachable",
+                "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "flush_interval": 0,
+                "retry_initial": 30,
+            }
+        },
+        health={"sink_failing_after": 0.05},
+    )
+    daemon = await started(settings)
+    try:
+        sim.configure_webhook_target(f"http://127.0.0.1:{daemon.port}/fonzip/webhook", TOKEN)
+        await sim.create_event(Kind.DONATION, status=3)
+
+        async def sink_not_ready() -> bool:
+            status, body = await readyz(daemon)
+            return status == 503 and "crm" in body.get("sinks", {})
+
+        await until(sink_not_ready)
+        m = await scrape(f"http://127.0.0.1:{daemon.port}/metrics")
+        assert m[("fonzipd_sink_failing_seconds", (("sink", "crm"),))] > 0
+        assert m[("fonzipd_outbox_depth", (("sink", "crm"),))] == 1
+    finally:
+        await daemon.stop()
