@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import warnings
 from decimal import Decimal
 
+import pydantic
+from pydantic import SecretStr
+
+from fonzipd.config import ConfigWarning, FonzipSettings
 from fonzipd.kinds import Kind
 from fonzipd.records import Person, Record, Source, content_version
 
@@ -63,3 +68,16 @@ def make_record(
         version=version,
         data=data,
     )
+
+
+def fonzip_settings(base_url: str, *, rate: float, **extra: object) -> FonzipSettings:
+    """Settings for the simulator's demo account; rates above 240 are meant here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        return FonzipSettings(
+            base_url=pydantic.HttpUrl(base_url),
+            client_id=SecretStr("sim-client"),
+            client_secret=SecretStr("sim-secret"),
+            requests_per_minute=rate,
+            **extra,  # type: ignore[arg-type]
+        )
