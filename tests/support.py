@@ -79,5 +79,5 @@ def fonzip_settings(base_url: str, *, rate: float, **extra: object) -> FonzipSet
             client_id=SecretStr("sim-client"),
             client_secret=SecretStr("sim-secret"),
             requests_per_minute=rate,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )

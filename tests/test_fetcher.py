@@ -84,8 +84,8 @@ async def test_every_kind_is_fetched_normalized_and_queued_for_every_sink(rig: R
             await rig.add(kind, fid, 0 if kind is Kind.CAMPAIGN else 3)
     counts = await rig.settled()
     assert counts == {"done": sum(len(v) for v in expected.values())}
-    for kind, ids in expected.items():
-        for fid in ids:
+    for kind, wanted in expected.items():
+        for fid in wanted:
             record = await rig.store.get_record(kind, fid)
             assert record is not None, (kind, fid)
             assert record.source is Source.WEBHOOK
