@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel
 
 from fonzipd import __version__, logs
 from fonzipd.clock import SYSTEM_CLOCK, Clock
@@ -306,6 +307,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("config_reload_failed", error=str(exc), kept="the running configuration")
             return {"error": str(exc)}
+        restart = restart_required(old, new)
         before, after = old.enabled_sinks, new.enabled_sinks
         changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
         added = sorted(after.keys() - before.keys())
@@ -329,7 +331,6 @@ class Daemon:
             )
             dispatcher.runners[sid] = runner
             runner.start()
-        restart = restart_required(old, new)
         logging_changed = old.logging != new.logging
         if logging_changed:
             logs.configure(new.logging.level, new.logging.format)
@@ -383,6 +384,7 @@ class Daemon:
                 await self.store.release_claims()
             await self.store.close()
             self.store = None
+        self.notifier.close()
         log.info("daemon_stopped")
 
 
@@ -401,7 +403,7 @@ def restart_required(old: Settings, new: Settings) -> list[str]:
         a, b = getattr(old, name), getattr(new, name)
         if a == b:
             continue
-        if hasattr(a, "model_fields") and hasattr(b, "model_fields"):
+        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
             keys += [f"{name}.{k}" for k in type(a).model_fields if getattr(a, k) != getattr(b, k)]
         else:
             keys.append(name)

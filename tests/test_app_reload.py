@@ -1,0 +1,141 @@
+"""SIGHUP: the daemon re-reads its configuration; sink and log changes apply, the rest is named."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fonzipd.app import Daemon
+from fonzipd.config import load_config
+from fonzipd.kinds import Kind
+from fonzipd.notify import Notifier
+from fonzipd.simulator import Simulator
+
+TOKEN = "reload-test-token-0123456789"
+
+
+def write_config(path: Path, base_url: str, sinks: str, *, port: int = 0) -> None:
+    path.write_text(
+        f"""
+[fonzip]
+base_url = "{base_url}"
+client_id = "sim-client"
+client_secret = "sim-secret"
+[listener]
+host = "127.0.0.1"
+port = {port}
+auth_token = "{TOKEN}"
+[state]
+path = "state.db"
+[reconciler]
+enabled = false
+[logging]
+level = "warning"
+{sinks}
+"""
+    )
+
+
+ARCHIVE = '[sinks.archive]\ntype = "sqlite"\npath = "archive.db"\nflush_interval = 0\n'
+SHEETS = '[sinks.sheets]\ntype = "csv"\ndirectory = "csv"\nflush_interval = 0\n'
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    yield path, sock
+    sock.close()
+
+
+async def next_message(sock: socket.socket) -> dict[str, str]:
+    data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 4096), 10)
+    return dict(line.split("=", 1) for line in data.decode().split("\n"))
+
+
+async def until_delivered(daemon: Daemon, sink: str, count: int) -> None:
+    assert daemon.dispatcher is not None
+    deadline = time.monotonic() + 15
+    while daemon.dispatcher.runners[sink].delivered < count:
+        assert time.monotonic() < deadline, f"{sink} did not get {count} record(s)"
+        await asyncio.sleep(0.05)
+
+
+async def test_sighup_adds_and_removes_sinks_applies_log_level_and_names_restart_keys(
+    tmp_path: Path, notify_socket: tuple[str, socket.socket]
+) -> None:
+    path, sock = notify_socket
+    config = tmp_path / "config.toml"
+    async with Simulator(seed=1, days=1, per_day=5, rate_per_minute=6000) as sim:
+        base = await sim.start()
+        write_config(config, base, ARCHIVE)
+        daemon = Daemon(
+            load_config(config), config_path=config, notifier=Notifier(path), drain_timeout=2
+        )
+        running = asyncio.create_task(daemon.run())
+        try:
+            ready = await next_message(sock)
+            assert ready["READY"] == "1"
+            assert ready["STATUS"] == "inbox 0; outbox archive 0"
+            sim.configure_webhook_target(f"http://127.0.0.1:{daemon.port}/fonzip/webhook", TOKEN)
+            await sim.create_event(Kind.DONATION)
+            await until_delivered(daemon, "archive", 1)
+
+            # Add a sink, change the log level and (needing a restart) the port.
+            write_config(config, base, ARCHIVE + SHEETS, port=18787)
+            config.write_text(config.read_text().replace('"warning"', '"error"'))
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert (await next_message(sock))["RELOADING"] == "1"
+            assert (await next_message(sock))["READY"] == "1"
+            assert daemon.dispatcher is not None
+            assert set(daemon.dispatcher.runners) == {"archive", "sheets"}
+            assert daemon.settings.logging.level == "error"
+            assert daemon.settings.listener.port == 0  # not applied: needs a restart
+            await sim.create_event(Kind.TICKET_SALE)
+            await until_delivered(daemon, "archive", 2)
+            await until_delivered(daemon, "sheets", 1)
+
+            # Remove the first sink: nothing more is queued for it.
+            write_config(config, base, SHEETS)
+            report = await daemon.reload()
+            assert report["sinks_removed"] == ["archive"]
+            assert report["restart_required"] == []
+            assert set(daemon.dispatcher.runners) == {"sheets"}
+            await sim.create_event(Kind.DONATION)
+            await until_delivered(daemon, "sheets", 2)
+            assert daemon.store is not None
+            assert (await daemon.store.sink_status(["archive"]))["archive"]["pending"] == 0
+        finally:
+            daemon.request_stop()
+            await running
+    while "STOPPING" not in (msg := await next_message(sock)):
+        assert "READY" in msg or "RELOADING" in msg or "STATUS" in msg
+
+
+async def test_a_broken_file_keeps_the_running_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    async with Simulator(seed=1, days=1, per_day=5) as sim:
+        write_config(config, await sim.start(), ARCHIVE)
+        daemon = Daemon(load_config(config), config_path=config, notifier=Notifier(None))
+        await daemon.start()
+        try:
+            config.write_text("[listener\n")
+            report = await daemon.reload()
+            assert "not valid TOML" in report["error"]
+            assert daemon.dispatcher is not None
+            assert set(daemon.dispatcher.runners) == {"archive"}
+            write_config(config, await sim.start(), ARCHIVE.replace("flush_interval = 0", "x = 1"))
+            report = await daemon.reload()
+            assert "x" in report["error"]
+            assert set(daemon.dispatcher.runners) == {"archive"}
+        finally:
+            await daemon.stop()
