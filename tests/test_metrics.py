@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -202,3 +204,44 @@ async def test_readyz_fails_once_a_sink_has_failed_longer_than_allowed(
         assert m[("fonzipd_outbox_depth", (("sink", "crm"),))] == 1
     finally:
         await daemon.stop()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPORTED = set(re.findall(r'"(fonzipd_[a-z_]+)"', (ROOT / "fonzipd" / "metrics.py").read_text()))
+
+
+def _known(name: str) -> bool:
+    for suffix in ("", "_total", "_bucket", "_count", "_sum"):
+        if name.endswith(suffix) and name.removesuffix(suffix) in EXPORTED:
+            return True
+    return False
+
+
+def test_alert_rules_parse_and_use_only_exported_metrics() -> None:
+    # No YAML parser among the dependencies: check the structure this file uses.
+    text = (ROOT / "contrib" / "prometheus-alerts.yml").read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines[0] == "groups:"
+    for ln in lines:
+        assert "\t" not in ln
+        assert (len(ln) - len(ln.lstrip())) % 2 == 0, ln
+        assert re.fullmatch(r"\s*(- )?[a-z_]+:( .*)?", ln), f"not a YAML mapping line: {ln!r}"
+    alerts = re.findall(r"- alert: (\w+)", text)
+    exprs = re.findall(r"expr: (.+)", text)
+    assert len(alerts) == len(exprs) >= 4
+    assert {"FonzipdInboxStuck", "FonzipdSinkDeadLetters", "FonzipdDayNotClosed"} <= set(alerts)
+    assert "FonzipdWebhookCoverageLow" in alerts
+    used = {n for e in exprs for n in re.findall(r"fonzipd_[a-z_]+", e)}
+    assert used
+    assert {n for n in used if not _known(n)} == set()
+
+
+def test_grafana_dashboard_parses_and_uses_only_exported_metrics() -> None:
+    dash = json.loads((ROOT / "contrib" / "grafana-dashboard.json").read_text())
+    assert dash["title"] == "fonzipd"
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {n for e in exprs for n in re.findall(r"fonzipd_[a-z_]+", e)}
+    assert len(used) >= 10
+    assert {n for n in used if not _known(n)} == set()
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
