@@ -30,7 +30,6 @@ Event = tuple[Kind, int, int]
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(seed=SEED, days=2, per_day=12, rate_per_minute=60_000) as s:
-        await s.start()
         yield s
 
 
@@ -122,7 +121,7 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     events = await make_events(sim, rng, 300)
     config = write_config(
         tmp_path / "config.toml",
-        base_url=sim.base_url,
+        base_url=await sim.start(),
         token=TOKEN,
         sinks={
             "archive": {"type": "sqlite", "path": "fonzip.db"},
@@ -170,7 +169,7 @@ async def test_sigterm_drains_and_the_next_start_delivers_the_rest(
     sim: Simulator, tmp_path: Path
 ) -> None:
     events = await make_events(sim, random.Random(1), 40)
-    config = write_config(tmp_path / "config.toml", base_url=sim.base_url, token=TOKEN)
+    config = write_config(tmp_path / "config.toml", base_url=await sim.start(), token=TOKEN)
     daemon = DaemonProcess(config, tmp_path)
     try:
         port = await daemon.start()
