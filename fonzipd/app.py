@@ -126,8 +126,9 @@ class Daemon:
             store,
             self.client,
             s.fetcher,
-            # Read on every record: a reload that adds or removes sinks takes effect at once.
-            sink_ids=lambda: tuple(dispatcher.runners),
+            # Read on every record, from the settings rather than the running tasks: a
+            # sink being swapped by a reload keeps getting its records queued.
+            sink_ids=lambda: tuple(self.settings.enabled_sinks),
             tz=s.fonzip.tz,
             on_record=self.dispatcher.wake,
             clock=self.clock,
