@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one fonzipd command; the return value is the exit code."""
     args = _parser().parse_args(argv)
     handler = _COMMANDS[args.command]
+    if args.command != "run":
+        # Commands talk to the user on stdout; only warnings and errors go to the log.
+        from fonzipd import logs
+
+        logs.configure("warning", "auto")
     try:
         return handler(args)
     except ConfigError as exc:

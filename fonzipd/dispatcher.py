@@ -45,6 +45,7 @@ class SinkRunner:
         self._log = log.bind(sink=sink_id, type=type(sink).name)
         self._opened = False
         self.delivered = 0
+        self.retried = 0
         self.dead = 0
 
     def wake(self) -> None:
@@ -139,6 +140,7 @@ class SinkRunner:
             await self.sink.write([r.record for r in rows])
         except TransientSinkError as exc:
             self._failures += 1
+            self.retried += len(rows)
             await self._store.record_sink_failure(self.sink_id, ids, str(exc), dead_after=0)
             delay = self._backoff(exc.retry_after)
             self._log.warning(
@@ -168,6 +170,7 @@ class SinkRunner:
                 self.sink_id, ids, reason, dead_after=self.settings.max_attempts
             )
             self.dead += went_dead
+            self.retried += len(rows) - went_dead
             delay = self._backoff(None)
             self._log.error(
                 "batch_crashed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -17,16 +17,29 @@ _LEVELS = {
 }
 
 
-def wants_json(fmt: str, stream: TextIO) -> bool:
+def wants_json(fmt: str, stream: Any) -> bool:
     """JSON for ``json``; for ``auto``, JSON under journald or when not on a terminal."""
     if fmt != "auto":
         return fmt == "json"
     return "JOURNAL_STREAM" in os.environ or not stream.isatty()
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at the time of writing (it may be replaced, as by tests)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog (and the standard logging of libraries) for this process."""
-    out = stream if stream is not None else sys.stderr
+    out: Any = stream if stream is not None else _CurrentStderr()
     as_json = wants_json(fmt, out)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

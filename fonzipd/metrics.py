@@ -319,7 +319,7 @@ class _StateCollector(Collector):
         for sid, runner in sorted(runners.items()):
             delivered.add_metric([sid], runner.delivered)
             dead.add_metric([sid], runner.dead)
-            retried = getattr(runner, "retried", None)  # HOOK: SinkRunner.retried, if added
+            retried = getattr(runner, "retried", None)
             if isinstance(retried, int):
                 snap.sinks.setdefault(sid, {})["retried"] = retried
         yield delivered

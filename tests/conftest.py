@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 from tests.support import FakeClock
 
@@ -10,3 +13,10 @@ from tests.support import FakeClock
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """A command run in-process configures logging; the next test starts from defaults."""
+    yield
+    structlog.reset_defaults()
