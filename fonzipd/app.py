@@ -31,6 +31,8 @@ from fonzipd.webhooks import DeliveryLog
 
 log = structlog.get_logger(__name__)
 
+INBOX_RETENTION = dt.timedelta(days=7)
+
 
 class Daemon:
     """One fonzipd process: listener, fetcher, dispatcher, over one state database.
@@ -61,6 +63,7 @@ class Daemon:
         self.metrics_port: int | None = None
         self._health_runner: web.AppRunner | None = None
         self._status_task: asyncio.Task[None] | None = None
+        self._housekeeping_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[Any]] = set()
         # listen=False, schedule=False: the pipeline alone (fetcher + dispatcher), which
@@ -180,6 +183,7 @@ class Daemon:
         # Listener bound, state database open: tell systemd (Type=notify).
         self.notifier.ready(await self._status_line())
         self._status_task = asyncio.create_task(self._report_status(), name="notify-status")
+        self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         if s.listener.auth_token is None:
             log.warning(
                 "listener_unauthenticated",
@@ -224,6 +228,19 @@ class Daemon:
                     self.notifier.status(await self._status_line())
                 except (sqlite3.Error, StoreError) as exc:
                     self.notifier.status(f"state database error: {exc}")
+
+    async def _housekeeping(self) -> None:
+        """Forget finished inbox rows after a week; failed ones stay for ``status``."""
+        while True:
+            if self.store is not None:
+                try:
+                    pruned = await self.store.prune_inbox(INBOX_RETENTION)
+                except (sqlite3.Error, StoreError) as exc:
+                    log.warning("inbox_prune_failed", error=str(exc))
+                else:
+                    if pruned:
+                        log.info("inbox_pruned", rows=pruned)
+            await asyncio.sleep(3600)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the state database takes writes; with the inbox depth."""
@@ -359,11 +376,12 @@ class Daemon:
     async def stop(self) -> None:
         """Phase one: stop taking work. Phase two: deliver what is queued, close."""
         self.notifier.stopping()
-        if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
-            self._status_task = None
+        for task in (self._status_task, self._housekeeping_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._status_task = self._housekeeping_task = None
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None

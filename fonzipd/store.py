@@ -829,7 +829,7 @@ class Store:
         """Raise sqlite3.Error when a write transaction cannot be committed."""
         async with self.transaction() as tx:
             await tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('readiness_probe', ?)",
                 (self._clock.now().isoformat(),),
             )
 

@@ -210,3 +210,17 @@ async def test_a_failed_commit_raises_and_keeps_nothing(store: Store) -> None:
         await store.add_events([hook(n) for n in range(2000)])
     await store.db.execute("PRAGMA max_page_count = 1073741823")
     assert (await store.inbox_depth())[0] == 0
+
+
+async def test_prune_forgets_old_finished_rows_but_keeps_failed_and_pending(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.add_events([hook(1), hook(2), hook(3)])
+    done, failed = await store.claim(), await store.claim()
+    assert done is not None
+    assert failed is not None
+    await store.apply_record(done.id, make_record(done.fonzip_id), ["a"])
+    await store.fail(failed.id, "not found")
+    clock.advance(8 * 86400)
+    assert await store.prune_inbox(dt.timedelta(days=7)) == 1
+    assert await store.inbox_counts() == {"failed": 1, "pending": 1}
