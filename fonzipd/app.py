@@ -257,6 +257,9 @@ class Daemon:
             details["database"] = f"not writable: {exc}"
         depth, age = await store.inbox_depth()
         details["inbox"] = {"pending": depth, "oldest_age_s": age}
+        if self.client is not None:
+            # A 409 lock delays fetching, not accepting: it does not fail readiness.
+            details["fonzip_token"] = self.client.tokens.describe()
         if isinstance(self.client, MeteredClient) and self.client.credentials_error:
             ok = False
             details["fonzip"] = f"credentials rejected: {self.client.credentials_error}"

@@ -252,6 +252,16 @@ class TokenManager:
         """True when a fixed access token replaces the token flow."""
         return self._fixed is not None
 
+    def describe(self) -> str:
+        """The token's state in words, for health checks (never the token itself)."""
+        if self._fixed is not None:
+            return "fixed access token"
+        if self.locked:
+            return "locked: Fonzip holds a live token fonzipd lacks (409); waiting for it to expire"
+        if self._memory is not None:
+            return f"valid until {self._memory.expires_at.isoformat()}"
+        return "not requested yet"
+
     async def get(self, *, wait: float | None = None) -> str:
         """The access token to send.
 

@@ -1,4 +1,4 @@
-"""SIGHUP: the daemon re-reads its configuration; sink and log changes apply, the rest is named."""
+"""Tests of the daemon: start order, readiness, one daemon per database, SIGHUP reload."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from fonzipd.config import load_config
 from fonzipd.kinds import Kind
 from fonzipd.notify import Notifier
 from fonzipd.simulator import Simulator
+from fonzipd.store import StoreError
 
 TOKEN = "reload-test-token-0123456789"
 
@@ -139,3 +140,38 @@ async def test_a_broken_file_keeps_the_running_configuration(tmp_path: Path) -> 
             assert set(daemon.dispatcher.runners) == {"archive"}
         finally:
             await daemon.stop()
+
+
+async def test_readiness_reports_database_inbox_and_token_state(tmp_path: Path) -> None:
+    async with Simulator(seed=1, days=1, per_day=12) as sim:
+        cfg = tmp_path / "config.toml"
+        write_config(cfg, await sim.start(), ARCHIVE)
+        daemon = Daemon(load_config(cfg), notifier=Notifier(None))
+        await daemon.start()
+        try:
+            ok, details = await daemon.readiness()
+            assert ok
+            assert details["database"] == "writable"
+            assert details["inbox"]["pending"] == 0
+            assert details["fonzip_token"] == "not requested yet"
+            fid = int(sim.objects(Kind.DONATION)[0]["id"])
+            assert daemon.client is not None
+            await daemon.client.fetch_detail(Kind.DONATION, fid)
+            ok, details = await daemon.readiness()
+            assert details["fonzip_token"].startswith("valid until ")
+        finally:
+            await daemon.stop()
+
+
+async def test_a_second_daemon_on_the_same_state_database_is_refused(tmp_path: Path) -> None:
+    async with Simulator(seed=1, days=1, per_day=12) as sim:
+        cfg = tmp_path / "config.toml"
+        write_config(cfg, await sim.start(), ARCHIVE)
+        first = Daemon(load_config(cfg), notifier=Notifier(None))
+        await first.start()
+        try:
+            second = Daemon(load_config(cfg), notifier=Notifier(None))
+            with pytest.raises(StoreError, match="another fonzipd daemon is running"):
+                await second.start()
+        finally:
+            await first.stop()
