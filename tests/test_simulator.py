@@ -765,3 +765,11 @@ async def test_start_inside_async_with_returns_the_running_url(sim: Simulator) -
     assert base is not None
     assert await sim.start() == base
     assert sim.admin_url == base.removesuffix("/api/v2") + "/_sim"
+
+
+@pytest.mark.parametrize("per_day", [1, 2, 5])
+def test_small_accounts_generate(per_day: int) -> None:
+    # A kind with no refundable payment used to crash the generator.
+    for seed in range(10):
+        sim = Simulator(seed=seed, days=1, per_day=per_day)
+        assert all(sim.objects(kind) for kind in Kind)

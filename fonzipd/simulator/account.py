@@ -176,6 +176,8 @@ class Account:
                 for e in self.entries[kind].values()
                 if e.payment_status == PAID and e.amount is not None and not e.extra.get("boundary")
             ]
+            if not paid:
+                continue  # a small account may have no refundable payment of a kind
             for entry in self._rng.sample(paid, k=max(1, len(paid) // 10)):
                 paid_day = entry.when.astimezone(self.zone).date()
                 span = (last - paid_day).days
