@@ -14,9 +14,11 @@ from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import Settings, settings_from_dict
 from fonzipd.kinds import Kind
+from fonzipd.reconcile_command import render_table
 from fonzipd.simulator import Simulator
 
 DEMO_RATE = 240.0
+DROPPED = 0.2
 
 
 def demo_settings(workdir: Path, base_url: str, auth_token: str) -> Settings:
@@ -70,7 +72,7 @@ async def run_demo(workdir: Path, *, events: int = 40, seed: int = 7) -> int:
     logs.configure("warning", "console")
     rng = random.Random(seed)
     token = secrets.token_urlsafe(24)
-    async with Simulator(seed=seed, days=2, per_day=10, rate_per_minute=DEMO_RATE) as sim:
+    async with Simulator(seed=seed, days=1, per_day=4, rate_per_minute=DEMO_RATE) as sim:
         base_url = await sim.start()
         settings = demo_settings(workdir, base_url, token)
         daemon = Daemon(settings)
@@ -78,6 +80,9 @@ async def run_demo(workdir: Path, *, events: int = 40, seed: int = 7) -> int:
         try:
             url = f"http://127.0.0.1:{daemon.port}{settings.listener.path}"
             sim.configure_webhook_target(url, token)
+            # Fonzip gives up after three tries: lose a share of webhooks for good, as a
+            # firewall or an outage would, so that the reconcile has something to find.
+            sim.faults.drop_webhooks = DROPPED
             print(f"simulator (a fake Fonzip) at {base_url}")
             print(f"fonzipd listening at {url}; sending {events} webhooks...")
             refundable: list[tuple[Kind, int]] = []
@@ -95,10 +100,19 @@ async def run_demo(workdir: Path, *, events: int = 40, seed: int = 7) -> int:
                     refundable.append((kind, fid))
             await sim.wait_deliveries_idle()
             delivered = await _wait_delivered(daemon, within=120)
+            dropped = sum(1 for d in sim.deliveries if d.dropped)
+            print(
+                f"{dropped} webhooks were lost on the way; reconciling today "
+                f"({sim.end_date}) as the nightly run would..."
+            )
+            assert daemon.reconciler is not None
+            reports = await daemon.reconciler.run([sim.end_date], run_key="demo")
+            delivered = delivered and await _wait_delivered(daemon, within=120)
+            print(render_table(reports))
         finally:
             await daemon.stop()
     accepted = sum(1 for d in sim.deliveries if d.ok)
-    print(f"\nwebhooks answered 200: {accepted}")
+    print(f"\nwebhooks answered 200: {accepted}; lost: {dropped}, found by the reconcile")
     print(_summary(workdir))
     if not delivered:
         print("not everything was delivered within the time limit; see `fonzipd status`")
