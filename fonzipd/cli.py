@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="output folder")
     demo.add_argument("--events", type=int, default=40, help="webhooks to send")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--rate",
+        type=float,
+        default=240.0,
+        help="requests per minute of the simulator and the daemon (Fonzip's is 240)",
+    )
     rc = with_config(sub.add_parser("reconcile", help="reconcile business days with Fonzip now"))
     when = rc.add_mutually_exclusive_group()
     when.add_argument(
@@ -435,7 +441,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from fonzipd.demo import prepare_workdir, run_demo
 
     workdir = prepare_workdir(args.dir)
-    return asyncio.run(run_demo(workdir, events=args.events, seed=args.seed))
+    return asyncio.run(run_demo(workdir, events=args.events, seed=args.seed, rate=args.rate))
 
 
 def _reconcile_days(args: argparse.Namespace, settings: Settings) -> list[dt.date] | None:

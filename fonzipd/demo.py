@@ -8,11 +8,12 @@ import random
 import secrets
 import shutil
 import sqlite3
+import warnings
 from pathlib import Path
 
 from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
-from fonzipd.config import Settings, settings_from_dict
+from fonzipd.config import ConfigWarning, Settings, settings_from_dict
 from fonzipd.kinds import Kind
 from fonzipd.reconcile_command import render_table
 from fonzipd.simulator import Simulator
@@ -21,15 +22,24 @@ DEMO_RATE = 240.0
 DROPPED = 0.2
 
 
-def demo_settings(workdir: Path, base_url: str, auth_token: str) -> Settings:
+def demo_settings(
+    workdir: Path, base_url: str, auth_token: str, *, rate: float = DEMO_RATE
+) -> Settings:
     """The embedded default configuration the demo runs with."""
+    with warnings.catch_warnings():
+        # A faster-than-Fonzip rate is fine against the simulator.
+        warnings.simplefilter("ignore", ConfigWarning)
+        return _demo_settings(workdir, base_url, auth_token, rate)
+
+
+def _demo_settings(workdir: Path, base_url: str, auth_token: str, rate: float) -> Settings:
     return settings_from_dict(
         {
             "fonzip": {
                 "base_url": base_url,
                 "client_id": "sim-client",
                 "client_secret": "sim-secret",
-                "requests_per_minute": DEMO_RATE,
+                "requests_per_minute": rate,
             },
             "listener": {"host": "127.0.0.1", "port": 0, "auth_token": auth_token},
             "state": {"path": "state.db"},
@@ -65,16 +75,18 @@ def prepare_workdir(workdir: Path) -> Path:
     return workdir.resolve()
 
 
-async def run_demo(workdir: Path, *, events: int = 40, seed: int = 7) -> int:
+async def run_demo(
+    workdir: Path, *, events: int = 40, seed: int = 7, rate: float = DEMO_RATE
+) -> int:
     """Run the demo in ``workdir``, an empty folder; returns an exit code."""
     from fonzipd import logs
 
     logs.configure("warning", "console")
     rng = random.Random(seed)
     token = secrets.token_urlsafe(24)
-    async with Simulator(seed=seed, days=1, per_day=4, rate_per_minute=DEMO_RATE) as sim:
+    async with Simulator(seed=seed, days=1, per_day=4, rate_per_minute=rate) as sim:
         base_url = await sim.start()
-        settings = demo_settings(workdir, base_url, token)
+        settings = demo_settings(workdir, base_url, token, rate=rate)
         daemon = Daemon(settings)
         await daemon.start()
         try:
