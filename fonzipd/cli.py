@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
-        print(f"fonzipd: {exc}", file=sys.stderr)
+        print(f"fonzipd: {_in_file(args, exc)}", file=sys.stderr)
         return EXIT_CONFIG
     except StoreError as exc:
         print(f"fonzipd: {exc}", file=sys.stderr)
@@ -143,8 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _config_path(args: argparse.Namespace) -> Path:
+    config: Path | None = getattr(args, "config", None)
+    return config if config is not None else default_config_path()
+
+
+def _in_file(args: argparse.Namespace, exc: Exception) -> str:
+    """The error, naming the configuration file when the message does not yet."""
+    path = str(_config_path(args))
+    text = str(exc)
+    return text if text.startswith(path) else f"{path}: {text}"
+
+
 def _load(args: argparse.Namespace) -> Settings:
-    path = args.config if args.config is not None else default_config_path()
+    path = _config_path(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
         settings = load_config(path)
@@ -160,11 +172,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     logs.configure(settings.logging.level, settings.logging.format)
-    path = args.config if args.config is not None else default_config_path()
     try:
-        asyncio.run(Daemon(settings, config_path=path).run())
+        asyncio.run(Daemon(settings, config_path=_config_path(args)).run())
     except SinkConfigError as exc:
-        print(f"fonzipd: {exc}", file=sys.stderr)
+        print(f"fonzipd: {_in_file(args, exc)}", file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_OK
 
@@ -177,7 +188,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         # Builds (imports, validates) every enabled sink without opening any.
         build_sinks(settings, state_dir=settings.state.path.parent)
     except SinkConfigError as exc:
-        print(f"fonzipd: {exc}", file=sys.stderr)
+        print(f"fonzipd: {_in_file(args, exc)}", file=sys.stderr)
         return EXIT_CONFIG
     missing = [
         name

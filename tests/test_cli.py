@@ -1,0 +1,150 @@
+"""Tests of the command line: exit codes, messages, and the commands around the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from fonzipd import __version__
+from fonzipd.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from fonzipd.store import Store
+from tests.support import make_record
+
+TOKEN = "cli-test-webhook-token-123"
+
+
+def config(tmp_path: Path, extra: str = "", *, creds: bool = True) -> Path:
+    path = tmp_path / "config.toml"
+    fonzip = 'client_id = "id"\nclient_secret = "secret"\n' if creds else ""
+    path.write_text(
+        f"""
+[fonzip]
+{fonzip}
+[listener]
+auth_token = "{TOKEN}"
+[state]
+path = "state.db"
+[sinks.archive]
+type = "sqlite"
+path = "fonzip.db"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["frobnicate"])
+    assert exit_.value.code == EXIT_USAGE
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_check_accepts_a_valid_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--config", str(config(tmp_path))]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "configuration OK" in out
+    assert "archive (sqlite)" in out
+    assert not (tmp_path / "state.db").exists(), "check must start nothing"
+
+
+def test_check_names_the_bad_key_and_exits_78(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path, "colour = 'blue'\n")
+    assert main(["check", "--config", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert str(path) in err
+    assert "colour" in err
+
+
+def test_check_wants_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(config(tmp_path, creds=False))]) == EXIT_CONFIG
+    assert "FONZIPD_FONZIP__CLIENT_ID" in capsys.readouterr().err
+
+
+def test_check_reports_an_unknown_sink_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path, '[sinks.crm]\ntype = "salesforce"\n')
+    assert main(["check", "--config", str(path)]) == EXIT_CONFIG
+    assert "salesforce" in capsys.readouterr().err
+
+
+def test_missing_config_file_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FONZIPD_CONFIG", str(tmp_path / "nowhere.toml"))
+    assert main(["check"]) == EXIT_CONFIG
+    assert "nowhere.toml: cannot read" in capsys.readouterr().err
+
+
+def test_sinks_lists_types_and_origins(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sinks"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for name in ("sqlite", "csv", "http"):
+        assert name in out
+    assert "built-in" in out
+
+
+def test_plugins_folder_shows_in_sinks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plugins = Path(__file__).resolve().parent.parent / "plugins"
+    path = config(tmp_path)
+    # A top-level key goes before the first table.
+    path.write_text(f'plugins_dir = "{plugins}"\n' + path.read_text())
+    assert main(["sinks", "--config", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "jsonl" in out
+    assert "jsonl.py" in out
+
+
+async def _seed_state(path: Path) -> None:
+    store = await Store.open(path)
+    try:
+        for fid in (1, 2, 3):
+            await store.apply_record(None, make_record(fid), ["archive"])
+        rows = await store.outbox_batch("archive", 10)
+        await store.acknowledge("archive", [rows[0].id])
+        await store.dead_letter("archive", [rows[1].id], "HTTP 400: refused")
+    finally:
+        await store.close()
+
+
+def test_status_and_replay_of_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path)
+    asyncio.run(_seed_state(tmp_path / "state.db"))
+    capsys.readouterr()
+    assert main(["status", "--config", str(path), "--json"]) == EXIT_FAILED  # a dead letter
+    status = json.loads(capsys.readouterr().out)
+    assert status["sinks"]["archive"]["dead"] == 1
+    assert status["sinks"]["archive"]["pending"] == 1
+    assert main(["replay", "--config", str(path), "--sink", "archive", "--dead", "--dry-run"]) == 0
+    assert "would requeue 1 dead letters" in capsys.readouterr().out
+    assert main(["replay", "--config", str(path), "--sink", "archive", "--dead"]) == 0
+    assert "requeued 1 dead letters" in capsys.readouterr().out
+    assert main(["replay", "--config", str(path), "--sink", "archive"]) == 0
+    assert "requeued 1 records" in capsys.readouterr().out  # record 1, delivered before
+    assert main(["replay", "--config", str(path), "--sink", "nope"]) == EXIT_USAGE
+    assert "no sink 'nope'" in capsys.readouterr().err
+
+
+def test_status_without_a_state_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--config", str(config(tmp_path))]) == EXIT_FAILED
+    assert "no state database yet" in capsys.readouterr().err
