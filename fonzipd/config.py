@@ -140,8 +140,11 @@ class FetcherSettings(_Section):
 
     concurrency: int = Field(default=4, ge=1, le=64)
     """Detail fetches in flight at once (all share the rate limit)."""
-    max_attempts: int = Field(default=12, ge=1)
-    """Attempts for a transient failure before the event is parked as failed."""
+    max_attempts: int = Field(default=5, ge=1)
+    """Attempts of an event whose fetch fails for a reason retrying rarely fixes (404,
+    another 4xx, a malformed answer) before it is parked as failed (``fonzipd status``
+    lists it; the nightly reconcile looks again). Fonzip being down, rate limiting or a
+    token lock never parks an event: it is retried until Fonzip is back."""
     retry_initial: float = Field(default=5, gt=0)
     """Seconds before the first retry; doubles each attempt, with jitter."""
     retry_max: float = Field(default=3600, gt=0)

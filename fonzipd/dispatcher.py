@@ -126,7 +126,7 @@ class SinkRunner:
 
     def _backoff(self, retry_after: float | None) -> float:
         s = self.settings
-        delay = min(s.retry_max, s.retry_initial * 2 ** max(0, self._failures - 1))
+        delay = min(s.retry_max, s.retry_initial * 2 ** min(max(0, self._failures - 1), 32))
         delay *= random.uniform(0.5, 1.0)
         if retry_after is not None:
             delay = max(delay, min(retry_after, s.retry_max))

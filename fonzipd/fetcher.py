@@ -25,9 +25,14 @@ from fonzipd.store import InboxRow, Store
 
 log = structlog.get_logger(__name__)
 
-# A malformed answer may be a glitch (a truncated body): worth a few more tries,
-# but not the whole retry budget.
-_MALFORMED_ATTEMPTS = 3
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, FonzipNotFound):
+        return f"not found at Fonzip (deleted?): {exc}"
+    if isinstance(exc, FonzipBadResponse | NormalizeError):
+        return f"malformed object: {exc}"
+    return str(exc)
 
 
 class Fetcher:
@@ -111,8 +116,10 @@ class Fetcher:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def _backoff(self, attempts: int) -> float:
+        # The exponent is capped: a row retried for weeks must not overflow a float.
         base = min(
-            self._settings.retry_max, self._settings.retry_initial * 2 ** max(0, attempts - 1)
+            self._settings.retry_max,
+            self._settings.retry_initial * 2 ** min(max(0, attempts - 1), 32),
         )
         return float(base * random.uniform(0.5, 1.0))
 
@@ -131,29 +138,21 @@ class Fetcher:
                 row.kind, row.fonzip_id, priority=priority, list_row=row.list_row
             )
             record = normalize(detail, tz=self._tz, source=row.source, fetched_at=self._clock.now())
-        except FonzipNotFound as exc:
-            bound.warning("fetch_failed", error=str(exc), final=True)
-            await self._store.fail(row.id, f"not found at Fonzip (deleted?): {exc}")
-            return
-        except FonzipRequestError as exc:
-            bound.warning("fetch_failed", error=str(exc), final=True)
-            await self._store.fail(row.id, str(exc))
-            return
-        except (FonzipBadResponse, NormalizeError) as exc:
-            final = row.attempts >= _MALFORMED_ATTEMPTS
+        except (FonzipNotFound, FonzipRequestError, FonzipBadResponse, NormalizeError) as exc:
+            # Retrying rarely helps here, but a few tries cover a detail that is not
+            # readable yet right after its webhook, or a body cut in transit.
+            final = row.attempts >= self._settings.max_attempts
             bound.warning("fetch_failed", error=str(exc), final=final)
             if final:
-                await self._store.fail(row.id, f"malformed object: {exc}")
+                await self._store.fail(row.id, _reason(exc))
             else:
                 await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
             return
         except FonzipError as exc:
-            final = row.attempts >= self._settings.max_attempts
-            bound.warning("fetch_failed", error=str(exc), final=final)
-            if final:
-                await self._store.fail(row.id, f"gave up after {row.attempts} attempts: {exc}")
-            else:
-                await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
+            # Fonzip down, rate limiting, a token lock, rejected credentials: none of it
+            # is the event's fault. Retry until Fonzip is back (the wait is capped).
+            bound.warning("fetch_failed", error=str(exc), final=False)
+            await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
             return
         applied = await self._store.apply_record(row.id, record, self._sink_ids())
         self.processed += 1

@@ -61,7 +61,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         fetcher = Fetcher(
             store,
             client,
-            FetcherSettings(concurrency=4, retry_initial=0.05, retry_max=0.2, max_attempts=8),
+            FetcherSettings(concurrency=4, retry_initial=0.05, retry_max=0.2, max_attempts=3),
             sink_ids=lambda: ("a", "b"),
             tz=TZ,
             on_record=lambda: None,
@@ -115,6 +115,7 @@ async def test_unknown_id_ends_as_failed_with_its_reason(rig: Rig) -> None:
     assert await rig.settled() == {"failed": 1}
     [failed] = await rig.store.failed_events()
     assert "not found" in failed["last_error"]
+    assert failed["attempts"] == 3
 
 
 async def test_malformed_details_are_retried_then_parked(rig: Rig) -> None:
@@ -128,7 +129,8 @@ async def test_malformed_details_are_retried_then_parked(rig: Rig) -> None:
 
 
 async def test_an_outage_is_waited_out(rig: Rig) -> None:
-    rig.sim.faults.outage_until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.4)
+    # Longer than the three attempts a 404 gets: an outage never parks an event.
+    rig.sim.faults.outage_until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
     fid = int(rig.sim.objects(Kind.DONATION)[0]["id"])
     await rig.add(Kind.DONATION, fid)
     assert await rig.settled() == {"done": 1}
