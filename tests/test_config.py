@@ -18,7 +18,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_example_config_loads_and_documents_every_key() -> None:
+def test_example_config_loads_and_documents_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The example keeps the webhook token out of the file, as users should.
+    monkeypatch.setenv("FONZIPD_LISTENER__AUTH_TOKEN", TOKEN)
     settings = load_config(ROOT / "config.example.toml")
     assert settings.fonzip.timezone == "Europe/Istanbul"
     assert settings.listener.port == 8787
