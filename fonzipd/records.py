@@ -9,7 +9,7 @@ import enum
 import hashlib
 import json
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -406,16 +406,30 @@ class _Normalized:
     person: Person
 
 
-def _donation(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalized:
-    tx = _as_object(obj.get("transaction"), "transaction", required=True)
-    assert tx is not None
-    return _Normalized(
-        status=_as_status(tx.get("payment_status"), "transaction.payment_status", PAYMENT_STATUSES),
-        amount=_as_amount(tx.get("amount"), "transaction.amount"),
-        currency=_currency(tx),
-        occurred_at=_as_moment(tx.get("complete_date"), "transaction.complete_date", tz),
-        person=_person(_as_object(obj.get("user"), "user", required=False), "user", obj),
-    )
+def _paid_by(person_key: str) -> Callable[[Mapping[str, Any], zoneinfo.ZoneInfo], _Normalized]:
+    """A normalizer for kinds that nest a required ``transaction`` and a person object
+    (donations: ``user``; ticket sales: ``member``)."""
+
+    def normalize_kind(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalized:
+        tx = _as_object(obj.get("transaction"), "transaction", required=True)
+        assert tx is not None
+        return _Normalized(
+            status=_as_status(
+                tx.get("payment_status"), "transaction.payment_status", PAYMENT_STATUSES
+            ),
+            amount=_as_amount(tx.get("amount"), "transaction.amount"),
+            currency=_currency(tx),
+            occurred_at=_as_moment(tx.get("complete_date"), "transaction.complete_date", tz),
+            person=_person(
+                _as_object(obj.get(person_key), person_key, required=False), person_key, obj
+            ),
+        )
+
+    return normalize_kind
+
+
+_donation = _paid_by("user")
+_ticket_sale = _paid_by("member")
 
 
 def _membership_fee(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalized:
@@ -442,18 +456,6 @@ def _membership_fee(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalize
         currency=_currency(tx),
         occurred_at=occurred_at,
         person=_person(_as_object(obj.get("user"), "user", required=False), "user", obj),
-    )
-
-
-def _ticket_sale(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalized:
-    tx = _as_object(obj.get("transaction"), "transaction", required=True)
-    assert tx is not None
-    return _Normalized(
-        status=_as_status(tx.get("payment_status"), "transaction.payment_status", PAYMENT_STATUSES),
-        amount=_as_amount(tx.get("amount"), "transaction.amount"),
-        currency=_currency(tx),
-        occurred_at=_as_moment(tx.get("complete_date"), "transaction.complete_date", tz),
-        person=_person(_as_object(obj.get("member"), "member", required=False), "member", obj),
     )
 
 
