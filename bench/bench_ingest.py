@@ -1,0 +1,201 @@
+"""Benchmark of webhook ingest: acknowledged webhooks per second and latency, against a ceiling.
+
+Run: ``.venv/bin/python bench/bench_ingest.py [--duration 10]``. Needs ``wrk``
+(``apt-get install wrk``) as the load generator: one wrk thread in its own process, so
+that on a 2-core machine the server keeps a core. Four servers, each on 127.0.0.1,
+each measured at 16 and 64 connections:
+
+- the ceiling: a no-op aiohttp handler that reads the body and answers 200;
+- fonzipd's listener over a real state database (WAL, ``synchronous=FULL``), group
+  commit as shipped (``commit_max_batch`` 512): every 200 is a committed inbox row;
+- the same with one commit per request (``commit_max_batch = 1``), for comparison.
+
+Every request is a distinct valid webhook (a new inbox row, not a duplicate). The
+listener logs one JSON line per webhook at info, as the daemon does; here to /dev/null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from fonzipd import logs
+from fonzipd.config import ListenerSettings
+from fonzipd.listener import GroupCommitter, build_app
+from fonzipd.store import Store
+
+TOKEN = "bench-ingest-token-0123456789"
+PATH = "/fonzip/webhook"
+_RUNS = itertools.count()  # a fresh state database per measurement
+
+# Each wrk connection posts distinct webhooks: ids from a per-thread counter and a
+# random high part, so that no request is a duplicate of a pending row.
+WRK_SCRIPT = f"""
+local counter = 0
+local base = 0
+init = function(args)
+  math.randomseed(os.time())
+  base = math.random(1, 2000000) * 1000000
+end
+request = function()
+  counter = counter + 1
+  local body = string.format(
+    '{{"id": %d, "webhook_id": 1, "operation": %d, "status": 3}}', base + counter, 1 + counter % 5)
+  return wrk.format("POST", "{PATH}", {{
+    ["Content-Type"] = "application/json",
+    ["X-FZ-Auth-Token"] = "{TOKEN}"}}, body)
+end
+done = function(summary, latency, requests)
+  local non2xx = summary.errors.status
+  io.write(string.format(
+    'RESULT {{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non2xx": %d, '
+    .. '"socket_errors": %d}}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    non2xx, summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout))
+end
+"""
+
+
+async def run_wrk(port: int, connections: int, duration: float, script: Path) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{PATH}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    for line in out.decode().splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            return result
+    raise RuntimeError(f"wrk printed no result:\n{out.decode()}")
+
+
+async def noop(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"result": "ok"})
+
+
+Server = Callable[[Path], Awaitable[tuple[web.AppRunner, Callable[[], Awaitable[str]]]]]
+
+
+async def ceiling_server(_: Path) -> tuple[web.AppRunner, Callable[[], Awaitable[str]]]:
+    app = web.Application()
+    app.router.add_post(PATH, noop)
+    runner = web.AppRunner(app, access_log=None)
+
+    async def close() -> str:
+        return ""
+
+    return runner, close
+
+
+def fonzipd_server(max_batch: int) -> Server:
+    async def make(tmp: Path) -> tuple[web.AppRunner, Callable[[], Awaitable[str]]]:
+        store = await Store.open(tmp / f"state-{max_batch}-{next(_RUNS)}.db")
+        committer = GroupCommitter(store, max_batch=max_batch, on_commit=lambda: None)
+
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            return True, {}
+
+        settings = ListenerSettings(auth_token=SecretStr(TOKEN))
+        runner = web.AppRunner(build_app(settings, committer, ready), access_log=None)
+
+        async def close() -> str:
+            depth, _ = await store.inbox_depth()
+            commits, committed = committer.commits, committer.committed
+            await store.close()
+            return (
+                f"{committed} rows in {commits} commits "
+                f"({committed / max(commits, 1):.1f}/commit), inbox {depth}"
+            )
+
+        return runner, close
+
+    return make
+
+
+async def measure(
+    name: str, make: Server, connections: int, duration: float, tmp: Path, script: Path
+) -> dict[str, Any]:
+    runner, close = await make(tmp)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    await run_wrk(port, connections, 1, script)  # warm-up: connections, caches, the WAL
+    result = await run_wrk(port, connections, duration, script)
+    await runner.cleanup()
+    result["note"] = await close()
+    result["name"] = name
+    result["connections"] = connections
+    print(
+        f"{name:<32} c={connections:<3} {result['rps']:8.0f} req/s  "
+        f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  "
+        f"non-2xx {result['non2xx']}  socket errors {result['socket_errors']}  {result['note']}",
+        flush=True,
+    )
+    return result
+
+
+async def main(duration: float) -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    logs.configure("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230
+    servers: list[tuple[str, Server]] = [
+        ("ceiling (no-op aiohttp handler)", ceiling_server),
+        ("fonzipd, group commit (512)", fonzipd_server(512)),
+        ("fonzipd, one commit per request", fonzipd_server(1)),
+    ]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        script = tmp / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        results: dict[tuple[str, int], dict[str, Any]] = {}
+        for connections in (16, 64):
+            for name, make in servers:
+                results[name, connections] = await measure(
+                    name, make, connections, duration, tmp, script
+                )
+    print()
+    ceiling = servers[0][0]
+    for connections in (16, 64):
+        top = results[ceiling, connections]["rps"]
+        for name, _ in servers[1:]:
+            r = results[name, connections]
+            print(
+                f"c={connections}: {name}: {r['rps'] / top:.0%} of the ceiling "
+                f"({r['rps']:.0f} / {top:.0f} req/s), p99 {r['p99_us'] / 1000:.1f} ms"
+            )
+    shipped = results["fonzipd, group commit (512)", 64]
+    ok = shipped["rps"] >= 0.5 * results[ceiling, 64]["rps"] and shipped["p99_us"] < 25_000
+    print(
+        "target at 64 connections (>= 50% of the ceiling, p99 < 25 ms):",
+        "met" if ok else "MISSED",
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10, help="seconds per measurement")
+    asyncio.run(main(parser.parse_args().duration))
