@@ -383,6 +383,8 @@ class Store:
     async def add_events(self, events: Sequence[InboxEvent]) -> list[bool]:
         """Commit events to the inbox in one transaction; True where a row was added.
 
+        When this returns, the rows are durable.
+
         An event equal to one still pending is not stored again (False).
         """
         now = _ts(self._clock.now())
@@ -397,13 +399,15 @@ class Store:
             ]
             for ev in events
         ]
-        # One statement for the whole group, not one per event: each statement is a
-        # round trip to aiosqlite's thread, and per-event round trips held group-commit
-        # ingest to ~22% of a no-op handler (bench/bench_ingest.py). RETURNING names the
-        # rows actually inserted; rows go in order, so of two equal events in one group
-        # the first is added and the second is the duplicate.
-        async with self.transaction() as tx:
-            cur = await tx.execute(
+        # One statement for the whole group, in one round trip to aiosqlite's thread:
+        # per-event statements held group-commit ingest to ~22% of a no-op handler
+        # (bench/bench_ingest.py). A lone statement outside BEGIN is its own
+        # transaction, committed (and, with synchronous=FULL, fsynced) when it completes,
+        # so no BEGIN/COMMIT round trips are needed; the lock keeps it out of another
+        # task's open transaction. RETURNING names the rows actually inserted; rows go
+        # in order, so of two equal events in one group the first is the one added.
+        async with self._lock:
+            rows = await self.db.execute_fetchall(
                 "INSERT OR IGNORE INTO inbox (kind, fonzip_id, event_status, source,"
                 " priority, state, next_attempt_at, list_row, received_at)"
                 " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
@@ -413,8 +417,10 @@ class Store:
                 " RETURNING kind, fonzip_id, coalesce(event_status, -1)",
                 (now, now, json.dumps(values)),
             )
-            inserted = {(str(k), int(i), int(s)) for k, i, s in await cur.fetchall()}
-            await cur.close()
+            if self.db.in_transaction:
+                # Never expected; a statement left open would hold the commit back.
+                raise StoreError("the inbox insert did not complete its transaction")
+        inserted = {(str(k), int(i), int(st)) for k, i, st in rows}
         added: list[bool] = []
         for ev in events:
             key = (str(ev.kind), ev.fonzip_id, -1 if ev.event_status is None else ev.event_status)

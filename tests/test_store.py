@@ -224,3 +224,13 @@ async def test_prune_forgets_old_finished_rows_but_keeps_failed_and_pending(
     clock.advance(8 * 86400)
     assert await store.prune_inbox(dt.timedelta(days=7)) == 1
     assert await store.inbox_counts() == {"failed": 1, "pending": 1}
+
+
+async def test_added_events_are_committed_when_add_events_returns(
+    tmp_path: Path, store: Store
+) -> None:
+    assert await store.add_events([hook(1), hook(2)]) == [True, True]
+    assert not store.db.in_transaction
+    # Another connection (another process, after a crash) sees them at once.
+    with sqlite3.connect(tmp_path / "state.db") as other:
+        assert other.execute("SELECT count(*) FROM inbox").fetchone() == (2,)
