@@ -1,6 +1,6 @@
 """Benchmark of webhook ingest: acknowledged webhooks per second and latency, against a ceiling.
 
-Run: ``.venv/bin/python bench/bench_ingest.py [--duration 10]``. Needs ``wrk``
+Run: ``.venv/bin/python bench/bench_ingest.py [--duration 5] [--rounds 3]``. Needs ``wrk``
 (``apt-get install wrk``) as the load generator: one wrk thread in its own process, so
 that on a 2-core machine the server keeps a core. Four servers, each on 127.0.0.1,
 each measured at 16 and 64 connections:
@@ -158,37 +158,54 @@ async def measure(
     return result
 
 
-async def main(duration: float) -> None:
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+async def main(duration: float, rounds: int, log_level: str) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
-    logs.configure("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230
+    logs.configure(log_level, "json", stream=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230
     servers: list[tuple[str, Server]] = [
         ("ceiling (no-op aiohttp handler)", ceiling_server),
         ("fonzipd, group commit (512)", fonzipd_server(512)),
         ("fonzipd, one commit per request", fonzipd_server(1)),
     ]
+    # On a small shared machine the ceiling itself moves by a third between runs:
+    # the servers take turns, round after round, and the medians are compared.
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
-        results: dict[tuple[str, int], dict[str, Any]] = {}
+        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for connections in (16, 64):
-            for name, make in servers:
-                results[name, connections] = await measure(
-                    name, make, connections, duration, tmp, script
-                )
+            for _ in range(rounds):
+                for name, make in servers:
+                    results.setdefault((name, connections), []).append(
+                        await measure(name, make, connections, duration, tmp, script)
+                    )
     print()
     ceiling = servers[0][0]
+    summary: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for (name, connections), runs in results.items():
+        summary[name, connections] = (
+            _median([r["rps"] for r in runs]),
+            _median([r["p50_us"] / 1000 for r in runs]),
+            _median([r["p99_us"] / 1000 for r in runs]),
+        )
+    print(f"medians of {rounds} interleaved rounds of {duration:g} s:")
     for connections in (16, 64):
-        top = results[ceiling, connections]["rps"]
+        top = summary[ceiling, connections][0]
+        print(f"c={connections}: ceiling {top:.0f} req/s")
         for name, _ in servers[1:]:
-            r = results[name, connections]
+            rps, p50, p99 = summary[name, connections]
             print(
-                f"c={connections}: {name}: {r['rps'] / top:.0%} of the ceiling "
-                f"({r['rps']:.0f} / {top:.0f} req/s), p99 {r['p99_us'] / 1000:.1f} ms"
+                f"c={connections}: {name}: {rps / top:.0%} of the ceiling "
+                f"({rps:.0f} / {top:.0f} req/s), p50 {p50:.1f} ms, p99 {p99:.1f} ms"
             )
-    shipped = results["fonzipd, group commit (512)", 64]
-    ok = shipped["rps"] >= 0.5 * results[ceiling, 64]["rps"] and shipped["p99_us"] < 25_000
+    rps, _, p99 = summary["fonzipd, group commit (512)", 64]
+    ok = rps >= 0.5 * summary[ceiling, 64][0] and p99 < 25
     print(
         "target at 64 connections (>= 50% of the ceiling, p99 < 25 ms):",
         "met" if ok else "MISSED",
@@ -197,5 +214,13 @@ async def main(duration: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10, help="seconds per measurement")
-    asyncio.run(main(parser.parse_args().duration))
+    parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["info", "warning"],
+        help="info logs a line per webhook, as the daemon does; warning shows what that costs",
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.duration, args.rounds, args.log_level))
