@@ -54,6 +54,9 @@ class FonzipSettings(_Section):
     """Seconds for one HTTP request to Fonzip, connection included."""
     max_retries: int = Field(default=6, ge=0)
     """Retries of a request on 429, 5xx, network errors and timeouts."""
+    token_lock_poll: float = Field(default=30, gt=0)
+    """Seconds between token requests while Fonzip answers 409 "already created" (a live
+    token fonzipd lacks: it is waited out, at most about an hour)."""
 
     @field_validator("timezone")
     @classmethod

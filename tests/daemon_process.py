@@ -21,6 +21,7 @@ def write_config(
     rate: float = 6000,
     sinks: Mapping[str, Mapping[str, Any]] | None = None,
     extra: str = "",
+    fonzip_extra: str = "",
 ) -> Path:
     """A config file for the simulator's demo account, state next to it."""
     sinks = sinks or {"archive": {"type": "sqlite", "path": "fonzip.db"}}
@@ -30,6 +31,7 @@ def write_config(
         'client_id = "sim-client"',
         'client_secret = "sim-secret"',
         f"requests_per_minute = {rate}",
+        fonzip_extra,
         "[listener]",
         'host = "127.0.0.1"',
         "port = 0",

@@ -175,6 +175,7 @@ async def test_fonzip_faults_delay_delivery_but_lose_nothing(
         token=TOKEN,
         sinks=all_sinks(receiver),
         extra=EXTRA,
+        fonzip_extra="token_lock_poll = 1",
     )
     daemon = DaemonProcess(config, tmp_path)
     try:

@@ -153,6 +153,7 @@ class FonzipClient:
             issue=self._issue_token,
             clock=clock,
             fixed_token=fixed,
+            poll_interval=settings.token_lock_poll,
         )
         self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
         """Requests made, by ``(endpoint template, HTTP status or "network")``."""
