@@ -166,7 +166,8 @@ class SinkSettings(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=10_000)
     """Records per ``write``; the sink type's default when unset."""
     flush_interval: float = Field(default=0.5, ge=0)
-    """Seconds to wait for a batch to fill once it has a record."""
+    """Longest wait, in seconds, of a lone record for others to share its write. The
+    write goes as soon as the batch is full or more records arrive; 0 writes at once."""
     max_attempts: int = Field(default=10, ge=1)
     """Attempts of a batch that fails with an unexpected error (a bug in the sink) before
     its records become dead letters. Transient errors (sink down) are retried until the
