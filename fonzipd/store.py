@@ -435,13 +435,20 @@ class Store:
             return cur.rowcount
 
     async def claim(self) -> InboxRow | None:
-        """Claim the next ready inbox row: live work first, then oldest first."""
+        """Claim the next ready inbox row: live work first, then oldest first.
+
+        A row never tried is ready whatever the clock says: after the wall clock steps
+        back, its ``next_attempt_at`` (the time it was received) lies in the future,
+        and waiting for it would hold every event queued before the step for as long
+        as the step. Only retries wait for their (wall-clock) backoff.
+        """
         now = _ts(self._clock.now())
         async with self.transaction() as tx:
             cur = await tx.execute(
                 "UPDATE inbox SET state = 'claimed', attempts = attempts + 1"
                 " WHERE id = (SELECT id FROM inbox WHERE state = 'pending'"
-                "   AND next_attempt_at <= ? ORDER BY priority, next_attempt_at, id LIMIT 1)"
+                "   AND (next_attempt_at <= ? OR attempts = 0)"
+                "   ORDER BY priority, next_attempt_at, id LIMIT 1)"
                 " RETURNING id, kind, fonzip_id, event_status, source, priority, attempts,"
                 " list_row",
                 (now,),
@@ -463,8 +470,12 @@ class Store:
 
     async def next_inbox_due(self) -> dt.datetime | None:
         """When the earliest pending row becomes ready, or None when none is pending."""
+        now = _ts(self._clock.now())
         async with self.db.execute(
-            "SELECT min(next_attempt_at) FROM inbox WHERE state = 'pending'"
+            # A row never tried is ready now (see claim), even if received "later".
+            "SELECT min(iif(attempts = 0, min(next_attempt_at, ?), next_attempt_at))"
+            " FROM inbox WHERE state = 'pending'",
+            (now,),
         ) as cur:
             row = await cur.fetchone()
         if row is None or row[0] is None:
