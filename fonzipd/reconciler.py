@@ -118,6 +118,12 @@ def _refund_basis(
     tz: ZoneInfo,
 ) -> str:
     """Which date Fonzip's refund list filtered on, judged from the rows it returned."""
+    if not any(_row_date(kind, "refund", r, tz, "refund_date") for r in rows):
+        # Rows that carry no refund date (form answers' rows have none) cannot tell:
+        # assume the refund date, as documented for e-cards. Judging by their
+        # completion dates instead would drop, as outside the window, every answer
+        # refunded on a later day than it was made: never fetched, day wrongly closed.
+        return "refund_date"
     by_refund = sum(
         1
         for r in rows

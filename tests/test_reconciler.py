@@ -552,3 +552,35 @@ async def test_backfill_resumes_and_marks_records_as_backfilled(tmp_path: Path) 
         sources = db.execute("SELECT DISTINCT first_source FROM records").fetchall()
     assert sources == [("backfill",)]
     assert not any(e["event"] == "webhook_coverage_low" for e in logs)  # expected, not a fault
+
+
+async def test_refunds_of_earlier_days_are_found_for_every_kind(tmp_path: Path) -> None:
+    """Regression: form-answer rows carry no refund date; answers refunded on a later day
+    than they were made were dropped as outside the window, and the day closed."""
+    async with simulator(seed=1, days=3, per_day=5) as sim:
+        made = dt.datetime.combine(
+            sim.end_date - dt.timedelta(days=2), dt.time(10), tzinfo=ISTANBUL
+        )
+        refunded: dict[Kind, int] = {}
+        for kind in Kind:
+            while kind is not Kind.CAMPAIGN and kind not in refunded:
+                fid, _ = await sim.create_event(kind, status=3, deliver=False, when=made)
+                with contextlib.suppress(ValueError):  # a free form answer has no payment
+                    await sim.refund(kind, fid, deliver=False)  # refunded today
+                    refunded[kind] = fid
+        daemon = Daemon(make_settings(tmp_path, await sim.start()), schedule=False)
+        async with running(daemon):
+            assert daemon.reconciler is not None
+            reports = await daemon.reconciler.run(sim_days(sim, 3), run_key="t", fetch_wait=30)
+            assert all(r.closed for r in reports)
+
+            async def landed() -> bool:
+                return all(
+                    sink_statuses(tmp_path / "fonzip.db", kind).get(fid) == "refunded"
+                    for kind, fid in refunded.items()
+                )
+
+            await until(landed, within=15)
+            for kind in Kind:
+                want = sim_statuses(sim, kind, ISTANBUL)
+                assert sink_statuses(tmp_path / "fonzip.db", kind) == want, kind
