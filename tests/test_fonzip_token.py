@@ -168,18 +168,43 @@ async def test_token_is_reused_until_expiry_then_renewed_without_early_request()
     assert "token_locked" not in [e["event"] for e in logs]
 
 
-async def test_renewal_refused_by_a_lagging_fonzip_clock_retries_shortly() -> None:
+async def test_a_409_while_holding_a_token_keeps_it_until_fonzip_answers_401() -> None:
+    # Expired by our clock, not by Fonzip's (Fonzip's clock lags, or ours stepped
+    # forward): Fonzip refuses a new token, so the held one is still good.
     clock = VirtualClock()
     fonzip = FakeFonzipTokens(clock)
     tokens = manager(clock, fonzip, MemoryTokenStore())
-    await clock.run(tokens.get())
+    first = await clock.run(tokens.get())
     assert fonzip.live is not None
-    fonzip.live = StoredToken("tok1", fonzip.live.expires_at + dt.timedelta(seconds=12))
-    await clock.run(clock.sleep(3600))  # expired by our clock, 12 s left by Fonzip's
+    fonzip.live = StoredToken(first, fonzip.live.expires_at + dt.timedelta(seconds=12))
+    await clock.run(clock.sleep(3600))
     with structlog.testing.capture_logs() as logs:
-        await clock.run(tokens.get())
-    assert 3612 <= clock.t <= 3617
+        kept = await clock.run(tokens.get())
+    assert kept == first
+    assert clock.t == 3600, "no waiting"
     assert "token_locked" not in [e["event"] for e in logs]
+    # When Fonzip ends it (401), the next request gets a new token at once.
+    await clock.run(clock.sleep(12))
+    await tokens.invalidate(first)
+    second = await clock.run(tokens.get())
+    assert second != first
+    assert clock.t == 3612
+
+
+async def test_a_clock_step_forward_does_not_stall_calls_for_an_hour() -> None:
+    clock = VirtualClock()
+    fonzip = FakeFonzipTokens(clock)
+    tokens = manager(clock, fonzip, MemoryTokenStore())
+    first = await clock.run(tokens.get())
+    assert fonzip.live is not None
+    live = fonzip.live
+    await clock.run(clock.sleep(600))
+    # Our wall clock jumps two hours ahead; Fonzip's token has 50 minutes left.
+    fonzip.live = StoredToken(live.access_token, live.expires_at + dt.timedelta(hours=2))
+    clock_jump = dt.timedelta(hours=2).total_seconds()
+    await clock.run(clock.sleep(clock_jump))
+    assert await clock.run(tokens.get()) == first
+    assert clock.t == 600 + clock_jump
 
 
 async def test_a_restart_reuses_the_stored_token() -> None:

@@ -135,11 +135,10 @@ def make_settings(tmp_path: Path, base_url: str, *, timezone: str) -> Settings:
 
 @contextlib.asynccontextmanager
 async def simulator(**kwargs: Any) -> AsyncIterator[Simulator]:
-    # Fonzip's clock is the real one: only the host running fonzipd is stepped, and
-    # the tests move that host's clock by days. Tokens live a month here, so that no
-    # token expires by one clock and not by the other: Fonzip's one-live-token rule
-    # (409) is not what these tests are about.
-    sim = Simulator(rate_per_minute=RATE, token_ttl=30 * 86400, **kwargs)
+    # Fonzip's clock is the real one: only the host running fonzipd is stepped, by
+    # up to days, so fonzipd's token expires by its clock and not by Fonzip's; Fonzip
+    # then answers 409 to a new token request and fonzipd keeps the one it holds.
+    sim = Simulator(rate_per_minute=RATE, **kwargs)
     async with sim:
         yield sim
 

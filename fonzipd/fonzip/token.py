@@ -242,6 +242,8 @@ class TokenManager:
         self._memory_until: dt.datetime | None = None
         self._last_expiry: dt.datetime | None = None
         self._inflight: asyncio.Task[str] | None = None
+        self._rejected: str | None = None
+        """The last token Fonzip answered 401 to: never kept on a 409."""
         self.locked = False
         """True while fonzipd waits for a token it cannot get (409, nothing stored)."""
         self.issued = 0
@@ -300,6 +302,7 @@ class TokenManager:
         """Drop ``access_token`` (Fonzip answered 401 with it), here and in the store."""
         if self._fixed is not None:
             return
+        self._rejected = access_token
         if self._memory is not None and self._memory.access_token == access_token:
             self._last_expiry = self._memory.expires_at
             self._memory = self._memory_until = None
@@ -333,8 +336,9 @@ class TokenManager:
             return None
 
     async def _obtain(self) -> str:
-        if self._memory is not None:
-            self._last_expiry = self._memory.expires_at
+        held = self._memory
+        if held is not None:
+            self._last_expiry = held.expires_at
         stored = await self._load()
         if stored is not None and self._usable(stored):
             self._remember(stored)
@@ -368,6 +372,15 @@ class TokenManager:
                     self._remember(stored, to_the_end=True)
                     log.info("token_reused", expires_at=stored.expires_at.isoformat(), source="409")
                     return stored.access_token
+                held = held or stored
+                if held is not None and held.access_token != self._rejected:
+                    # Fonzip says a token of ours is alive, and the one we hold expired
+                    # only by our clock (behind Fonzip's, or stepped forward): keep using
+                    # it until Fonzip answers 401, rather than wait out its lifetime.
+                    self._memory = held
+                    self._memory_until = now + dt.timedelta(seconds=self._lifetime)
+                    log.info("token_kept", reason="409: the held token is still alive at Fonzip")
+                    return held.access_token
                 last = self._last_expiry
                 if last is not None and abs((now - last).total_seconds()) < 120:
                     # Our token just expired by our clock, not yet by Fonzip's.
