@@ -106,6 +106,9 @@ class Fetcher:
 
     async def _idle(self) -> None:
         self._wakeup.clear()
+        if self._stopping:
+            # stop() may have set the event just before the clear above.
+            return
         due = await self._store.next_inbox_due()
         timeout = 5.0
         if due is not None:
