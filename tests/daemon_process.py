@@ -109,11 +109,15 @@ class DaemonProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
-    def terminate(self, within: float = 30.0) -> int:
-        """SIGTERM, as systemd stops it; returns the exit code."""
+    async def terminate(self, within: float = 30.0) -> int:
+        """SIGTERM, as systemd stops it; returns the exit code.
+
+        Waits without blocking the event loop: the simulator the daemon is draining
+        against may run in the test's loop.
+        """
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=within)
+        return await asyncio.to_thread(self.proc.wait, within)
 
     def ensure_stopped(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

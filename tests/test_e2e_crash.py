@@ -143,7 +143,7 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         assert accepted == set(events)
         wanted = {(str(k), fid) for k, fid, _ in accepted}
         await wait_delivered(tmp_path, wanted, within=90)
-        assert daemon.terminate() == 0
+        assert await daemon.terminate() == 0
     finally:
         daemon.ensure_stopped()
 
@@ -175,11 +175,11 @@ async def test_sigterm_drains_and_the_next_start_delivers_the_rest(
         port = await daemon.start()
         accepted = await send_all(port, events, kill_after=None, daemon=daemon)
         assert accepted == set(events)
-        assert daemon.terminate() == 0
+        assert await daemon.terminate() == 0
         stopped = daemon.find("daemon_stopped")
         assert stopped is not None
         await daemon.start()
         await wait_delivered(tmp_path, {(str(k), i) for k, i, _ in events}, within=60)
-        assert daemon.terminate() == 0
+        assert await daemon.terminate() == 0
     finally:
         daemon.ensure_stopped()

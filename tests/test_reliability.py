@@ -146,7 +146,7 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         await settle(
             lambda: oracle.check(tmp_path, csv_dir=tmp_path / "csv", receiver=receiver), 90
         )
-        assert daemon.terminate() == 0
+        assert await daemon.terminate() == 0
     finally:
         daemon.ensure_stopped()
     oracle.check(tmp_path, csv_dir=tmp_path / "csv", receiver=receiver)
@@ -196,7 +196,7 @@ async def test_fonzip_faults_delay_delivery_but_lose_nothing(
         await settle(
             lambda: oracle.check(tmp_path, csv_dir=tmp_path / "csv", receiver=receiver), 90
         )
-        assert daemon.terminate() == 0
+        assert await daemon.terminate() == 0
     finally:
         daemon.ensure_stopped()
         await proxy.stop()
@@ -252,7 +252,7 @@ async def test_a_sink_down_or_unwritable_holds_only_itself_back(
         await settle(
             lambda: oracle.check(tmp_path, csv_dir=tmp_path / "csv", receiver=receiver), 60
         )
-        assert daemon.terminate() == 0
+        assert await daemon.terminate() == 0
     finally:
         daemon.ensure_stopped()
 
