@@ -408,6 +408,7 @@ class Daemon:
             self.store = None
         self.notifier.close()
         log.info("daemon_stopped")
+        logs.flush()
 
 
 _RELOADABLE = frozenset({"sinks", "logging", "health"})
