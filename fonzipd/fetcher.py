@@ -26,7 +26,6 @@ from fonzipd.store import InboxRow, Store
 log = structlog.get_logger(__name__)
 
 
-
 def _reason(exc: Exception) -> str:
     if isinstance(exc, FonzipNotFound):
         return f"not found at Fonzip (deleted?): {exc}"
