@@ -20,7 +20,7 @@ from fonzipd.fonzip.errors import (
     FonzipRequestError,
 )
 from fonzipd.fonzip.limiter import Priority
-from fonzipd.records import NormalizeError, normalize
+from fonzipd.records import DELETED, NormalizeError, Record, normalize, with_status
 from fonzipd.store import InboxRow, Store
 
 log = structlog.get_logger(__name__)
@@ -145,7 +145,9 @@ class Fetcher:
             # readable yet right after its webhook, or a body cut in transit.
             final = row.attempts >= self._settings.max_attempts
             bound.warning("fetch_failed", error=str(exc), final=final)
-            if final:
+            if final and isinstance(exc, FonzipNotFound):
+                await self._gone(row, exc, bound)
+            elif final:
                 await self._store.fail(row.id, _reason(exc))
             else:
                 await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
@@ -156,10 +158,31 @@ class Fetcher:
             bound.warning("fetch_failed", error=str(exc), final=False)
             await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
             return
+        await self._apply(row, record, started, bound)
+
+    async def _gone(
+        self, row: InboxRow, exc: FonzipNotFound, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        """An object fonzipd holds that Fonzip no longer has was deleted there (Fonzip
+        sends no webhook for that): every sink gets its last state as ``deleted``."""
+        stored = await self._store.get_record(row.kind, row.fonzip_id)
+        if stored is None or stored.status == DELETED:
+            await self._store.fail(row.id, _reason(exc))
+            return
+        gone = with_status(stored, DELETED, source=row.source, fetched_at=self._clock.now())
+        await self._apply(row, gone, self._clock.monotonic(), bound)
+
+    async def _apply(
+        self,
+        row: InboxRow,
+        record: Record,
+        started: float,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         applied = await self._store.apply_record(row.id, record, self._sink_ids())
         self.processed += 1
         bound.info(
-            "record_fetched",
+            "record_deleted" if record.status == DELETED else "record_fetched",
             status=record.status,
             outcome=applied.outcome,
             enqueued=applied.enqueued,

@@ -124,6 +124,27 @@ class Record:
         )
 
 
+DELETED = "deleted"
+"""The status of a record whose object Fonzip no longer has (its detail answers 404)."""
+
+
+def with_status(record: Record, status: str, *, source: Source, fetched_at: dt.datetime) -> Record:
+    """``record`` in another state (a deletion Fonzip sends no webhook for), re-versioned."""
+    version = content_version(
+        record.kind,
+        record.fonzip_id,
+        status,
+        record.amount,
+        record.currency,
+        record.occurred_at,
+        record.person,
+        record.data,
+    )
+    return dataclasses.replace(
+        record, status=status, source=source, fetched_at=fetched_at, version=version
+    )
+
+
 def content_version(
     kind: Kind,
     fonzip_id: int,

@@ -146,3 +146,18 @@ async def test_live_work_is_fetched_before_a_reconcile_backlog(rig: Rig) -> None
     first = await rig.store.claim()
     assert first is not None
     assert (first.fonzip_id, first.source) == (ids[0], Source.WEBHOOK)
+
+
+async def test_an_object_deleted_at_fonzip_reaches_the_sinks_as_deleted(rig: Rig) -> None:
+    fid, _ = await rig.sim.create_event(Kind.DONATION, status=3, deliver=False)
+    await rig.add(Kind.DONATION, fid)
+    await rig.settled()
+    rig.sim.delete(Kind.DONATION, fid)
+    await rig.add(Kind.DONATION, fid, None, Source.RECONCILE)
+    assert await rig.settled() == {"done": 2}
+    record = await rig.store.get_record(Kind.DONATION, fid)
+    assert record is not None
+    assert record.status == "deleted"
+    assert record.amount is not None  # the last known state, marked deleted
+    queued = [r.record.status for r in await rig.store.outbox_batch("a", 10)]
+    assert queued == ["succeeded", "deleted"]

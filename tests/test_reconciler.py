@@ -594,3 +594,24 @@ async def test_refunds_of_earlier_days_are_found_for_every_kind(tmp_path: Path) 
             for kind in Kind:
                 want = sim_statuses(sim, kind, ISTANBUL)
                 assert sink_statuses(tmp_path / "fonzip.db", kind) == want, kind
+
+
+async def test_a_record_deleted_at_fonzip_closes_its_day_and_reaches_the_sink(
+    tmp_path: Path,
+) -> None:
+    async with simulator(seed=2, days=1, per_day=5) as sim:
+        day = sim.end_date
+        daemon = Daemon(make_settings(tmp_path, await sim.start()), schedule=False)
+        async with running(daemon):
+            assert daemon.reconciler is not None
+            [first] = await daemon.reconciler.run([day], run_key="one", fetch_wait=30)
+            assert first.closed
+            gone = int(sim.objects(Kind.DONATION)[0]["id"])
+            sim.delete(Kind.DONATION, gone)  # Fonzip sends no webhook for this
+            [second] = await daemon.reconciler.run([day], run_key="two", fetch_wait=30)
+            assert second.closed, second.reason
+
+            async def landed() -> bool:
+                return sink_statuses(tmp_path / "fonzip.db", Kind.DONATION).get(gone) == ("deleted")
+
+            await until(landed)

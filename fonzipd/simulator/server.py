@@ -374,6 +374,13 @@ class Simulator:
             self._notify(kind, fonzip_id, REFUNDED)
         log.info("event_refunded", kind=str(kind), id=fonzip_id)
 
+    def delete(self, kind: Kind, fonzip_id: int) -> None:
+        """Delete an object, as an admin in Fonzip's panel would: its detail answers 404
+        and no list shows it. Fonzip sends no webhook for a deletion."""
+        if self.account.entries[kind].pop(fonzip_id, None) is None:
+            raise KeyError(f"no {kind} with id {fonzip_id}")
+        log.info("event_deleted", kind=str(kind), id=fonzip_id)
+
     def reset_rate_limit(self) -> None:
         """Forget every client's request count in the current window."""
         self._windows.clear()
