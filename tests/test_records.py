@@ -1098,3 +1098,16 @@ def test_the_module_does_no_io_and_needs_no_aiohttp() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def test_with_status_marks_a_record_deleted_with_a_new_version() -> None:
+    from fonzipd.records import DELETED, with_status
+    from tests.support import make_record
+
+    record = make_record(7)
+    now = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    gone = with_status(record, DELETED, source=Source.RECONCILE, fetched_at=now)
+    assert (gone.status, gone.source, gone.fetched_at) == (DELETED, Source.RECONCILE, now)
+    assert gone.version != record.version
+    assert gone.key != record.key
+    assert (gone.amount, gone.person, gone.data) == (record.amount, record.person, record.data)
