@@ -15,6 +15,7 @@ import pytest
 from fonzipd.fonzip.endpoints import Detail
 from fonzipd.kinds import Kind
 from fonzipd.records import (
+    DELETED,
     NormalizeError,
     Person,
     Record,
@@ -23,7 +24,9 @@ from fonzipd.records import (
     list_row_status,
     normalize,
     parse_fonzip_datetime,
+    with_status,
 )
+from tests.support import make_record
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
 FETCHED = dt.datetime(2024, 5, 7, 0, 30, tzinfo=dt.UTC)
@@ -1101,9 +1104,6 @@ def test_the_module_does_no_io_and_needs_no_aiohttp() -> None:
 
 
 def test_with_status_marks_a_record_deleted_with_a_new_version() -> None:
-    from fonzipd.records import DELETED, with_status
-    from tests.support import make_record
-
     record = make_record(7)
     now = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
     gone = with_status(record, DELETED, source=Source.RECONCILE, fetched_at=now)
