@@ -19,12 +19,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from fonzipd import logs
 from fonzipd.config import ListenerSettings
 from fonzipd.kinds import WEBHOOK_STATUSES, Kind
 from fonzipd.records import Source
 from fonzipd.store import InboxEvent, Store, StoreError
 
 log = structlog.get_logger(__name__)
+hot_log = logs.HotLogger(__name__)
 
 AUTH_HEADER = "X-FZ-Auth-Token"
 _FIELDS = ("id", "webhook_id", "operation", "status")
@@ -226,7 +228,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         log.error("webhook_not_stored", **fields)
         _observe(request, hook, "not_stored")
         return _error(503, "the event could not be stored; please retry")
-    log.info("webhook_accepted", duplicate=not added, **fields)
+    hot_log.get().info("webhook_accepted", duplicate=not added, **fields)
     _observe(request, hook, "accepted" if added else "duplicate")
     await _seen(request, hook)
     # The hot path: a ready-made body rather than a json.dumps per request.

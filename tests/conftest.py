@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
+from fonzipd import logs
 from tests.support import FakeClock
 
 
@@ -19,4 +19,4 @@ def clock() -> FakeClock:
 def _fresh_logging() -> Iterator[None]:
     """A command run in-process configures logging; the next test starts from defaults."""
     yield
-    structlog.reset_defaults()
+    logs.reset()

@@ -74,3 +74,15 @@ async def test_lines_in_an_event_loop_are_batched_and_flush_writes_them() -> Non
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_explicit_formats(fmt: str) -> None:
     assert logs.wants_json(fmt, Stream(tty=True)) is (fmt == "json")
+
+
+def test_the_hot_path_logger_follows_a_reconfiguration() -> None:
+    first, second = Stream(), Stream()
+    hot = logs.HotLogger("t")
+    logs.configure("info", "json", stream=first)
+    hot.get().info("webhook_accepted", fonzip_id=1)
+    logs.configure("warning", "json", stream=second)  # a SIGHUP that lowers the noise
+    hot.get().info("webhook_accepted", fonzip_id=2)
+    hot.get().warning("webhook_rejected", reason="wrong token")
+    assert [line["fonzip_id"] for line in lines(first)] == [1]
+    assert [line["event"] for line in lines(second)] == ["webhook_rejected"]
