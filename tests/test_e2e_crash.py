@@ -19,37 +19,18 @@ import pytest
 from fonzipd.kinds import Kind
 from fonzipd.simulator import Simulator
 from tests.daemon_process import DaemonProcess, write_config
+from tests.oracle import Event, make_events
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "crash-test-webhook-token"
 SEED = 20261127
-Event = tuple[Kind, int, int]
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(seed=SEED, days=2, per_day=12, rate_per_minute=60_000) as s:
         yield s
-
-
-async def make_events(sim: Simulator, rng: random.Random, count: int) -> list[Event]:
-    """New objects in the simulator, not yet notified: the test is Fonzip's sender."""
-    events: list[Event] = []
-    paid: list[tuple[Kind, int]] = []
-    while len(events) < count:
-        if paid and rng.random() < 0.15:
-            kind, fid = paid.pop(rng.randrange(len(paid)))
-            await sim.refund(kind, fid, deliver=False)
-            events.append((kind, fid, 4))
-            continue
-        kind = rng.choice([k for k in Kind])
-        status = 0 if kind is Kind.CAMPAIGN else (5 if rng.random() < 0.1 else 3)
-        fid, hook_status = await sim.create_event(kind, status=status, deliver=False)
-        events.append((kind, fid, hook_status))
-        if status == 3 and kind not in (Kind.FORM_ANSWER, Kind.CAMPAIGN):
-            paid.append((kind, fid))
-    return events
 
 
 async def post(session: aiohttp.ClientSession, port: int, event: Event) -> bool:
