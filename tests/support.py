@@ -21,6 +21,8 @@ class FakeClock:
     def __init__(self, start: dt.datetime | None = None) -> None:
         self._now = start or dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
         self._mono = 1000.0
+        self.slept: list[float] = []
+        """Every sleep asked for, in order."""
 
     def now(self) -> dt.datetime:
         return self._now
@@ -33,6 +35,7 @@ class FakeClock:
         self._mono += seconds
 
     async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)
 

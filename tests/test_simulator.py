@@ -15,39 +15,16 @@ from aiohttp import web
 
 from fonzipd.kinds import Kind
 from fonzipd.simulator import Simulator, serve
+from tests.support import FakeClock
 
 IST = ZoneInfo("Europe/Istanbul")
 DAY = dt.date(2026, 5, 6)
 UA = {"User-Agent": "fonzipd-tests/1"}
 
 
-class FakeClock:
-    """Time that moves only when told to; sleeping moves it."""
-
-    def __init__(self) -> None:
-        self._now = dt.datetime(2026, 5, 6, 12, 0, tzinfo=dt.UTC)
-        self._mono = 1000.0
-        self.slept: list[float] = []
-
-    def now(self) -> dt.datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        self._now += dt.timedelta(seconds=seconds)
-        self._mono += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.advance(seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(dt.datetime(2026, 5, 6, 12, 0, tzinfo=dt.UTC))
 
 
 @pytest.fixture
