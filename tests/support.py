@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import warnings
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pydantic
 from pydantic import SecretStr
 
+from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import ConfigWarning, FonzipSettings
+from fonzipd.fonzip.endpoints import Detail
 from fonzipd.kinds import Kind
-from fonzipd.records import Person, Record, Source, content_version
+from fonzipd.records import Person, Record, Source, content_version, normalize
+from fonzipd.simulator import Simulator
 
 
 class FakeClock:
@@ -84,3 +89,23 @@ def fonzip_settings(base_url: str, *, rate: float, **extra: object) -> FonzipSet
             requests_per_minute=rate,
             **extra,
         )
+
+
+async def until(check: Callable[[], Awaitable[object]], within: float = 10.0) -> None:
+    """Poll an async condition until it holds, or fail at the deadline."""
+    deadline = SYSTEM_CLOCK.monotonic() + within
+    while not await check():
+        if SYSTEM_CLOCK.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def sim_statuses(sim: Simulator, kind: Kind, tz: ZoneInfo) -> dict[int, str]:
+    """The oracle: the normalized status of every object the simulator holds."""
+    now = SYSTEM_CLOCK.now()
+    return {
+        obj["id"]: normalize(
+            Detail(kind, obj["id"], obj, None, "sim"), tz=tz, source=Source.CLI, fetched_at=now
+        ).status
+        for obj in sim.objects(kind)
+    }

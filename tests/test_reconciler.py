@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import io
 import sqlite3
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +20,6 @@ from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import ConfigWarning, ReconcilerSettings, Settings, settings_from_dict
 from fonzipd.days import day_window
-from fonzipd.fonzip.endpoints import Detail
 from fonzipd.kinds import Kind
 from fonzipd.reconcile_command import ProgressView, reconcile_now, render_table
 from fonzipd.reconciler import (
@@ -32,10 +30,10 @@ from fonzipd.reconciler import (
     ReconcileScheduler,
     local_statuses,
 )
-from fonzipd.records import Source, normalize
+from fonzipd.records import Source
 from fonzipd.simulator import Simulator
 from fonzipd.store import Store
-from tests.support import FakeClock
+from tests.support import FakeClock, sim_statuses, until
 
 RATE = 6000.0
 TOKEN = "reconcile-test-token-0123456789"
@@ -87,26 +85,6 @@ async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
         yield daemon
     finally:
         await daemon.stop()
-
-
-async def until(check: Callable[[], Any], within: float = 10.0) -> None:
-    """Poll an async condition until it holds, or fail at the deadline."""
-    deadline = SYSTEM_CLOCK.monotonic() + within
-    while not await check():
-        if SYSTEM_CLOCK.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def sim_statuses(sim: Simulator, kind: Kind, tz: ZoneInfo) -> dict[int, str]:
-    """The oracle: the normalized status of every object the simulator holds."""
-    now = SYSTEM_CLOCK.now()
-    return {
-        obj["id"]: normalize(
-            Detail(kind, obj["id"], obj, None, "sim"), tz=tz, source=Source.CLI, fetched_at=now
-        ).status
-        for obj in sim.objects(kind)
-    }
 
 
 def sink_statuses(path: Path, kind: Kind) -> dict[int, str]:

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import sqlite3
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,12 +23,12 @@ import pytest
 from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import ConfigWarning, ReconcilerSettings, Settings, settings_from_dict
-from fonzipd.fonzip.endpoints import Detail
 from fonzipd.kinds import Kind
 from fonzipd.reconciler import LAST_NIGHT_KEY, DayReport, Progress, Reconciler, ReconcileScheduler
-from fonzipd.records import Source, normalize
+from fonzipd.records import Source
 from fonzipd.simulator import Simulator
 from fonzipd.store import Store
+from tests.support import sim_statuses, until
 
 RATE = 6000.0
 ISTANBUL = ZoneInfo("Europe/Istanbul")
@@ -160,24 +160,6 @@ async def daemon_on(
 
 def local(day: dt.date, hour: int, minute: int = 0, second: int = 0) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(hour, minute, second), ISTANBUL)
-
-
-async def until(check: Callable[[], Any], within: float = 10.0) -> None:
-    deadline = SYSTEM_CLOCK.monotonic() + within
-    while not await check():
-        if SYSTEM_CLOCK.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def sim_statuses(sim: Simulator, kind: Kind, tz: ZoneInfo) -> dict[int, str]:
-    now = SYSTEM_CLOCK.now()
-    return {
-        obj["id"]: normalize(
-            Detail(kind, obj["id"], obj, None, "sim"), tz=tz, source=Source.CLI, fetched_at=now
-        ).status
-        for obj in sim.objects(kind)
-    }
 
 
 def sink_rows(path: Path, kind: Kind) -> dict[int, tuple[str, str]]:
