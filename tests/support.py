@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import heapq
+import itertools
 import warnings
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import pydantic
@@ -43,6 +46,56 @@ class FakeClock:
         self.slept.append(seconds)
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)
+
+
+T = TypeVar("T")
+
+
+class VirtualClock:
+    """Time that passes only when every task is waiting on this clock's sleep."""
+
+    def __init__(
+        self,
+        start: dt.datetime = dt.datetime(2024, 5, 6, tzinfo=dt.UTC),
+        *,
+        horizon: float = float("inf"),
+    ) -> None:
+        self.t = 0.0
+        self._start = start
+        self._horizon = horizon
+        """``run`` fails once virtual time passes this: a runaway test stops at once."""
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> dt.datetime:
+        return self._start + dt.timedelta(seconds=self.t)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.t + max(0.0, seconds), next(self._seq), fut))
+        await fut
+
+    async def run(self, aw: Awaitable[T]) -> T:
+        """Drive ``aw`` to completion, jumping time to the next sleeper whenever idle."""
+        task = asyncio.ensure_future(aw)
+        while not task.done():
+            for _ in range(30):
+                await asyncio.sleep(0)
+            if task.done():
+                break
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)
+            assert self._sleepers, "deadlock: nothing is sleeping and the task is not done"
+            self.t = max(self.t, self._sleepers[0][0])
+            assert self.t <= self._horizon, "virtual time ran past the horizon"
+            while self._sleepers and self._sleepers[0][0] <= self.t:
+                fut = heapq.heappop(self._sleepers)[2]
+                if not fut.done():
+                    fut.set_result(None)
+        return task.result()
 
 
 def make_record(

@@ -3,60 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import heapq
 import itertools
-from collections.abc import Awaitable
-from typing import TypeVar
 
 import pytest
 
 from fonzipd.fonzip.limiter import Priority, RateLimiter
-
-T = TypeVar("T")
-
-
-class VirtualClock:
-    """Time that passes only when every task is waiting on this clock's sleep."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> dt.datetime:
-        return dt.datetime(2024, 5, 6, tzinfo=dt.UTC) + dt.timedelta(seconds=self.t)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + max(0.0, seconds), next(self._seq), fut))
-        await fut
-
-    async def run(self, aw: Awaitable[T], *, horizon: float = 3600) -> T:
-        """Drive ``aw`` to completion, jumping time to the next sleeper whenever idle."""
-        task = asyncio.ensure_future(aw)
-        while not task.done():
-            for _ in range(30):
-                await asyncio.sleep(0)
-            if task.done():
-                break
-            while self._sleepers and self._sleepers[0][2].done():
-                heapq.heappop(self._sleepers)
-            assert self._sleepers, "deadlock: nothing is sleeping and the task is not done"
-            self.t = max(self.t, self._sleepers[0][0])
-            assert self.t <= horizon, "virtual time ran past the horizon"
-            while self._sleepers and self._sleepers[0][0] <= self.t:
-                fut = heapq.heappop(self._sleepers)[2]
-                if not fut.done():
-                    fut.set_result(None)
-        return task.result()
+from tests.support import VirtualClock
 
 
 async def test_no_minute_window_exceeds_the_limit_and_sends_are_spaced() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(horizon=3600)
     limiter = RateLimiter(240, clock=clock, burst=4)
     times: list[float] = []
 
@@ -80,7 +36,7 @@ async def test_no_minute_window_exceeds_the_limit_and_sends_are_spaced() -> None
 
 
 async def test_sent_last_minute_counts_a_sliding_minute() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(horizon=3600)
     limiter = RateLimiter(120, clock=clock, burst=2)
 
     async def send(n: int) -> None:
@@ -95,7 +51,7 @@ async def test_sent_last_minute_counts_a_sliding_minute() -> None:
 
 
 async def test_live_waiters_are_served_before_bulk_waiters() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(horizon=3600)
     limiter = RateLimiter(60, clock=clock, burst=1)
     order: list[str] = []
     await limiter.acquire(Priority.BULK)  # uses the only token: everyone else queues
@@ -116,7 +72,7 @@ async def test_live_waiters_are_served_before_bulk_waiters() -> None:
 
 
 async def test_live_caller_arriving_during_a_wait_overtakes_queued_bulk() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(horizon=3600)
     limiter = RateLimiter(60, clock=clock, burst=1)
     order: list[str] = []
     await limiter.acquire(Priority.BULK)
@@ -136,7 +92,7 @@ async def test_live_caller_arriving_during_a_wait_overtakes_queued_bulk() -> Non
 
 
 async def test_pause_stops_everyone_until_it_ends() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(horizon=3600)
     limiter = RateLimiter(6000, clock=clock, burst=10)
     limiter.pause(30)
     limiter.pause(5)  # a shorter pause does not shorten the current one
@@ -151,7 +107,7 @@ async def test_pause_stops_everyone_until_it_ends() -> None:
 
 
 async def test_cancelled_waiter_does_not_block_the_queue() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(horizon=3600)
     limiter = RateLimiter(60, clock=clock, burst=1)
     await limiter.acquire(Priority.LIVE)
 
@@ -169,7 +125,7 @@ async def test_cancelled_waiter_does_not_block_the_queue() -> None:
 async def test_rounding_noise_of_the_bucket_never_stalls_virtual_time() -> None:
     # 228/minute makes the refill interval a float that does not sum exactly; a wait
     # of 1e-17 s would leave a virtual clock (and a real one, for a while) spinning.
-    clock = VirtualClock()
+    clock = VirtualClock(horizon=3600)
     limiter = RateLimiter(228, clock=clock, burst=3)
 
     async def send() -> None:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import heapq
-import itertools
 import json
 import stat
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import structlog
@@ -23,46 +19,9 @@ from fonzipd.fonzip.token import (
     TokenManager,
     token_key,
 )
+from tests.support import VirtualClock
 
-T = TypeVar("T")
 START = dt.datetime(2024, 5, 6, 9, 0, tzinfo=dt.UTC)
-
-
-class VirtualClock:
-    """Time that passes only when every task is waiting on this clock's sleep."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> dt.datetime:
-        return START + dt.timedelta(seconds=self.t)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + max(0.0, seconds), next(self._seq), fut))
-        await fut
-
-    async def run(self, aw: Awaitable[T]) -> T:
-        task = asyncio.ensure_future(aw)
-        while not task.done():
-            for _ in range(30):
-                await asyncio.sleep(0)
-            if task.done():
-                break
-            while self._sleepers and self._sleepers[0][2].done():
-                heapq.heappop(self._sleepers)
-            assert self._sleepers, "deadlock: nothing is sleeping and the task is not done"
-            self.t = max(self.t, self._sleepers[0][0])
-            while self._sleepers and self._sleepers[0][0] <= self.t:
-                fut = heapq.heappop(self._sleepers)[2]
-                if not fut.done():
-                    fut.set_result(None)
-        return task.result()
 
 
 class FakeFonzipTokens:
@@ -145,7 +104,7 @@ async def test_file_store_prunes_expired_and_survives_corruption(tmp_path: Path)
 
 
 async def test_token_is_reused_until_expiry_then_renewed_without_early_request() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     store = MemoryTokenStore()
     tokens = manager(clock, fonzip, store)
@@ -171,7 +130,7 @@ async def test_token_is_reused_until_expiry_then_renewed_without_early_request()
 async def test_a_409_while_holding_a_token_keeps_it_until_fonzip_answers_401() -> None:
     # Expired by our clock, not by Fonzip's (Fonzip's clock lags, or ours stepped
     # forward): Fonzip refuses a new token, so the held one is still good.
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     tokens = manager(clock, fonzip, MemoryTokenStore())
     first = await clock.run(tokens.get())
@@ -192,7 +151,7 @@ async def test_a_409_while_holding_a_token_keeps_it_until_fonzip_answers_401() -
 
 
 async def test_a_clock_step_forward_does_not_stall_calls_for_an_hour() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     tokens = manager(clock, fonzip, MemoryTokenStore())
     first = await clock.run(tokens.get())
@@ -208,7 +167,7 @@ async def test_a_clock_step_forward_does_not_stall_calls_for_an_hour() -> None:
 
 
 async def test_a_restart_reuses_the_stored_token() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     store = MemoryTokenStore()
     first = await clock.run(manager(clock, fonzip, store).get())
@@ -218,7 +177,7 @@ async def test_a_restart_reuses_the_stored_token() -> None:
 
 
 async def test_concurrent_callers_share_one_token_request() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     tokens = manager(clock, fonzip, MemoryTokenStore())
     got = await clock.run(asyncio.gather(*(tokens.get() for _ in range(20))))
@@ -227,7 +186,7 @@ async def test_concurrent_callers_share_one_token_request() -> None:
 
 
 async def test_lost_token_waits_out_the_409_and_logs_guidance_once() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     fonzip.live = StoredToken("held-elsewhere", START + dt.timedelta(minutes=20))
     tokens = manager(clock, fonzip, MemoryTokenStore())
@@ -243,7 +202,7 @@ async def test_lost_token_waits_out_the_409_and_logs_guidance_once() -> None:
 
 
 async def test_409_uses_a_token_another_process_just_stored() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     store = MemoryTokenStore()
     other = StoredToken("from-the-cli", START + dt.timedelta(minutes=30))
@@ -259,7 +218,7 @@ async def test_409_uses_a_token_another_process_just_stored() -> None:
 
 
 async def test_a_wait_deadline_raises_token_locked_with_guidance() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     fonzip.live = StoredToken("held-elsewhere", START + dt.timedelta(minutes=50))
     tokens = manager(clock, fonzip, MemoryTokenStore())
@@ -271,7 +230,7 @@ async def test_a_wait_deadline_raises_token_locked_with_guidance() -> None:
 
 
 async def test_bad_credentials_are_not_retried() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     fonzip.bad_credentials = True
     tokens = manager(clock, fonzip, MemoryTokenStore())
@@ -281,7 +240,7 @@ async def test_bad_credentials_are_not_retried() -> None:
 
 
 async def test_invalidate_drops_memory_and_store_then_fetches_anew() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     store = MemoryTokenStore()
     tokens = manager(clock, fonzip, store)
@@ -295,7 +254,7 @@ async def test_invalidate_drops_memory_and_store_then_fetches_anew() -> None:
 
 
 async def test_fixed_token_skips_the_flow() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(START)
     fonzip = FakeFonzipTokens(clock)
     tokens = manager(clock, fonzip, MemoryTokenStore(), fixed_token="fixed")
     assert await tokens.get() == "fixed"
