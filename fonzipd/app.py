@@ -24,8 +24,9 @@ from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.listener import GroupCommitter, build_app
 from fonzipd.metrics import MeteredClient, Metrics, build_health_app, store_reconcile_figures
 from fonzipd.notify import Notifier
-from fonzipd.reconciler import Reconciler, ReconcileScheduler
+from fonzipd.reconciler import Reconciler
 from fonzipd.registry import SinkConfigError, build_sinks
+from fonzipd.scheduler import ReconcileScheduler
 from fonzipd.store import Store, StoreError
 from fonzipd.webhooks import DeliveryLog
 

@@ -24,8 +24,9 @@ from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import ConfigWarning, ReconcilerSettings, Settings, settings_from_dict
 from fonzipd.kinds import Kind
-from fonzipd.reconciler import LAST_NIGHT_KEY, DayReport, Progress, Reconciler, ReconcileScheduler
+from fonzipd.reconciler import DayReport, Progress, Reconciler
 from fonzipd.records import Source
+from fonzipd.scheduler import LAST_NIGHT_KEY, ReconcileScheduler
 from fonzipd.simulator import Simulator
 from fonzipd.store import Store
 from tests.support import sim_statuses, until
