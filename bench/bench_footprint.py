@@ -4,7 +4,7 @@ with 100,000 pending inbox rows.
 Runs the simulator in this process, the daemon as a real subprocess with a notify
 socket bound here, as systemd would. Three runs on an empty state database give the
 start-to-ready time and the idle RSS. Then one run on a state database filled
-beforehand with ``--pending`` (100,000) pending inbox rows (``Store.add_events`` in
+beforehand with ``--pending`` (100,000) pending inbox rows (``Store.inbox.add_events`` in
 batches, before the daemon starts), against a simulator in an outage (every API
 request answered 503), so that the rows stay pending while RSS is read: once ready,
 and after ``--settle`` (10) seconds of running. Compared with the idle RSS of the
@@ -28,7 +28,7 @@ from pathlib import Path
 from fonzipd.kinds import Kind
 from fonzipd.records import Source
 from fonzipd.simulator import Simulator
-from fonzipd.store import InboxEvent, Store
+from fonzipd.state import InboxEvent, Store
 
 TOKEN = "bench-footprint-token-0123456789"
 
@@ -93,7 +93,7 @@ path = "archive.db"
 async def _pending(path: Path) -> int:
     store = await Store.open(path)
     try:
-        depth, _ = await store.inbox_depth()
+        depth, _ = await store.inbox.depth()
     finally:
         await store.close()
     return depth
@@ -104,7 +104,7 @@ async def fill(path: Path, rows: int, batch: int = 5000) -> None:
     store = await Store.open(path)
     try:
         for start in range(0, rows, batch):
-            await store.add_events(
+            await store.inbox.add_events(
                 [
                     InboxEvent(Kind.DONATION, 10_000_000 + i, 3, Source.WEBHOOK)
                     for i in range(start, min(rows, start + batch))

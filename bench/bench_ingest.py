@@ -34,7 +34,7 @@ from pydantic import SecretStr
 from fonzipd import logs
 from fonzipd.config import ListenerSettings
 from fonzipd.listener import GroupCommitter, build_app
-from fonzipd.store import Store
+from fonzipd.state import Store
 
 TOKEN = "bench-ingest-token-0123456789"
 PATH = "/fonzip/webhook"
@@ -122,7 +122,7 @@ def fonzipd_server(max_batch: int) -> Server:
         runner = web.AppRunner(build_app(settings, committer, ready), access_log=None)
 
         async def close() -> str:
-            depth, _ = await store.inbox_depth()
+            depth, _ = await store.inbox.depth()
             commits, committed = committer.commits, committer.committed
             await store.close()
             return (

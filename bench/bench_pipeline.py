@@ -5,7 +5,7 @@ answer), with a SQLite and a CSV sink, rate limits on both sides set high enough
 to bind (600,000/min), the daemon's pipeline in this process:
 
 1. Throughput, at fetcher.concurrency 1, 4 and 16: N donation events are added to the
-   inbox directly (``Store.add_events``, one commit, as live webhook events), and the
+   inbox directly (``Store.inbox.add_events``, one commit, as live webhook events), and the
    clock runs until both sinks have acknowledged all N. The ideal is
    ``concurrency / latency`` records per second (fetches in flight / 50 ms). Also the
    steady rate between the 10% and the 90% acknowledgement (no start-up, no tail).
@@ -45,7 +45,7 @@ from fonzipd.config import ConfigWarning, settings_from_dict
 from fonzipd.kinds import Kind
 from fonzipd.records import Record, Source
 from fonzipd.simulator import Simulator
-from fonzipd.store import InboxEvent
+from fonzipd.state import InboxEvent
 
 LATENCY = 0.05
 UNBOUND_RATE = 600_000.0
@@ -138,7 +138,7 @@ async def throughput(sim: Simulator, base_url: str, concurrency: int, records: i
             await daemon.client.tokens.get()
             events = [InboxEvent(Kind.DONATION, i, 3, Source.WEBHOOK) for i in ids]
             started = time.perf_counter()
-            await daemon.store.add_events(events)
+            await daemon.store.inbox.add_events(events)
             assert daemon.fetcher is not None
             daemon.fetcher.wake()
             await arrivals.wait_for(ids, started + DEADLINE)

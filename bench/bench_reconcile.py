@@ -74,7 +74,7 @@ async def bench(records: int, missing: float, seed: int, rate: float = FAST_RATE
                     record = normalize(
                         detail, tz=settings.fonzip.tz, source=Source.WEBHOOK, fetched_at=now
                     )
-                    await store.apply_record(None, record, ())
+                    await store.records.apply_record(None, record, ())
                 await store.db.execute("PRAGMA synchronous=FULL")
                 # The simulated day is the whole account: reconcile it (and the refunds
                 # that fall on it).

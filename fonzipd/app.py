@@ -27,7 +27,7 @@ from fonzipd.notify import Notifier
 from fonzipd.reconciler import Reconciler
 from fonzipd.registry import SinkConfigError, build_sinks
 from fonzipd.scheduler import ReconcileScheduler
-from fonzipd.store import Store, StoreError
+from fonzipd.state import Store, StoreError
 from fonzipd.webhooks import DeliveryLog
 
 log = structlog.get_logger(__name__)
@@ -95,7 +95,7 @@ class Daemon:
             raise StoreError(
                 f"{s.state.path}: another fonzipd daemon is running on this state database"
             )
-        released = await store.release_claims()
+        released = await store.inbox.release_claims()
         if released:
             log.info("claims_released", rows=released)
 
@@ -113,10 +113,10 @@ class Daemon:
         self.client = MeteredClient(
             s.fonzip,
             metrics=self.metrics,
-            token_store=store,
+            token_store=store.tokens,
             limiter=limiter,
             clock=self.clock,
-            form_ids=store,
+            form_ids=store.form_ids,
         )
         dispatcher = self.dispatcher
         self.metrics.bind(
@@ -207,8 +207,8 @@ class Daemon:
         store = self.store
         if store is None:
             return "stopped"
-        depth, _ = await store.inbox_depth()
-        sinks = await store.sink_status(self.settings.enabled_sinks)
+        depth, _ = await store.inbox.depth()
+        sinks = await store.outbox.sink_status(self.settings.enabled_sinks)
         outbox = ", ".join(f"{sid} {st['pending']}" for sid, st in sinks.items()) or "no sinks"
         dead = sum(st["dead"] for st in sinks.values())
         return f"inbox {depth}; outbox {outbox}" + (f"; {dead} dead letters" if dead else "")
@@ -235,7 +235,7 @@ class Daemon:
         while True:
             if self.store is not None:
                 try:
-                    pruned = await self.store.prune_inbox(INBOX_RETENTION)
+                    pruned = await self.store.inbox.prune(INBOX_RETENTION)
                 except (sqlite3.Error, StoreError) as exc:
                     log.warning("inbox_prune_failed", error=str(exc))
                 else:
@@ -251,12 +251,12 @@ class Daemon:
         if store is None:
             return False, {"database": "closed"}
         try:
-            await store.check_writable()
+            await store.meta.check_writable()
             details["database"] = "writable"
         except (sqlite3.Error, StoreError) as exc:
             ok = False
             details["database"] = f"not writable: {exc}"
-        depth, age = await store.inbox_depth()
+        depth, age = await store.inbox.depth()
         details["inbox"] = {"pending": depth, "oldest_age_s": age}
         if self.client is not None:
             # A 409 lock delays fetching, not accepting: it does not fail readiness.
@@ -265,7 +265,7 @@ class Daemon:
             ok = False
             details["fonzip"] = f"credentials rejected: {self.client.credentials_error}"
         limit = self.settings.health.sink_failing_after
-        sinks = await store.sink_status(self.settings.enabled_sinks)
+        sinks = await store.outbox.sink_status(self.settings.enabled_sinks)
         now = self.clock.now()
         for sid, st in sinks.items():
             since = st["failing_since"]
@@ -404,7 +404,7 @@ class Daemon:
             await self.client.close()
         if self.store is not None:
             with contextlib.suppress(sqlite3.Error, StoreError):
-                await self.store.release_claims()
+                await self.store.inbox.release_claims()
             await self.store.close()
             self.store = None
         self.notifier.close()

@@ -21,7 +21,7 @@ from typing import Any
 from fonzipd import __version__
 from fonzipd.config import ConfigError, ConfigWarning, Settings, default_config_path, load_config
 from fonzipd.kinds import Kind
-from fonzipd.store import Store, StoreError
+from fonzipd.state import Store, StoreError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -223,7 +223,7 @@ async def _check_online(settings: Settings) -> int:
     try:
         async with connected(settings) as (store, client):
             me = await client.me()
-            token = None if client.tokens.fixed else await store.load(client.tokens.key)
+            token = None if client.tokens.fixed else await store.tokens.load(client.tokens.key)
     except FonzipError as exc:
         print(f"fonzipd: Fonzip: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -296,18 +296,18 @@ async def _status(settings: Settings) -> dict[str, Any]:
         raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
     store = await Store.open(settings.state.path)
     try:
-        depth, age = await store.inbox_depth()
+        depth, age = await store.inbox.depth()
         running = not store.acquire_worker_lock()
         return {
             "state": str(settings.state.path),
             "daemon_running": running,
             "health": await _daemon_health(settings) if running else None,
             "token_expires_at": await _token_expiry(store, settings),
-            "inbox": {"pending": depth, "oldest_age_s": age, **await store.inbox_counts()},
-            "sinks": await store.sink_status(settings.sinks),
-            "failed_events": await store.failed_events(),
-            "reconcile_runs": await store.reconcile_runs(limit=20),
-            "open_days": await store.reconcile_days(open_only=True),
+            "inbox": {"pending": depth, "oldest_age_s": age, **await store.inbox.counts()},
+            "sinks": await store.outbox.sink_status(settings.sinks),
+            "failed_events": await store.inbox.failed_events(),
+            "reconcile_runs": await store.books.runs(limit=20),
+            "open_days": await store.books.days(open_only=True),
         }
     finally:
         await store.close()
@@ -340,7 +340,9 @@ async def _token_expiry(store: Store, settings: Settings) -> str | None:
     client_id = settings.fonzip.client_id
     if client_id is None:
         return None
-    token = await store.load(token_key(str(settings.fonzip.base_url), client_id.get_secret_value()))
+    token = await store.tokens.load(
+        token_key(str(settings.fonzip.base_url), client_id.get_secret_value())
+    )
     return None if token is None else token.expires_at.isoformat()
 
 
@@ -403,7 +405,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     async def replay() -> int:
         store = await Store.open(settings.state.path)
         try:
-            return await store.requeue(
+            return await store.outbox.requeue(
                 args.sink, dead=args.dead, since=args.since, kind=args.kind, dry_run=args.dry_run
             )
         finally:

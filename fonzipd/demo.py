@@ -59,8 +59,8 @@ async def _wait_delivered(daemon: Daemon, within: float) -> bool:
     assert daemon.store is not None
     deadline = SYSTEM_CLOCK.monotonic() + within
     while SYSTEM_CLOCK.monotonic() < deadline:
-        depth, _ = await daemon.store.inbox_depth()
-        status = await daemon.store.sink_status(daemon.settings.sinks)
+        depth, _ = await daemon.store.inbox.depth()
+        status = await daemon.store.outbox.sink_status(daemon.settings.sinks)
         if depth == 0 and all(s["pending"] == 0 for s in status.values()):
             return True
         await asyncio.sleep(0.2)

@@ -13,7 +13,7 @@ import structlog
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import SinkSettings
 from fonzipd.sink import PermanentSinkError, Sink, TransientSinkError
-from fonzipd.store import OutboxRow, Store
+from fonzipd.state import OutboxRow, Store
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +93,7 @@ class SinkRunner:
             self._failures += 1
             delay = self._backoff(None)
             self._log.error("sink_open_failed", error=str(exc), retry_in=round(delay, 2))
-            await self._store.record_sink_failure(self.sink_id, [], f"open: {exc}", dead_after=0)
+            await self._store.outbox.record_failure(self.sink_id, [], f"open: {exc}", dead_after=0)
             await self._wait(delay)
             return False
         self._opened = True
@@ -108,7 +108,7 @@ class SinkRunner:
                 if self._stopping:
                     return
                 continue
-            rows = await self._store.outbox_batch(self.sink_id, self.batch_size)
+            rows = await self._store.outbox.batch(self.sink_id, self.batch_size)
             if not rows:
                 if self._stopping:
                     return
@@ -118,10 +118,10 @@ class SinkRunner:
                 # A lone record waits up to flush_interval for company; records that
                 # arrive meanwhile wake us and ride along at once (low delay under load,
                 # since rows pile up while a write is in flight anyway).
-                age = await self._store.oldest_pending_age(self.sink_id) or 0.0
+                age = await self._store.outbox.oldest_pending_age(self.sink_id) or 0.0
                 if age < self.settings.flush_interval:
                     await self._wait(self.settings.flush_interval - age)
-                    rows = await self._store.outbox_batch(self.sink_id, self.batch_size)
+                    rows = await self._store.outbox.batch(self.sink_id, self.batch_size)
             delay = await self._deliver(rows)
             if delay > 0:
                 await self._wait(delay)
@@ -143,7 +143,7 @@ class SinkRunner:
         except TransientSinkError as exc:
             self._failures += 1
             self.retried += len(rows)
-            await self._store.record_sink_failure(self.sink_id, ids, str(exc), dead_after=0)
+            await self._store.outbox.record_failure(self.sink_id, ids, str(exc), dead_after=0)
             delay = self._backoff(exc.retry_after)
             self._log.warning(
                 "batch_failed", records=len(rows), error=str(exc), retry_in=round(delay, 2)
@@ -154,9 +154,9 @@ class SinkRunner:
                 r.id for r in rows if exc.failed_keys is None or r.record_key in exc.failed_keys
             ]
             written = [i for i in ids if i not in set(failed)]
-            await self._store.dead_letter(self.sink_id, failed, str(exc))
+            await self._store.outbox.dead_letter(self.sink_id, failed, str(exc))
             if written:
-                await self._store.acknowledge(self.sink_id, written)
+                await self._store.outbox.acknowledge(self.sink_id, written)
             self.dead += len(failed)
             self.delivered += len(written)
             self._failures = 0
@@ -168,7 +168,7 @@ class SinkRunner:
             # A bug in the sink: retried, with its traceback, and parked after max_attempts.
             self._failures += 1
             reason = f"unexpected {type(exc).__name__}: {exc}"
-            went_dead = await self._store.record_sink_failure(
+            went_dead = await self._store.outbox.record_failure(
                 self.sink_id, ids, reason, dead_after=self.settings.max_attempts
             )
             self.dead += went_dead
@@ -183,7 +183,7 @@ class SinkRunner:
                 retry_in=round(delay, 2),
             )
             return delay
-        await self._store.acknowledge(self.sink_id, ids)
+        await self._store.outbox.acknowledge(self.sink_id, ids)
         self._failures = 0
         self.delivered += len(rows)
         self._log.info(

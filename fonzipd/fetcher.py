@@ -21,7 +21,7 @@ from fonzipd.fonzip.errors import (
 )
 from fonzipd.fonzip.limiter import Priority
 from fonzipd.records import DELETED, NormalizeError, Record, normalize, with_status
-from fonzipd.store import InboxRow, Store
+from fonzipd.state import InboxRow, Store
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +86,7 @@ class Fetcher:
 
     async def _worker(self, n: int) -> None:
         while not self._stopping:
-            row = await self._store.claim()
+            row = await self._store.inbox.claim()
             if row is None:
                 await self._idle()
                 continue
@@ -94,12 +94,12 @@ class Fetcher:
                 await self._process(row)
             except asyncio.CancelledError:
                 # Shutdown mid-fetch: the row goes back untouched, nothing is lost.
-                await asyncio.shield(self._store.unclaim(row.id))
+                await asyncio.shield(self._store.inbox.unclaim(row.id))
                 raise
             except Exception as exc:
                 # A bug, not a Fonzip problem: keep the row, retry later, keep working.
                 log.exception("fetch_crashed", inbox_id=row.id, kind=str(row.kind))
-                await self._store.retry_later(
+                await self._store.inbox.retry_later(
                     row.id, f"internal error: {exc!r}", self._backoff(row.attempts)
                 )
 
@@ -108,7 +108,7 @@ class Fetcher:
         if self._stopping:
             # stop() may have set the event just before the clear above.
             return
-        due = await self._store.next_inbox_due()
+        due = await self._store.inbox.next_due()
         timeout = 5.0
         if due is not None:
             timeout = min(timeout, max(0.0, (due - self._clock.now()).total_seconds()))
@@ -148,15 +148,15 @@ class Fetcher:
             if final and isinstance(exc, FonzipNotFound):
                 await self._gone(row, exc, bound)
             elif final:
-                await self._store.fail(row.id, _reason(exc))
+                await self._store.inbox.fail(row.id, _reason(exc))
             else:
-                await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
+                await self._store.inbox.retry_later(row.id, str(exc), self._backoff(row.attempts))
             return
         except FonzipError as exc:
             # Fonzip down, rate limiting, a token lock, rejected credentials: none of it
             # is the event's fault. Retry until Fonzip is back (the wait is capped).
             bound.warning("fetch_failed", error=str(exc), final=False)
-            await self._store.retry_later(row.id, str(exc), self._backoff(row.attempts))
+            await self._store.inbox.retry_later(row.id, str(exc), self._backoff(row.attempts))
             return
         await self._apply(row, record, started, bound)
 
@@ -165,9 +165,9 @@ class Fetcher:
     ) -> None:
         """An object fonzipd holds that Fonzip no longer has was deleted there (Fonzip
         sends no webhook for that): every sink gets its last state as ``deleted``."""
-        stored = await self._store.get_record(row.kind, row.fonzip_id)
+        stored = await self._store.records.get(row.kind, row.fonzip_id)
         if stored is None or stored.status == DELETED:
-            await self._store.fail(row.id, _reason(exc))
+            await self._store.inbox.fail(row.id, _reason(exc))
             return
         gone = with_status(stored, DELETED, source=row.source, fetched_at=self._clock.now())
         await self._apply(row, gone, self._clock.monotonic(), bound)
@@ -179,7 +179,7 @@ class Fetcher:
         started: float,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        applied = await self._store.apply_record(row.id, record, self._sink_ids())
+        applied = await self._store.records.apply_record(row.id, record, self._sink_ids())
         self.processed += 1
         bound.info(
             "record_deleted" if record.status == DELETED else "record_fetched",

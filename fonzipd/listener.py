@@ -23,7 +23,7 @@ from fonzipd import logs
 from fonzipd.config import ListenerSettings
 from fonzipd.kinds import WEBHOOK_STATUSES, Kind
 from fonzipd.records import Source
-from fonzipd.store import InboxEvent, Store, StoreError
+from fonzipd.state import InboxEvent, Store, StoreError
 
 log = structlog.get_logger(__name__)
 hot_log = logs.HotLogger(__name__)
@@ -122,7 +122,7 @@ class GroupCommitter:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                added = await self._store.add_events([ev for ev, _ in batch])
+                added = await self._store.inbox.add_events([ev for ev, _ in batch])
             except (sqlite3.Error, StoreError) as exc:
                 log.error("commit_failed", events=len(batch), error=str(exc))
                 for _, fut in batch:

@@ -39,7 +39,7 @@ from fonzipd.fonzip.errors import (
 )
 from fonzipd.fonzip.limiter import Priority
 from fonzipd.kinds import Kind
-from fonzipd.store import Store
+from fonzipd.state import Store
 
 FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 """Seconds; the long tail is the rate limiter and retries, not Fonzip itself."""
@@ -83,9 +83,9 @@ def store_reconcile_figures(store: Store) -> ReconcileSource:
     """The reconciler's figures, read from its tables in the state database."""
 
     async def figures() -> ReconcileFigures:
-        runs = await store.reconcile_runs(limit=100)
+        runs = await store.books.runs(limit=100)
         finished = [float(r["finished_at"]) for r in runs if r.get("finished_at") is not None]
-        days = await store.reconcile_days()
+        days = await store.books.days()
         open_days = sum(1 for d in days if d["state"] == "open")
         recent = days[:COVERAGE_DAYS]
         records = sum(int(d["records"]) for d in recent)
@@ -210,14 +210,14 @@ class Metrics:
         store = self._store
         if store is None:
             return snap
-        snap.inbox_depth, snap.inbox_oldest_age = await store.inbox_depth()
-        snap.inbox_rows = await store.inbox_counts()
+        snap.inbox_depth, snap.inbox_oldest_age = await store.inbox.depth()
+        snap.inbox_rows = await store.inbox.counts()
         ids = list(self._sink_ids())
-        snap.sinks = await store.sink_status(ids)
+        snap.sinks = await store.outbox.sink_status(ids)
         for sid in ids:
-            snap.outbox_oldest_age[sid] = await store.oldest_pending_age(sid)
+            snap.outbox_oldest_age[sid] = await store.outbox.oldest_pending_age(sid)
         if self._client is not None and not self._client.tokens.fixed:
-            token = await store.load(self._client.tokens.key)
+            token = await store.tokens.load(self._client.tokens.key)
             snap.token_expires_at = None if token is None else token.expires_at.timestamp()
         if self._reconcile is not None:
             snap.reconcile = await self._reconcile()

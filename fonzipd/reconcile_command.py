@@ -28,7 +28,7 @@ from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.kinds import Kind
 from fonzipd.reconciler import DayReport, ListRun, Progress, Reconciler, run_key_now
 from fonzipd.records import Source
-from fonzipd.store import Store
+from fonzipd.state import Store
 
 DRY_RUN_SHARE_WITH_DAEMON = 0.25
 """Share of the rate a dry run lists at while the daemon uses the rest."""
@@ -184,7 +184,11 @@ async def _dry_run(
 ) -> list[DayReport]:
     limiter = RateLimiter(rate, clock=clock)
     async with FonzipClient(
-        settings.fonzip, token_store=store, limiter=limiter, clock=clock, form_ids=store
+        settings.fonzip,
+        token_store=store.tokens,
+        limiter=limiter,
+        clock=clock,
+        form_ids=store.form_ids,
     ) as client:
         reconciler = Reconciler(
             store, client, tz=settings.fonzip.tz, settings=settings.reconciler, clock=clock
@@ -235,16 +239,16 @@ async def _through_daemon(
     clock: Clock,
     poll: float = 0.2,
 ) -> list[DayReport]:
-    request_id = await store.add_reconcile_request(days, kinds, source, dry_run=False)
+    request_id = await store.books.add_request(days, kinds, source, dry_run=False)
     view = ProgressView(len(days), rate, out=progress_out)
     if view.enabled:
         view.out.write(f"the daemon is running: it runs this reconcile (request {request_id})\n")
     try:
         while True:
-            row = await store.reconcile_request(request_id)
+            row = await store.books.request(request_id)
             if row is not None and row["finished_at"] is not None:
                 break
-            done = {r["business_date"] for r in await store.reconcile_days(days=list(days))}
+            done = {r["business_date"] for r in await store.books.days(days=list(days))}
             if view.enabled:
                 started = "started" if row and row["started_at"] else "waiting for the daemon"
                 view.out.write(f"\r\x1b[2K{started}: {len(done)}/{len(days)} days reported")
@@ -262,10 +266,10 @@ async def reports_from_store(
     wanted = {str(k) for k in kinds} if kinds else None
     runs = [
         ListRun.from_row(r)
-        for r in await store.reconcile_runs(days=list(days), limit=100_000)
+        for r in await store.books.runs(days=list(days), limit=100_000)
         if wanted is None or r["kind"] in wanted
     ]
-    day_rows = {r["business_date"]: r for r in await store.reconcile_days(days=list(days))}
+    day_rows = {r["business_date"]: r for r in await store.books.days(days=list(days))}
     reports = []
     for day in sorted(set(days)):
         row = day_rows.get(day.isoformat())

@@ -52,7 +52,7 @@ from fonzipd.records import (
     list_row_status,
     parse_fonzip_datetime,
 )
-from fonzipd.store import InboxEvent, Store
+from fonzipd.state import InboxEvent, Store
 
 log = structlog.get_logger(__name__)
 
@@ -319,7 +319,7 @@ class Reconciler:
         bound = log.bind(business_date=day.isoformat(), run_key=run_key, source=str(source))
         previous = {
             (Kind(r["kind"]), r["list_status"]): r
-            for r in await self._store.reconcile_runs(days=[day], limit=1000)
+            for r in await self._store.books.runs(days=[day], limit=1000)
         }
         runs: list[ListRun] = []
         todo: list[ListRun] = []
@@ -342,13 +342,13 @@ class Reconciler:
         closed = all(r.closed or r.outcome == "dry_run_closed" for r in runs)
         reasons = [f"{r.kind}/{r.list_status}: {r.reason}" for r in runs if r.reason]
         reason = None if closed else "; ".join(reasons[:5]) + (" …" if len(reasons) > 5 else "")
-        sources = await self._store.first_sources(day)
+        sources = await self._store.records.first_sources(day)
         records = sum(sources.values())
         by_reconcile = sources.get(str(Source.RECONCILE), 0)
         report = DayReport(day, closed, reason, runs, records, by_reconcile)
         if dry_run:
             return report
-        await self._store.save_reconcile_day(
+        await self._store.books.save_day(
             day,
             closed=closed,
             reason=reason,
@@ -409,7 +409,7 @@ class Reconciler:
                 "reconcile_list_failed", kind=str(kind), list_status=list_status, error=str(exc)
             )
             if not dry_run:
-                await self._store.save_reconcile_run(run.to_row())
+                await self._store.books.save_run(run.to_row())
             return run
         basis = "complete_date"
         if list_status == "refund":
@@ -427,7 +427,7 @@ class Reconciler:
         run.window_total = len(inside) if total is None else max(0, total - outside)
         local = await self._local(kind, list_status, day, basis)
         run.local_before = len(local)
-        stored = await self._store.record_statuses(kind, inside)
+        stored = await self._store.records.statuses(kind, inside)
         events: list[InboxEvent] = []
         for fid, row in inside.items():
             try:
@@ -454,17 +454,17 @@ class Reconciler:
         if dry_run:
             return run
         if events:
-            await self._store.add_events(events)
+            await self._store.inbox.add_events(events)
             self._wake()
-        await self._store.save_reconcile_run(run.to_row())
+        await self._store.books.save_run(run.to_row())
         return run
 
     async def _local(self, kind: Kind, list_status: str, day: dt.date, basis: str) -> set[int]:
         statuses = local_statuses(kind, list_status)
         if list_status != "refund" or basis != "refund_date":
-            return set(await self._store.local_ids(kind, day, statuses))
+            return set(await self._store.records.local_ids(kind, day, statuses))
         found = set()
-        for fid, raw in await self._store.refund_dates(kind, statuses[0]):
+        for fid, raw in await self._store.records.refund_dates(kind, statuses[0]):
             when = parse_fonzip_datetime(raw, self.tz)
             if when is not None and business_date(when, self.tz) == day:
                 found.add(fid)
@@ -487,7 +487,7 @@ class Reconciler:
             pending = 0
             for kind, ids in by_kind.items():
                 if ids:
-                    pending += await self._store.unfinished_events(kind, ids)
+                    pending += await self._store.inbox.unfinished(kind, ids)
             if progress:
                 progress(Progress("waiting", day, pending=pending))
             if pending == 0 or self._clock.monotonic() >= deadline:
@@ -506,9 +506,9 @@ class Reconciler:
             if not ok:
                 run.reason = self._reason(run, unfetched=len(run.expected))
             return
-        stored = await self._store.record_statuses(run.kind, run.expected)
+        stored = await self._store.records.statuses(run.kind, run.expected)
         unfinished = (
-            await self._store.unfinished_events(run.kind, run.expected) if run.expected else 0
+            await self._store.inbox.unfinished(run.kind, run.expected) if run.expected else 0
         )
         for fid, want in run.expected.items():
             have = stored.get(fid)
@@ -526,7 +526,7 @@ class Reconciler:
         else:
             run.outcome = "open"
             run.reason = self._reason(run, unfetched=run.failed)
-        await self._store.save_reconcile_run(run.to_row())
+        await self._store.books.save_run(run.to_row())
 
     @staticmethod
     def _reason(run: ListRun, *, unfetched: int) -> str:

@@ -18,7 +18,7 @@ from fonzipd.days import NightlySchedule, business_date, days_between, reconcile
 from fonzipd.kinds import Kind
 from fonzipd.reconciler import DayReport, Progress
 from fonzipd.records import Source
-from fonzipd.store import Store, StoreError
+from fonzipd.state import Store, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -111,7 +111,7 @@ class ReconcileScheduler:
         )
         if recent and not force:
             return
-        await self._store.set_meta(HEARTBEAT_KEY, self._clock.now().isoformat())
+        await self._store.meta.set(HEARTBEAT_KEY, self._clock.now().isoformat())
         self._last_heartbeat = mono
 
     async def _beating(self, run: Callable[[], Awaitable[T]]) -> T:
@@ -135,7 +135,7 @@ class ReconcileScheduler:
 
     async def catch_up(self) -> list[DayReport]:
         """At start: reconcile the downtime window if fonzipd was down too long."""
-        raw = await self._store.get_meta(HEARTBEAT_KEY)
+        raw = await self._store.meta.get(HEARTBEAT_KEY)
         now = self._clock.now()
         await self.heartbeat(force=True)
         if raw is None or not self._settings.enabled:
@@ -158,20 +158,20 @@ class ReconcileScheduler:
     async def tick(self) -> float:
         """One wake-up: heartbeat, requests, a due night. Returns seconds to sleep."""
         await self.heartbeat()
-        request = await self._store.claim_reconcile_request()
+        request = await self._store.books.claim_request()
         if request is not None:
             await self._serve(request)
             return 0.0
         if not self._settings.enabled:
             return self._settings.poll_interval
-        raw = await self._store.get_meta(LAST_NIGHT_KEY)
+        raw = await self._store.meta.get(LAST_NIGHT_KEY)
         last = None if raw is None else dt.date.fromisoformat(raw)
         now = self._clock.now()
         due = self.schedule.due_date(now, last)
         if last is None and due is not None:
             # A new state database: the first night is the next one (history is what
             # `fonzipd backfill` is for), not an unasked-for run at the first start.
-            await self._store.set_meta(LAST_NIGHT_KEY, due.isoformat())
+            await self._store.meta.set(LAST_NIGHT_KEY, due.isoformat())
             log.info(
                 "reconcile_schedule_started", first_night=(due + dt.timedelta(days=1)).isoformat()
             )
@@ -185,7 +185,7 @@ class ReconcileScheduler:
         """The nightly run of local date ``night``: yesterday, the lookback and open days."""
         days = set(reconcile_days(night, self._settings.lookback_days))
         horizon = night - dt.timedelta(days=31)
-        for row in await self._store.reconcile_days(open_only=True):
+        for row in await self._store.books.days(open_only=True):
             open_day = dt.date.fromisoformat(row["business_date"])
             if horizon <= open_day < night:
                 days.add(open_day)
@@ -193,7 +193,7 @@ class ReconcileScheduler:
         reports = await self._beating(
             lambda: self._reconciler.run(sorted(days), run_key=f"nightly:{night.isoformat()}")
         )
-        await self._store.set_meta(LAST_NIGHT_KEY, night.isoformat())
+        await self._store.meta.set(LAST_NIGHT_KEY, night.isoformat())
         log.info(
             "reconcile_night_finished",
             night=night.isoformat(),
@@ -219,4 +219,4 @@ class ReconcileScheduler:
             )
             outcome = "closed" if all(r.closed for r in reports) else "open"
         finally:
-            await self._store.finish_reconcile_request(request["id"], outcome)
+            await self._store.books.finish_request(request["id"], outcome)

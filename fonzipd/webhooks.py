@@ -22,7 +22,7 @@ from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import Settings
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.listener import Webhook
-from fonzipd.store import Store, StoreError
+from fonzipd.state import Store, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +125,7 @@ class DeliveryLog:
             return
         self._written[hook.webhook_id] = now
         try:
-            await self._store.set_meta(
+            await self._store.meta.set(
                 f"{SEEN_META_PREFIX}{hook.webhook_id}", self._clock.now().isoformat()
             )
         except (sqlite3.Error, StoreError) as exc:
@@ -134,7 +134,7 @@ class DeliveryLog:
 
 async def last_seen(store: Store, webhook_id: int) -> dt.datetime | None:
     """When a delivery of ``webhook_id`` last reached the daemon (as DeliveryLog wrote it)."""
-    value = await store.get_meta(f"{SEEN_META_PREFIX}{webhook_id}")
+    value = await store.meta.get(f"{SEEN_META_PREFIX}{webhook_id}")
     return None if value is None else dt.datetime.fromisoformat(value)
 
 
@@ -181,7 +181,7 @@ async def connected(settings: Settings) -> AsyncIterator[tuple[Store, FonzipClie
     store = await Store.open(settings.state.path)
     try:
         async with FonzipClient(
-            settings.fonzip, token_store=store, form_ids=store, token_wait=60.0
+            settings.fonzip, token_store=store.tokens, form_ids=store.form_ids, token_wait=60.0
         ) as client:
             yield store, client
     finally:

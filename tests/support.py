@@ -21,6 +21,7 @@ from fonzipd.fonzip.endpoints import Detail
 from fonzipd.kinds import Kind
 from fonzipd.records import Person, Record, Source, content_version, normalize
 from fonzipd.simulator import Simulator
+from fonzipd.state import InboxEvent
 
 
 class FakeClock:
@@ -162,3 +163,8 @@ def sim_statuses(sim: Simulator, kind: Kind, tz: ZoneInfo) -> dict[int, str]:
         ).status
         for obj in sim.objects(kind)
     }
+
+
+def hook(fid: int, status: int = 3, kind: Kind = Kind.DONATION) -> InboxEvent:
+    """A webhook event for the inbox."""
+    return InboxEvent(kind=kind, fonzip_id=fid, event_status=status, source=Source.WEBHOOK)

@@ -17,7 +17,7 @@ from fonzipd.config import load_config
 from fonzipd.kinds import Kind
 from fonzipd.notify import Notifier
 from fonzipd.simulator import Simulator
-from fonzipd.store import StoreError
+from fonzipd.state import StoreError
 
 TOKEN = "reload-test-token-0123456789"
 
@@ -114,7 +114,7 @@ async def test_sighup_adds_and_removes_sinks_applies_log_level_and_names_restart
             await sim.create_event(Kind.DONATION)
             await until_delivered(daemon, "sheets", 2)
             assert daemon.store is not None
-            assert (await daemon.store.sink_status(["archive"]))["archive"]["pending"] == 0
+            assert (await daemon.store.outbox.sink_status(["archive"]))["archive"]["pending"] == 0
         finally:
             daemon.request_stop()
             await running

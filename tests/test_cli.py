@@ -10,7 +10,7 @@ import pytest
 
 from fonzipd import __version__
 from fonzipd.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from fonzipd.store import Store
+from fonzipd.state import Store
 from tests.support import make_record
 
 TOKEN = "cli-test-webhook-token-123"
@@ -115,10 +115,10 @@ async def _seed_state(path: Path) -> None:
     store = await Store.open(path)
     try:
         for fid in (1, 2, 3):
-            await store.apply_record(None, make_record(fid), ["archive"])
-        rows = await store.outbox_batch("archive", 10)
-        await store.acknowledge("archive", [rows[0].id])
-        await store.dead_letter("archive", [rows[1].id], "HTTP 400: refused")
+            await store.records.apply_record(None, make_record(fid), ["archive"])
+        rows = await store.outbox.batch("archive", 10)
+        await store.outbox.acknowledge("archive", [rows[0].id])
+        await store.outbox.dead_letter("archive", [rows[1].id], "HTTP 400: refused")
     finally:
         await store.close()
 

@@ -19,7 +19,7 @@ from fonzipd.sink import (
     SinkOptions,
     TransientSinkError,
 )
-from fonzipd.store import Store
+from fonzipd.state import Store
 from fonzipd.testing import context_for_tests
 from tests.support import make_record
 
@@ -83,13 +83,13 @@ async def test_records_are_delivered_in_order_and_acknowledged(
     r = runner(store, "a", tmp_path)
     records = [make_record(i) for i in range(1, 121)] + [make_record(5, status="refunded")]
     for rec in records:
-        await store.apply_record(None, rec, ["a"])
+        await store.records.apply_record(None, rec, ["a"])
     r.start()
     await until(lambda: len(mem(r).keys) == len(records))
     await r.stop(timeout=2)
     assert mem(r).keys == [rec.key for rec in records]
     assert max(mem(r).batches) == 50
-    assert (await store.sink_status(["a"]))["a"]["pending"] == 0
+    assert (await store.outbox.sink_status(["a"]))["a"]["pending"] == 0
     assert mem(r).closed
 
 
@@ -102,12 +102,12 @@ async def test_transient_errors_retry_until_the_sink_is_back(store: Store, tmp_p
         return TransientSinkError("receiver down") if len(attempts) < 5 else None
 
     mem(r).fail_with = flaky
-    await store.apply_record(None, make_record(1), ["a"])
+    await store.records.apply_record(None, make_record(1), ["a"])
     r.start()
     await until(lambda: mem(r).keys)
     await r.stop(timeout=2)
     assert len(attempts) == 5
-    status = (await store.sink_status(["a"]))["a"]
+    status = (await store.outbox.sink_status(["a"]))["a"]
     assert (status["pending"], status["dead"], status["delivered"]) == (0, 0, 1)
     assert status["failing_since"] is None
 
@@ -123,11 +123,11 @@ async def test_permanent_errors_dead_letter_only_the_refused_records(
         else None
     )
     for fid in (1, 2, 3):
-        await store.apply_record(None, make_record(fid), ["a"])
+        await store.records.apply_record(None, make_record(fid), ["a"])
     r.start()
     await until(lambda: r.dead == 1 and r.delivered == 2)
     await r.stop(timeout=2)
-    status = (await store.sink_status(["a"]))["a"]
+    status = (await store.outbox.sink_status(["a"]))["a"]
     assert (status["pending"], status["dead"], status["delivered"]) == (0, 1, 2)
     assert "HTTP 400" in status["last_error"]
 
@@ -135,16 +135,16 @@ async def test_permanent_errors_dead_letter_only_the_refused_records(
 async def test_a_buggy_sink_is_retried_then_dead_lettered(store: Store, tmp_path: Path) -> None:
     r = runner(store, "a", tmp_path, max_attempts=3)
     mem(r).fail_with = lambda batch: ZeroDivisionError("bug in sink")
-    await store.apply_record(None, make_record(1), ["a"])
+    await store.records.apply_record(None, make_record(1), ["a"])
     r.start()
     await until(lambda: r.dead == 1)
     await r.stop(timeout=1)
-    status = (await store.sink_status(["a"]))["a"]
+    status = (await store.outbox.sink_status(["a"]))["a"]
     assert status["dead"] == 1
     assert "ZeroDivisionError" in status["last_error"]
     # Replaying the dead letter once the bug is fixed delivers it.
     mem(r).fail_with = lambda batch: None
-    assert await store.requeue("a", dead=True) == 1
+    assert await store.outbox.requeue("a", dead=True) == 1
     r2 = SinkRunner("a", r.sink, r.settings, store, batch_size=50)
     r2.start()
     await until(lambda: mem(r).keys)
@@ -158,10 +158,10 @@ async def test_one_failing_sink_never_delays_another(store: Store, tmp_path: Pat
     dispatcher = Dispatcher({"down": down, "up": up})
     dispatcher.start()
     for fid in range(1, 31):
-        await store.apply_record(None, make_record(fid), ["down", "up"])
+        await store.records.apply_record(None, make_record(fid), ["down", "up"])
         dispatcher.wake()
     await until(lambda: len(mem(up).keys) == 30)
-    status = await store.sink_status(["down", "up"])
+    status = await store.outbox.sink_status(["down", "up"])
     assert status["down"]["pending"] == 30
     assert status["down"]["dead"] == 0
     assert status["up"]["pending"] == 0
@@ -181,7 +181,7 @@ async def test_open_failures_are_retried(store: Store, tmp_path: Path) -> None:
         await original_open()
 
     mem(r).open = open_flaky  # type: ignore[method-assign]
-    await store.apply_record(None, make_record(1), ["a"])
+    await store.records.apply_record(None, make_record(1), ["a"])
     r.start()
     await until(lambda: mem(r).keys)
     await r.stop(timeout=1)
@@ -191,7 +191,7 @@ async def test_open_failures_are_retried(store: Store, tmp_path: Path) -> None:
 async def test_stop_drains_what_is_pending(store: Store, tmp_path: Path) -> None:
     r = runner(store, "a", tmp_path, flush_interval=30)
     r.start()
-    await store.apply_record(None, make_record(1), ["a"])
+    await store.records.apply_record(None, make_record(1), ["a"])
     r.wake()
     # The batch would wait 30 s to fill; stopping flushes it at once.
     await r.stop(timeout=5)

@@ -17,7 +17,7 @@ from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.kinds import Kind
 from fonzipd.records import Source
 from fonzipd.simulator import Simulator
-from fonzipd.store import InboxEvent, Store
+from fonzipd.state import InboxEvent, Store
 from tests.support import fonzip_settings
 
 TZ = zoneinfo.ZoneInfo("Europe/Istanbul")
@@ -34,14 +34,14 @@ class Rig:
     async def add(
         self, kind: Kind, fid: int, status: int | None = 3, source: Source = Source.WEBHOOK
     ) -> None:
-        await self.store.add_events([InboxEvent(kind, fid, status, source)])
+        await self.store.inbox.add_events([InboxEvent(kind, fid, status, source)])
         self.fetcher.wake()
 
     async def settled(self, within: float = 15.0) -> dict[str, int]:
         async with asyncio.timeout(within):
-            while (await self.store.inbox_depth())[0]:
+            while (await self.store.inbox.depth())[0]:
                 await asyncio.sleep(0.02)
-        return await self.store.inbox_counts()
+        return await self.store.inbox.counts()
 
 
 @pytest.fixture
@@ -52,9 +52,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         settings = fonzip_settings(base, rate=RATE, max_retries=1)
         client = FonzipClient(
             settings,
-            token_store=store,
+            token_store=store.tokens,
             limiter=RateLimiter(RATE),
-            form_ids=store,
+            form_ids=store.form_ids,
             retry_base=0.01,
             retry_cap=0.05,
         )
@@ -86,11 +86,11 @@ async def test_every_kind_is_fetched_normalized_and_queued_for_every_sink(rig: R
     assert counts == {"done": sum(len(v) for v in expected.values())}
     for kind, wanted in expected.items():
         for fid in wanted:
-            record = await rig.store.get_record(kind, fid)
+            record = await rig.store.records.get(kind, fid)
             assert record is not None, (kind, fid)
             assert record.source is Source.WEBHOOK
             assert record.business_date is not None or kind is Kind.CAMPAIGN
-    status = await rig.store.sink_status(["a", "b"])
+    status = await rig.store.outbox.sink_status(["a", "b"])
     assert status["a"]["pending"] == status["b"]["pending"] == 24
 
 
@@ -101,10 +101,10 @@ async def test_refund_webhook_gives_a_new_version(rig: Rig) -> None:
     await rig.sim.refund(Kind.DONATION, fid, deliver=False)
     await rig.add(Kind.DONATION, fid, 4)
     await rig.settled()
-    record = await rig.store.get_record(Kind.DONATION, fid)
+    record = await rig.store.records.get(Kind.DONATION, fid)
     assert record is not None
     assert record.status == "refunded"
-    assert [r.record.status for r in await rig.store.outbox_batch("a", 10)] == [
+    assert [r.record.status for r in await rig.store.outbox.batch("a", 10)] == [
         "succeeded",
         "refunded",
     ]
@@ -113,7 +113,7 @@ async def test_refund_webhook_gives_a_new_version(rig: Rig) -> None:
 async def test_unknown_id_ends_as_failed_with_its_reason(rig: Rig) -> None:
     await rig.add(Kind.TICKET_SALE, 987654321)
     assert await rig.settled() == {"failed": 1}
-    [failed] = await rig.store.failed_events()
+    [failed] = await rig.store.inbox.failed_events()
     assert "not found" in failed["last_error"]
     assert failed["attempts"] == 3
 
@@ -123,7 +123,7 @@ async def test_malformed_details_are_retried_then_parked(rig: Rig) -> None:
     fid = int(rig.sim.objects(Kind.DONATION)[0]["id"])
     await rig.add(Kind.DONATION, fid)
     assert await rig.settled() == {"failed": 1}
-    [failed] = await rig.store.failed_events()
+    [failed] = await rig.store.inbox.failed_events()
     assert failed["attempts"] == 3
     assert "malformed" in failed["last_error"]
 
@@ -143,7 +143,7 @@ async def test_live_work_is_fetched_before_a_reconcile_backlog(rig: Rig) -> None
     for fid in ids[1:]:
         await rig.add(Kind.DONATION, fid, None, Source.RECONCILE)
     await rig.add(Kind.DONATION, ids[0], 3, Source.WEBHOOK)
-    first = await rig.store.claim()
+    first = await rig.store.inbox.claim()
     assert first is not None
     assert (first.fonzip_id, first.source) == (ids[0], Source.WEBHOOK)
 
@@ -155,9 +155,9 @@ async def test_an_object_deleted_at_fonzip_reaches_the_sinks_as_deleted(rig: Rig
     rig.sim.delete(Kind.DONATION, fid)
     await rig.add(Kind.DONATION, fid, None, Source.RECONCILE)
     assert await rig.settled() == {"done": 2}
-    record = await rig.store.get_record(Kind.DONATION, fid)
+    record = await rig.store.records.get(Kind.DONATION, fid)
     assert record is not None
     assert record.status == "deleted"
     assert record.amount is not None  # the last known state, marked deleted
-    queued = [r.record.status for r in await rig.store.outbox_batch("a", 10)]
+    queued = [r.record.status for r in await rig.store.outbox.batch("a", 10)]
     assert queued == ["succeeded", "deleted"]

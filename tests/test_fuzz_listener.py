@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from fonzipd.config import ListenerSettings
 from fonzipd.listener import GroupCommitter, PayloadError, build_app, parse_webhook
-from fonzipd.store import Store
+from fonzipd.state import Store
 
 TOKEN = "fuzz-listener-token-0123456789"
 PATH = "/fonzip/webhook"

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from fonzipd.config import ListenerSettings
 from fonzipd.listener import GroupCommitter, PayloadError, build_app, parse_webhook
-from fonzipd.store import Store
+from fonzipd.state import Store
 
 TOKEN = "a-long-enough-webhook-token"
 PATH = "/fonzip/webhook"
@@ -50,7 +50,7 @@ async def make_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[Harness
     committer = GroupCommitter(store, max_batch=512, on_commit=lambda: signalled.append(1))
 
     async def ready() -> tuple[bool, dict[str, Any]]:
-        depth, _ = await store.inbox_depth()
+        depth, _ = await store.inbox.depth()
         return True, {"inbox": {"pending": depth}}
 
     app = build_app(listener, committer, ready)
@@ -77,7 +77,7 @@ async def test_valid_webhook_is_committed_before_the_200(h: Harness) -> None:
     status, body = await h.post(hook())
     assert (status, body) == (200, {"result": "ok", "duplicate": False})
     # The row is in the database the moment the answer is out.
-    row = await h.store.claim()
+    row = await h.store.inbox.claim()
     assert row is not None
     assert (row.kind, row.fonzip_id, row.event_status) == ("donation", 101, 3)
 
@@ -87,7 +87,7 @@ async def test_duplicate_of_a_pending_event_is_answered_200_and_stored_once(h: H
     status, body = await h.post(hook())
     assert (status, body["duplicate"]) == (200, True)
     assert (await h.post(hook(status=4)))[1]["duplicate"] is False
-    assert (await h.store.inbox_depth())[0] == 2
+    assert (await h.store.inbox.depth())[0] == 2
 
 
 @pytest.mark.parametrize(
@@ -97,13 +97,13 @@ async def test_missing_or_wrong_token_is_401(h: Harness, token: str | None, reas
     status, body = await h.post(hook(), token=token)
     assert status == 401, reason
     assert "X-FZ-Auth-Token" in body["error"]
-    assert (await h.store.inbox_depth())[0] == 0
+    assert (await h.store.inbox.depth())[0] == 0
 
 
 async def test_test_deliveries_are_answered_and_not_stored(h: Harness) -> None:
     status, body = await h.post({"id": 0, "webhook_id": 7, "operation": 1, "status": 0})
     assert (status, body["test"]) == (200, True)
-    assert (await h.store.inbox_depth())[0] == 0
+    assert (await h.store.inbox.depth())[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,7 @@ async def test_invalid_payloads_get_422_saying_what_is_wrong(
     status, body = await h.post(payload)
     assert status == 422
     assert fragment in body["error"]
-    assert (await h.store.inbox_depth())[0] == 0
+    assert (await h.store.inbox.depth())[0] == 0
 
 
 async def test_not_json_wrong_type_and_oversized_bodies(h: Harness) -> None:
@@ -141,7 +141,7 @@ async def test_not_json_wrong_type_and_oversized_bodies(h: Harness) -> None:
     assert (status, "application/json" in body["error"]) == (415, True)
     status, body = await h.post(None, raw=b"{" + b" " * 10_000 + b"}")
     assert status == 413
-    assert (await h.store.inbox_depth())[0] == 0
+    assert (await h.store.inbox.depth())[0] == 0
 
 
 async def test_wrong_method_is_405(h: Harness) -> None:
@@ -154,7 +154,7 @@ async def test_concurrent_webhooks_are_committed_in_groups(h: Harness) -> None:
     assert all(status == 200 for status, _ in results)
     assert h.committer.committed == 200
     assert h.committer.commits < 200
-    assert (await h.store.inbox_depth())[0] == 200
+    assert (await h.store.inbox.depth())[0] == 200
 
 
 async def test_a_failed_commit_is_503_never_200_and_recovers(h: Harness) -> None:
@@ -165,7 +165,7 @@ async def test_a_failed_commit_is_503_never_200_and_recovers(h: Harness) -> None
     assert "retry" in body["error"]
     await h.store.db.execute("PRAGMA query_only = OFF")
     assert (await h.post(hook(1)))[0] == 200
-    assert (await h.store.inbox_depth())[0] == 1
+    assert (await h.store.inbox.depth())[0] == 1
 
 
 async def test_health_and_readiness(h: Harness) -> None:

@@ -29,7 +29,7 @@ from fonzipd.reconciler import (
 )
 from fonzipd.records import Source
 from fonzipd.simulator import Simulator
-from fonzipd.store import Store
+from fonzipd.state import Store
 from tests.support import sim_statuses, until
 
 RATE = 6000.0
@@ -118,7 +118,7 @@ async def test_one_day_closes_and_boundary_records_land_on_their_own_day(tmp_pat
             assert daemon.reconciler is not None
             (report,) = await daemon.reconciler.run([day], run_key="t1")
             assert daemon.store is not None
-            first_sources = await daemon.store.first_sources(day)
+            first_sources = await daemon.store.records.first_sources(day)
     assert report.closed, report.reason
     start, end = day_window(day, ISTANBUL)
     paid = [
@@ -196,14 +196,14 @@ async def test_dropped_webhooks_and_an_outage_are_made_whole_by_one_reconcile(
             ][:3]
             for fid in old_paid:
                 await sim.refund(Kind.DONATION, fid, deliver=False)
-            assert (await store.inbox_counts()).get("failed", 0) == 0
+            assert (await store.inbox.counts()).get("failed", 0) == 0
 
             out = io.StringIO()
             with structlog.testing.capture_logs() as logs:
                 code = await reconcile_now(settings, days, kinds=[], out=out)
             await until(lambda: _delivered(store))
-            day_rows = await store.reconcile_days(days=days)
-            delivered = (await store.sink_status(["archive"]))["archive"]["delivered"]
+            day_rows = await store.books.days(days=days)
+            delivered = (await store.outbox.sink_status(["archive"]))["archive"]["delivered"]
     table = out.getvalue()
     assert code == 0, table
     assert {r["state"] for r in day_rows} == {"closed"}
@@ -234,12 +234,12 @@ async def _retrying(state_db: Path) -> bool:
 
 
 async def _inbox_settled(store: Store) -> bool:
-    depth, _ = await store.inbox_depth()
+    depth, _ = await store.inbox.depth()
     return depth == 0
 
 
 async def _delivered(store: Store) -> bool:
-    status = await store.sink_status(["archive"])
+    status = await store.outbox.sink_status(["archive"])
     return bool(status["archive"]["pending"] == 0)
 
 
@@ -280,7 +280,7 @@ async def test_form_ids_come_from_the_list_rows_and_campaigns_by_creation_date(
                 [day], run_key="fc", kinds=[Kind.FORM_ANSWER, Kind.CAMPAIGN]
             )
             answers = [o["id"] for o in sim.objects(Kind.FORM_ANSWER)]
-            learned = {a: await daemon.store.get(a) for a in answers}
+            learned = {a: await daemon.store.form_ids.get(a) for a in answers}
         form_requests = [r for r in sim.requests if r.path.startswith("/api/v2/form/")]
     assert report.closed, report.reason
     assert {(r.kind, r.list_status) for r in report.runs} == {
@@ -356,8 +356,8 @@ async def test_dry_run_queues_nothing_and_the_command_reports_open_days(tmp_path
         assert "dry run" in out.getvalue()
         store = await Store.open(settings.state.path)
         try:
-            assert await store.inbox_counts() == {}
-            assert await store.reconcile_runs() == []
+            assert await store.inbox.counts() == {}
+            assert await store.books.runs() == []
         finally:
             await store.close()
         # Now for real, in this process (no daemon runs): the day closes.

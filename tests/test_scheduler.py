@@ -15,7 +15,7 @@ import pytest
 from fonzipd.config import ReconcilerSettings
 from fonzipd.reconciler import DayReport
 from fonzipd.scheduler import HEARTBEAT_KEY, LAST_NIGHT_KEY, ReconcileScheduler
-from fonzipd.store import Store
+from fonzipd.state import Store
 from tests.support import FakeClock, until
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
@@ -76,7 +76,7 @@ async def test_the_nightly_run_happens_once_per_local_date_across_dst(
         store,
     ):
         await drive(sched, clock, start + dt.timedelta(days=2))
-        assert await store.get_meta(HEARTBEAT_KEY) is not None
+        assert await store.meta.get(HEARTBEAT_KEY) is not None
     keys = [key for _, key, _ in stub.runs]
     assert keys == [f"nightly:{night}", f"nightly:{night + dt.timedelta(days=1)}"]
     when, _, days = stub.runs[0]
@@ -104,8 +104,8 @@ async def test_a_clock_step_or_a_suspended_vm_neither_skips_nor_doubles_a_run(
 async def test_a_daemon_down_at_night_runs_the_missed_night_at_start(tmp_path: Path) -> None:
     start = dt.datetime(2026, 11, 27, 7, tzinfo=dt.UTC)  # 10:00 local, after 03:30
     async with scheduler(tmp_path, start, ISTANBUL) as (sched, stub, _clock, store):
-        await store.set_meta(LAST_NIGHT_KEY, "2026-11-25")
-        await store.save_reconcile_day(
+        await store.meta.set(LAST_NIGHT_KEY, "2026-11-25")
+        await store.books.save_day(
             dt.date(2026, 11, 10),
             closed=False,
             reason="local 3 != Fonzip 4",
@@ -115,7 +115,7 @@ async def test_a_daemon_down_at_night_runs_the_missed_night_at_start(tmp_path: P
         )
         await sched.tick()
         await sched.tick()
-        assert await store.get_meta(LAST_NIGHT_KEY) == "2026-11-27"
+        assert await store.meta.get(LAST_NIGHT_KEY) == "2026-11-27"
     ((_, key, days),) = stub.runs
     assert key == "nightly:2026-11-27"
     # Yesterday, the lookback of 3 days, and the day still open.
@@ -130,9 +130,9 @@ async def test_catch_up_after_downtime_longer_than_the_retry_window(tmp_path: Pa
         clock,
         store,
     ):
-        await store.set_meta(HEARTBEAT_KEY, (start - dt.timedelta(hours=30)).isoformat())
+        await store.meta.set(HEARTBEAT_KEY, (start - dt.timedelta(hours=30)).isoformat())
         await sched.catch_up()
-        assert await store.get_meta(HEARTBEAT_KEY) == start.isoformat()
+        assert await store.meta.get(HEARTBEAT_KEY) == start.isoformat()
         clock.advance(600)
         await sched.catch_up()  # down for ten minutes only: nothing to catch up
     ((_, key, days),) = stub.runs
@@ -188,8 +188,8 @@ async def test_a_long_run_keeps_the_heartbeat_fresh_so_a_restart_catches_up_noth
     settings = ReconcilerSettings(poll_interval=300, catchup_after=3600)
     store = await Store.open(tmp_path / "state.db", clock=clock)
     try:
-        await store.set_meta(LAST_NIGHT_KEY, "2026-11-26")
-        await store.set_meta(HEARTBEAT_KEY, start.isoformat())
+        await store.meta.set(LAST_NIGHT_KEY, "2026-11-26")
+        await store.meta.set(HEARTBEAT_KEY, start.isoformat())
         first = LongRun(settings)
         sched = ReconcileScheduler(first, store, tz=ISTANBUL, clock=clock, heartbeat_every=60)
         night = asyncio.create_task(sched.tick())
@@ -197,7 +197,7 @@ async def test_a_long_run_keeps_the_heartbeat_fresh_so_a_restart_catches_up_noth
         assert first.runs == ["nightly:2026-11-27"]
 
         async def fresh() -> bool:
-            raw = await store.get_meta(HEARTBEAT_KEY)
+            raw = await store.meta.get(HEARTBEAT_KEY)
             return raw == clock.now().isoformat()
 
         for _ in range(30):  # three hours into the run, in six-minute steps

@@ -28,7 +28,7 @@ from fonzipd.reconciler import DayReport, Progress, Reconciler
 from fonzipd.records import Source
 from fonzipd.scheduler import LAST_NIGHT_KEY, ReconcileScheduler
 from fonzipd.simulator import Simulator
-from fonzipd.store import Store
+from fonzipd.state import Store
 from tests.support import sim_statuses, until
 
 RATE = 6000.0
@@ -187,7 +187,7 @@ def list_requests(sim: Simulator) -> list[tuple[str, str]]:
 
 
 async def delivered(store: Store) -> bool:
-    status = await store.sink_status(["archive"])
+    status = await store.outbox.sink_status(["archive"])
     return bool(status["archive"]["pending"] == 0)
 
 
@@ -203,7 +203,7 @@ async def _night_with_a_step(tmp_path: Path, step: float) -> None:
         settings = make_settings(tmp_path, await sim.start(), timezone="Europe/Istanbul")
         async with daemon_on(settings, clock) as (store, reconciler):
             # The daemon ran last night: tonight's run is due.
-            await store.set_meta(LAST_NIGHT_KEY, days[-1].isoformat())
+            await store.meta.set(LAST_NIGHT_KEY, days[-1].isoformat())
             runs = SteppingRuns(reconciler, clock, step)
             sched = ReconcileScheduler(runs, store, tz=ISTANBUL, clock=clock)
             started = clock.now()
@@ -212,11 +212,11 @@ async def _night_with_a_step(tmp_path: Path, step: float) -> None:
             assert runs.runs == [f"nightly:{night}"]
             assert runs.stepped_at is not None
             listed = list_requests(sim)
-            day_rows = await store.reconcile_days(days=days)
-            run_rows = await store.reconcile_runs(days=days)
+            day_rows = await store.books.days(days=days)
+            run_rows = await store.books.runs(days=days)
             await until(lambda: delivered(store))
-            delivered_n = (await store.sink_status(["archive"]))["archive"]["delivered"]
-            assert await store.get_meta(LAST_NIGHT_KEY) == night.isoformat()
+            delivered_n = (await store.outbox.sink_status(["archive"]))["archive"]["delivered"]
+            assert await store.meta.get(LAST_NIGHT_KEY) == night.isoformat()
 
             # Afterwards the clock crosses 03:30 of this date again (stepped back) or has
             # left it behind (stepped forward): no second run of this night either way.
@@ -231,7 +231,7 @@ async def _night_with_a_step(tmp_path: Path, step: float) -> None:
             await sched.tick()
             assert runs.runs == [f"nightly:{night}", f"nightly:{night + dt.timedelta(days=1)}"]
             assert (
-                await store.get_meta(LAST_NIGHT_KEY) == (night + dt.timedelta(days=1)).isoformat()
+                await store.meta.get(LAST_NIGHT_KEY) == (night + dt.timedelta(days=1)).isoformat()
             )
 
     # The days close, every list was listed once (one page each here), nothing twice.
@@ -288,10 +288,10 @@ async def test_a_step_forward_over_the_run_time_during_a_requested_run_skips_no_
     async with simulator(seed=32, days=2, per_day=4, end_date=yesterday) as sim:
         settings = make_settings(tmp_path, await sim.start(), timezone="Europe/Istanbul")
         async with daemon_on(settings, clock) as (store, reconciler):
-            await store.set_meta(LAST_NIGHT_KEY, yesterday.isoformat())
+            await store.meta.set(LAST_NIGHT_KEY, yesterday.isoformat())
             runs = SteppingRuns(reconciler, clock, +HOUR)
             sched = ReconcileScheduler(runs, store, tz=ISTANBUL, clock=clock)
-            request = await store.add_reconcile_request(
+            request = await store.books.add_request(
                 [yesterday], [Kind.DONATION], Source.RECONCILE, dry_run=False
             )
             assert await sched.tick() == 0.0
@@ -300,9 +300,9 @@ async def test_a_step_forward_over_the_run_time_during_a_requested_run_skips_no_
             assert await sched.tick() == 0.0
             for _ in range(3):
                 assert 0 < await sched.tick() <= settings.reconciler.poll_interval
-            finished = await store.reconcile_request(request)
-            last_night = await store.get_meta(LAST_NIGHT_KEY)
-            day_rows = await store.reconcile_days(days=[yesterday])
+            finished = await store.books.request(request)
+            last_night = await store.meta.get(LAST_NIGHT_KEY)
+            day_rows = await store.books.days(days=[yesterday])
     assert runs.runs == [f"request:{request}", f"nightly:{night}"]
     assert finished is not None
     assert finished["outcome"] == "closed"

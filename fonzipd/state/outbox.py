@@ -1,0 +1,190 @@
+"""The outbox and sink state: record versions waiting for each sink, and how each sink fares."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fonzipd.kinds import Kind
+from fonzipd.records import Record
+from fonzipd.state.connection import Connection, iso, ts
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A record version waiting for one sink."""
+
+    id: int
+    record_key: str
+    record: Record
+    attempts: int
+
+
+class Outbox:
+    """The ``outbox`` and ``sink_state`` tables."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def batch(self, sink_id: str, limit: int) -> list[OutboxRow]:
+        """The oldest pending record versions for one sink, in the order they were queued."""
+        rows = await self._conn.fetchall(
+            "SELECT id, record_key, record, attempts FROM outbox"
+            " WHERE sink_id = ? AND state = 'pending' ORDER BY id LIMIT ?",
+            (sink_id, limit),
+        )
+        return [
+            OutboxRow(
+                id=r[0],
+                record_key=r[1],
+                record=Record.from_json_dict(json.loads(r[2])),
+                attempts=r[3],
+            )
+            for r in rows
+        ]
+
+    async def oldest_pending_age(self, sink_id: str) -> float | None:
+        """Seconds since the oldest pending row of a sink was queued."""
+        row = await self._conn.fetchone(
+            "SELECT min(created_at) FROM outbox WHERE sink_id = ? AND state = 'pending'",
+            (sink_id,),
+        )
+        if row is None or row[0] is None:
+            return None
+        return max(0.0, ts(self._conn.clock.now()) - float(row[0]))
+
+    async def acknowledge(self, sink_id: str, row_ids: Sequence[int]) -> None:
+        """The sink holds these durably: forget them."""
+        now = ts(self._conn.clock.now())
+        async with self._conn.transaction() as tx:
+            await tx.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in row_ids])
+            await tx.execute(
+                "INSERT INTO sink_state (sink_id, delivered, last_success_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (sink_id) DO UPDATE SET delivered = delivered + excluded.delivered,"
+                " last_success_at = excluded.last_success_at, failing_since = NULL",
+                (sink_id, len(row_ids), now),
+            )
+
+    async def record_failure(
+        self, sink_id: str, row_ids: Sequence[int], error: str, *, dead_after: int
+    ) -> int:
+        """Count a failed attempt on these rows; rows past ``dead_after`` attempts go dead.
+
+        ``dead_after`` 0 means never. Returns how many rows went dead.
+        """
+        now = ts(self._conn.clock.now())
+        dead = 0
+        async with self._conn.transaction() as tx:
+            await tx.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                [(error, i) for i in row_ids],
+            )
+            if dead_after > 0:
+                marks = ",".join("?" * len(row_ids))
+                cur = await tx.execute(
+                    f"UPDATE outbox SET state = 'dead', dead_at = ? WHERE id IN ({marks})"
+                    " AND attempts >= ?",
+                    (now, *row_ids, dead_after),
+                )
+                dead = cur.rowcount
+            await tx.execute(
+                "INSERT INTO sink_state (sink_id, last_error, last_error_at, failing_since)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (sink_id) DO UPDATE SET"
+                " last_error = excluded.last_error, last_error_at = excluded.last_error_at,"
+                " failing_since = coalesce(sink_state.failing_since, excluded.failing_since)",
+                (sink_id, error, now, now),
+            )
+        return dead
+
+    async def dead_letter(self, sink_id: str, row_ids: Sequence[int], reason: str) -> None:
+        """Park rows the sink refused for good; ``replay --dead`` requeues them."""
+        now = ts(self._conn.clock.now())
+        async with self._conn.transaction() as tx:
+            await tx.executemany(
+                "UPDATE outbox SET state = 'dead', dead_at = ?, last_error = ?,"
+                " attempts = attempts + 1 WHERE id = ?",
+                [(now, reason, i) for i in row_ids],
+            )
+            await tx.execute(
+                "INSERT INTO sink_state (sink_id, last_error, last_error_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (sink_id) DO UPDATE SET last_error = excluded.last_error,"
+                " last_error_at = excluded.last_error_at",
+                (sink_id, reason, now),
+            )
+
+    async def requeue(
+        self,
+        sink_id: str,
+        *,
+        dead: bool,
+        since: dt.date | None = None,
+        kind: Kind | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Queue records for one sink again; returns how many.
+
+        ``dead``: the sink's dead letters. Otherwise: the latest version of every
+        stored record (optionally since a business date, of one kind), through the same
+        idempotent path as any delivery.
+        """
+        now = ts(self._conn.clock.now())
+        where = ["sink_id = ?", "state = 'dead'"] if dead else []
+        params: list[Any] = [sink_id] if dead else []
+        if since is not None:
+            where.append("business_date >= ?")
+            params.append(since.isoformat())
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(str(kind))
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        async with self._conn.transaction() as tx:
+            if dead:
+                if dry_run:
+                    sql = f"SELECT count(*) FROM outbox{clause}"
+                    async with tx.execute(sql, params) as cur:
+                        row = await cur.fetchone()
+                    return 0 if row is None else int(row[0])
+                cur = await tx.execute(
+                    f"UPDATE outbox SET state = 'pending', attempts = 0, dead_at = NULL{clause}",
+                    params,
+                )
+                return cur.rowcount
+            if dry_run:
+                async with tx.execute(f"SELECT count(*) FROM records{clause}", params) as cur:
+                    row = await cur.fetchone()
+                return 0 if row is None else int(row[0])
+            cur = await tx.execute(
+                "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind, business_date,"
+                " record, state, created_at)"
+                " SELECT ?, kind || ':' || fonzip_id || ':' || version, kind, business_date,"
+                f" record, 'pending', ? FROM records{clause} ORDER BY updated_at",
+                (sink_id, now, *params),
+            )
+            return cur.rowcount
+
+    async def sink_status(self, sink_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Per sink: pending, dead, delivered, last error, last success, failing since."""
+        out: dict[str, dict[str, Any]] = {}
+        for sink_id in sink_ids:
+            counts = await self._conn.fetchone(
+                "SELECT sum(state = 'pending'), sum(state = 'dead') FROM outbox WHERE sink_id = ?",
+                (sink_id,),
+            )
+            state = await self._conn.fetchone(
+                "SELECT delivered, last_success_at, last_error, last_error_at, failing_since"
+                " FROM sink_state WHERE sink_id = ?",
+                (sink_id,),
+            )
+            out[sink_id] = {
+                "pending": int((counts or (0, 0))[0] or 0),
+                "dead": int((counts or (0, 0))[1] or 0),
+                "delivered": int(state[0]) if state else 0,
+                "last_success_at": iso(state[1]) if state else None,
+                "last_error": state[2] if state else None,
+                "last_error_at": iso(state[3]) if state else None,
+                "failing_since": iso(state[4]) if state else None,
+            }
+        return out

@@ -1,0 +1,169 @@
+"""The records table: the latest state of every object, and storing a fetched one."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from fonzipd.kinds import Kind
+from fonzipd.records import Record
+from fonzipd.state.connection import Connection, ts
+
+# Higher ranks are later in an object's life: a fetch whose state ranks lower than
+# the stored one is stale (it raced a newer fetch) and never overwrites it.
+_STATUS_RANK: dict[str, int] = {
+    "pending": 0,
+    "waiting_approval": 0,
+    "waiting_extra_approval": 1,
+    "approved": 1,
+    "answered": 1,
+    "succeeded": 1,
+    "failed": 1,
+    "rejected": 2,
+    "finalized": 2,
+    "refunded": 2,
+    "archived": 3,
+    "removed": 4,
+    "deleted": 4,
+}
+
+
+def status_rank(status: str) -> int:
+    """How far along its life a status is; unknown statuses rank with the settled ones."""
+    return _STATUS_RANK.get(status, 1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Applied:
+    """What storing a fetched record did."""
+
+    outcome: str  # "new", "changed", "unchanged" or "stale"
+    enqueued: int
+
+
+class Records:
+    """The ``records`` table: one row per object, its latest stored state."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def apply_record(
+        self, row_id: int | None, record: Record, sink_ids: Iterable[str]
+    ) -> Applied:
+        """Store a fetched record and queue it for every sink, in one transaction.
+
+        The record is stored and queued only when its version is new and its status
+        is not older than the stored one. The inbox row (if any) is finished in the
+        same transaction, so a crash leaves either all of it or none.
+        """
+        now = ts(self._conn.clock.now())
+        rank = status_rank(record.status)
+        sinks = list(sink_ids)
+        async with self._conn.transaction() as tx:
+            async with tx.execute(
+                "SELECT version, status_rank FROM records WHERE kind = ? AND fonzip_id = ?",
+                (str(record.kind), record.fonzip_id),
+            ) as cur:
+                current = await cur.fetchone()
+            if current is not None and current[0] == record.version:
+                outcome = "unchanged"
+            elif current is not None and rank < current[1]:
+                outcome = "stale"
+            else:
+                outcome = "new" if current is None else "changed"
+            enqueued = 0
+            if outcome in ("new", "changed"):
+                payload = json.dumps(record.to_json_dict(), ensure_ascii=False)
+                bdate = None if record.business_date is None else record.business_date.isoformat()
+                await tx.execute(
+                    "INSERT INTO records (kind, fonzip_id, status, status_rank, version,"
+                    " business_date, record, first_source, first_seen_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (kind, fonzip_id) DO UPDATE SET status = excluded.status,"
+                    " status_rank = excluded.status_rank, version = excluded.version,"
+                    " business_date = excluded.business_date, record = excluded.record,"
+                    " updated_at = excluded.updated_at",
+                    (
+                        str(record.kind),
+                        record.fonzip_id,
+                        record.status,
+                        rank,
+                        record.version,
+                        bdate,
+                        payload,
+                        str(record.source),
+                        now,
+                        now,
+                    ),
+                )
+                for sink_id in sinks:
+                    cur2 = await tx.execute(
+                        "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
+                        " business_date, record, state, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                        (sink_id, record.key, str(record.kind), bdate, payload, now),
+                    )
+                    enqueued += cur2.rowcount
+            if row_id is not None:
+                await tx.execute(
+                    "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?,"
+                    " last_error = NULL WHERE id = ?",
+                    (now, outcome, row_id),
+                )
+        return Applied(outcome=outcome, enqueued=enqueued)
+
+    async def get(self, kind: Kind, fonzip_id: int) -> Record | None:
+        """The latest stored state of one object."""
+        row = await self._conn.fetchone(
+            "SELECT record FROM records WHERE kind = ? AND fonzip_id = ?",
+            (str(kind), fonzip_id),
+        )
+        return None if row is None else Record.from_json_dict(json.loads(row[0]))
+
+    async def statuses(self, kind: Kind, ids: Iterable[int]) -> dict[int, str]:
+        """The stored status of each of ``ids`` that is known."""
+        wanted = list(ids)
+        out: dict[int, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._conn.fetchall(
+                f"SELECT fonzip_id, status FROM records WHERE kind = ? AND fonzip_id IN ({marks})",
+                (str(kind), *chunk),
+            )
+            for fid, status in rows:
+                out[int(fid)] = str(status)
+        return out
+
+    async def local_ids(self, kind: Kind, day: dt.date, statuses: Iterable[str]) -> dict[int, str]:
+        """Stored records of ``kind`` on business date ``day`` with one of ``statuses``."""
+        wanted = list(statuses)
+        rows = await self._conn.fetchall(
+            "SELECT fonzip_id, status FROM records WHERE kind = ? AND business_date = ?"
+            f" AND status IN ({','.join('?' * len(wanted))})",
+            (str(kind), day.isoformat(), *wanted),
+        )
+        return {int(i): str(st) for i, st in rows}
+
+    async def refund_dates(self, kind: Kind, status: str = "refunded") -> list[tuple[int, Any]]:
+        """(id, refund date as Fonzip wrote it) of every stored record of ``kind`` in ``status``."""
+        rows = await self._conn.fetchall(
+            "SELECT fonzip_id, coalesce(json_extract(record, '$.data.transaction.refund_date'),"
+            " json_extract(record, '$.data.transaction__refund_date'),"
+            " json_extract(record, '$.data.refund_date')) FROM records"
+            " WHERE kind = ? AND status = ?",
+            (str(kind), status),
+        )
+        return [(int(i), when) for i, when in rows]
+
+    async def first_sources(self, day: dt.date) -> dict[str, int]:
+        """Records of business date ``day`` by the source they were first seen through."""
+        rows = await self._conn.fetchall(
+            "SELECT first_source, count(*) FROM records WHERE business_date = ?"
+            " GROUP BY first_source",
+            (day.isoformat(),),
+        )
+        return {str(s): int(n) for s, n in rows}
