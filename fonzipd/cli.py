@@ -106,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         "--kind", action="append", type=Kind, choices=list(Kind), help="only this kind (repeatable)"
     )
     rc.add_argument("--dry-run", action="store_true", help="list and compare; queue nothing")
+    rc.add_argument(
+        "--wait",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="answer within this many seconds (default 600): what Fonzip has not answered "
+        "by then leaves its day open (exit 1)",
+    )
     bf = with_config(sub.add_parser("backfill", help="import history (resumable)"))
     bf.add_argument("--from", dest="first", type=_date, required=True, help="first date")
     bf.add_argument("--to", dest="last", type=_date, required=True, help="last date")
@@ -113,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
         "--kind", action="append", type=Kind, choices=list(Kind), help="only this kind (repeatable)"
     )
     return p
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {value!r}")
+    return seconds
 
 
 def _date(value: str) -> dt.date:
@@ -476,7 +494,7 @@ def _reconcile_days(args: argparse.Namespace, settings: Settings) -> list[dt.dat
 
 
 def _cmd_reconcile(args: argparse.Namespace, *, backfill: bool = False) -> int:
-    from fonzipd.reconcile_command import reconcile_now
+    from fonzipd.reconcile_command import DEFAULT_WAIT, reconcile_now
     from fonzipd.records import Source
 
     settings = _load(args)
@@ -491,6 +509,7 @@ def _cmd_reconcile(args: argparse.Namespace, *, backfill: bool = False) -> int:
             kinds=args.kind or [],
             source=source,
             dry_run=getattr(args, "dry_run", False),
+            wait=None if backfill else (args.wait or DEFAULT_WAIT),
         )
     )
 

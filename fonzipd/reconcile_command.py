@@ -11,15 +11,21 @@ together and never fetch the same record twice:
   table when the daemon is done;
 - ``--dry-run`` queues nothing: it lists with its own client, at a quarter of the rate
   when a daemon runs (list pages only: one request per 100 records).
+
+``fonzipd reconcile`` answers within ``--wait`` seconds (``DEFAULT_WAIT``) plus a few: a
+list not read or a queued fetch not done by then leaves its day open, reported with
+the reason per kind and list, exit 1. ``backfill`` has no such limit (it is resumable
+and shows its progress); only ``reconciler.fetch_wait`` bounds each of its days.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import ConfigError, Settings
@@ -32,6 +38,15 @@ from fonzipd.state import Store
 
 DRY_RUN_SHARE_WITH_DAEMON = 0.25
 """Share of the rate a dry run lists at while the daemon uses the rest."""
+DEFAULT_WAIT = 600.0
+"""Seconds ``fonzipd reconcile`` waits for its run by default (``--wait``)."""
+HANDOFF_GRACE = 30.0
+"""Seconds past its wait the command follows a run handed to the daemon."""
+OPEN_HINT = (
+    "A day stays open until a run verifies it: what was queued stays in the inbox and is "
+    "fetched when Fonzip answers; the nightly run checks open days again. "
+    "`--wait SECONDS` waits longer now."
+)
 
 
 class ProgressView:
@@ -138,10 +153,12 @@ async def reconcile_now(
     out: TextIO | None = None,
     progress_out: TextIO | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    wait: float | None = None,
 ) -> int:
     """Run a reconcile (or backfill) of ``days`` now; print the table; the exit code.
 
     0 when every day asked for is closed, 1 otherwise. ConfigError without credentials.
+    ``wait`` bounds the run in seconds (None: only ``reconciler.fetch_wait`` per day).
     """
     out = out if out is not None else sys.stdout
     f = settings.fonzip
@@ -157,21 +174,30 @@ async def reconcile_now(
     if dry_run:
         try:
             share = DRY_RUN_SHARE_WITH_DAEMON if daemon_running else 1.0
-            reports = await _dry_run(settings, store, days, chosen, rate * share, clock)
+            reports = await _dry_run(settings, store, days, chosen, rate * share, clock, wait)
         finally:
             await store.close()
     elif daemon_running:
         try:
-            reports = await _through_daemon(store, days, chosen, source, rate, progress_out, clock)
+            reports = await _through_daemon(
+                store, days, chosen, source, rate, progress_out, clock, wait
+            )
         finally:
             await store.close()
     else:
         await store.close()
-        reports = await _in_process(settings, days, chosen, source, rate, progress_out, clock)
+        reports = await _in_process(settings, days, chosen, source, rate, progress_out, clock, wait)
     print(render_table(reports), file=out)
+    closed = bool(reports) and all(r.closed for r in reports)
     if dry_run:
         print("(dry run: nothing was queued or recorded)", file=out)
-    return 0 if reports and all(r.closed for r in reports) else 1
+    elif not closed:
+        print(OPEN_HINT, file=out)
+    return 0 if closed else 1
+
+
+def _deadline(clock: Clock, wait: float | None) -> float | None:
+    return None if wait is None else clock.monotonic() + wait
 
 
 async def _dry_run(
@@ -181,7 +207,9 @@ async def _dry_run(
     kinds: Sequence[Kind],
     rate: float,
     clock: Clock,
+    wait: float | None,
 ) -> list[DayReport]:
+    deadline = _deadline(clock, wait)
     limiter = RateLimiter(rate, clock=clock)
     async with FonzipClient(
         settings.fonzip,
@@ -194,7 +222,11 @@ async def _dry_run(
             store, client, tz=settings.fonzip.tz, settings=settings.reconciler, clock=clock
         )
         return await reconciler.run(
-            days, run_key=run_key_now("dry-run", clock), kinds=kinds, dry_run=True
+            days,
+            run_key=run_key_now("dry-run", clock),
+            kinds=kinds,
+            dry_run=True,
+            deadline=deadline,
         )
 
 
@@ -206,16 +238,23 @@ async def _in_process(
     rate: float,
     progress_out: TextIO | None,
     clock: Clock,
+    wait: float | None,
 ) -> list[DayReport]:
     from fonzipd.app import Daemon  # the app imports the reconciler: import late
 
+    deadline = _deadline(clock, wait)
     daemon = Daemon(settings, clock=clock, listen=False, schedule=False)
     view = ProgressView(len(days), rate, out=progress_out)
     await daemon.start()
     try:
         assert daemon.reconciler is not None
         return await daemon.reconciler.run(
-            days, run_key=_run_key(source, days, clock), kinds=kinds, source=source, progress=view
+            days,
+            run_key=_run_key(source, days, clock),
+            kinds=kinds,
+            source=source,
+            progress=view,
+            deadline=deadline,
         )
     finally:
         view.finish()
@@ -237,17 +276,27 @@ async def _through_daemon(
     rate: float,
     progress_out: TextIO | None,
     clock: Clock,
+    wait: float | None,
     poll: float = 0.2,
 ) -> list[DayReport]:
     request_id = await store.books.add_request(days, kinds, source, dry_run=False)
     view = ProgressView(len(days), rate, out=progress_out)
     if view.enabled:
         view.out.write(f"the daemon is running: it runs this reconcile (request {request_id})\n")
+    # The daemon stops waiting for Fonzip at the deadline; the grace covers its last
+    # poll and bookkeeping. Past it, the daemon died or is stuck: stop following.
+    give_up = None if wait is None else clock.monotonic() + wait + HANDOFF_GRACE
     try:
         while True:
             row = await store.books.request(request_id)
             if row is not None and row["finished_at"] is not None:
                 break
+            if give_up is not None and clock.monotonic() >= give_up:
+                reports = await reports_from_store(store, days, kinds)
+                return [
+                    dataclasses.replace(r, closed=False, reason=_unfinished(request_id, row))
+                    for r in reports
+                ]
             done = {r["business_date"] for r in await store.books.days(days=list(days))}
             if view.enabled:
                 started = "started" if row and row["started_at"] else "waiting for the daemon"
@@ -257,6 +306,14 @@ async def _through_daemon(
     finally:
         view.finish()
     return await reports_from_store(store, days, kinds)
+
+
+def _unfinished(request_id: int, row: Mapping[str, Any] | None) -> str:
+    state = "claimed" if row and row["started_at"] else "not claimed"
+    return (
+        f"the daemon did not report request {request_id} in time ({state}): it runs it when "
+        "it can (a daemon that died runs it again at its next start)"
+    )
 
 
 async def reports_from_store(

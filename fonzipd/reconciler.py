@@ -71,6 +71,9 @@ _FORM_LISTS: Mapping[str, tuple[str, ...]] = {
 # Refund dates as the list rows of each kind carry them (ticket rows nest them).
 _REFUND_ROW_FIELDS = ("transaction__refund_date", "transaction.refund_date", "refund_date")
 
+LISTING_FAILED = "listing failed"
+NOT_REACHED = "not reconciled: the time limit passed before this day was listed"
+
 
 def local_statuses(kind: Kind, list_status: str) -> tuple[str, ...]:
     """The normalized statuses of the stored records that belong in one of ``kind``'s lists."""
@@ -282,10 +285,14 @@ class Reconciler:
         dry_run: bool = False,
         fetch_wait: float | None = None,
         progress: Callable[[Progress], None] | None = None,
+        deadline: float | None = None,
     ) -> list[DayReport]:
         """Reconcile ``days`` (oldest first), one after the other; a report per day.
 
-        ``dry_run`` lists and diffs but queues and records nothing.
+        ``dry_run`` lists and diffs but queues and records nothing. ``deadline`` (on the
+        clock's monotonic time) bounds the whole run: a list not finished by then, or a
+        queued fetch not done, leaves its day open, and days not reached by then are
+        reported open without being recorded (their last verdict stands).
         """
         chosen = tuple(kinds) if kinds else self.settings.kinds
         ordered = sorted(set(days))
@@ -299,6 +306,7 @@ class Reconciler:
                 dry_run=dry_run,
                 fetch_wait=self.settings.fetch_wait if fetch_wait is None else fetch_wait,
                 progress=progress,
+                deadline=deadline,
             )
             reports.append(report)
             if progress:
@@ -315,8 +323,12 @@ class Reconciler:
         dry_run: bool,
         fetch_wait: float,
         progress: Callable[[Progress], None] | None = None,
+        deadline: float | None = None,
     ) -> DayReport:
         bound = log.bind(business_date=day.isoformat(), run_key=run_key, source=str(source))
+        if self._past(deadline):
+            bound.warning("reconcile_day_not_reached")
+            return DayReport(day, False, NOT_REACHED, [])
         previous = {
             (Kind(r["kind"]), r["list_status"]): r
             for r in await self._store.books.runs(days=[day], limit=1000)
@@ -326,17 +338,23 @@ class Reconciler:
         for kind in kinds:
             for list_status in kind.list_statuses:
                 old = previous.get((kind, list_status))
-                if old is not None and old["run_key"] == run_key and old["outcome"] != "running":
-                    # Resumed run: this list was finished before the restart.
+                if old is not None and old["run_key"] == run_key and old["outcome"] == "closed":
+                    # Resumed run: this list was closed before the restart. A list left
+                    # open (a listing or a fetch that failed) is listed again.
                     runs.append(ListRun.from_row(old))
                     continue
-                run = await self._list_one(day, kind, list_status, run_key, source, dry_run)
+                run = await self._list_one(
+                    day, kind, list_status, run_key, source, dry_run, deadline
+                )
                 runs.append(run)
                 todo.append(run)
                 if progress:
                     progress(Progress("listed", day, run=run))
         if not dry_run:
-            await self._wait_fetched(day, todo, fetch_wait, progress)
+            wait_until = self._clock.monotonic() + fetch_wait
+            if deadline is not None:
+                wait_until = min(wait_until, deadline)
+            await self._wait_fetched(day, todo, wait_until, progress)
         for run in todo:
             await self._settle(run, dry_run)
         closed = all(r.closed or r.outcome == "dry_run_closed" for r in runs)
@@ -389,24 +407,34 @@ class Reconciler:
         run_key: str,
         source: Source,
         dry_run: bool,
+        deadline: float | None = None,
     ) -> ListRun:
         start, end = day_window(day, self.tz)
         run = ListRun(day, kind, list_status, run_key, source, self._clock.now().timestamp())
         rows: list[dict[str, Any]] = []
         total: int | None = None
         try:
-            async for page in self._client.iter_list(
-                kind, list_status, start, end, priority=Priority.BULK
-            ):
-                rows.extend(page.rows)
-                total = page.total
-                run.calls += 1
-        except FonzipError as exc:
+            if self._past(deadline):
+                raise TimeoutError
+            # The deadline also bounds a list whose pages Fonzip is slow to give.
+            remaining = None if deadline is None else deadline - self._clock.monotonic()
+            async with asyncio.timeout(remaining):
+                async for page in self._client.iter_list(
+                    kind, list_status, start, end, priority=Priority.BULK
+                ):
+                    rows.extend(page.rows)
+                    total = page.total
+                    run.calls += 1
+        except (FonzipError, TimeoutError) as exc:
             run.outcome = "open"
-            run.reason = f"listing failed: {exc}"
+            run.reason = (
+                f"{LISTING_FAILED}: {exc}"
+                if isinstance(exc, FonzipError)
+                else f"{LISTING_FAILED}: the time limit passed before the list was read"
+            )
             run.finished_at = self._clock.now().timestamp()
             log.warning(
-                "reconcile_list_failed", kind=str(kind), list_status=list_status, error=str(exc)
+                "reconcile_list_failed", kind=str(kind), list_status=list_status, error=run.reason
             )
             if not dry_run:
                 await self._store.books.save_run(run.to_row())
@@ -474,7 +502,7 @@ class Reconciler:
         self,
         day: dt.date,
         runs: Sequence[ListRun],
-        fetch_wait: float,
+        deadline: float,
         progress: Callable[[Progress], None] | None,
     ) -> None:
         by_kind: dict[Kind, set[int]] = {}
@@ -482,7 +510,6 @@ class Reconciler:
             by_kind.setdefault(run.kind, set()).update(run.expected)
         if not any(by_kind.values()):
             return
-        deadline = self._clock.monotonic() + fetch_wait
         while True:
             pending = 0
             for kind, ids in by_kind.items():
@@ -496,28 +523,45 @@ class Reconciler:
             await asyncio.sleep(self._poll)
 
     async def _settle(self, run: ListRun, dry_run: bool) -> None:
-        """Count what was fetched, recount locally, and decide the list's outcome."""
-        if run.outcome == "open" and run.reason and run.reason.startswith("listing failed"):
+        """Count what was fetched, recount locally, and decide the list's outcome.
+
+        A list closes only when Fonzip's count equals the local count *and* every id it
+        queued was verified: fetched with the status the list shows, or (for a stored
+        record Fonzip no longer lists) fetched again. Anything else leaves it open with
+        the reason, so a day is never called closed on counts that happen to agree.
+        """
+        if run.outcome == "open" and run.reason and run.reason.startswith(LISTING_FAILED):
             return
         if dry_run:
             run.local_after = run.local_before
             ok = run.local_before == run.window_total and not run.expected
             run.outcome = "dry_run_closed" if ok else "dry_run_open"
             if not ok:
-                run.reason = self._reason(run, unfetched=len(run.expected))
+                parts = [f"{len(run.expected)} to fetch"] if run.expected else []
+                run.reason = ", ".join([*self._count_gap(run), *parts]) or "unsettled"
             return
         stored = await self._store.records.statuses(run.kind, run.expected)
-        unfinished = (
-            await self._store.inbox.unfinished(run.kind, run.expected) if run.expected else 0
-        )
+        inbox = await self._store.books.fetch_states(run.kind, run.expected)
+        problems: list[str] = []
         for fid, want in run.expected.items():
             have = stored.get(fid)
+            state, error = inbox.get(fid, ("missing", None))
             if want and have == want:
                 run.fetched += 1
-            elif not want and (have is not None or not unfinished):
-                run.fetched += 1  # an extra or unreadable row: checked again
+                continue
+            if not want and have is not None and state == "done":
+                run.fetched += 1  # an extra or unreadable row: fetched again
+                continue
+            run.failed += 1
+            if state in ("pending", "claimed"):
+                why = f"still retrying: {error}" if error else "not fetched by the time limit"
+            elif state == "failed":
+                why = f"failed: {error}"
+            elif state == "done":
+                why = f"Fonzip's detail says {have}, its list {want}"
             else:
-                run.failed += 1
+                why = "not queued"
+            problems.append(f"{run.kind} {fid} {why}")
         basis = run.basis or "complete_date"
         run.local_after = len(await self._local(run.kind, run.list_status, run.day, basis))
         run.finished_at = self._clock.now().timestamp()
@@ -525,17 +569,23 @@ class Reconciler:
             run.outcome, run.reason = "closed", None
         else:
             run.outcome = "open"
-            run.reason = self._reason(run, unfetched=run.failed)
+            run.reason = self._reason(run, problems)
         await self._store.books.save_run(run.to_row())
 
+    def _past(self, deadline: float | None) -> bool:
+        return deadline is not None and self._clock.monotonic() >= deadline
+
     @staticmethod
-    def _reason(run: ListRun, *, unfetched: int) -> str:
-        parts = []
+    def _count_gap(run: ListRun) -> list[str]:
         local = run.local_after if run.local_after is not None else run.local_before
-        if local != run.window_total:
-            parts.append(f"local {local} != Fonzip {run.window_total}")
-        if unfetched:
-            parts.append(f"{unfetched} not fetched (yet)")
+        return [] if local == run.window_total else [f"local {local} != Fonzip {run.window_total}"]
+
+    @classmethod
+    def _reason(cls, run: ListRun, problems: Sequence[str]) -> str:
+        parts = cls._count_gap(run)
+        if problems:
+            more = " …" if len(problems) > 3 else ""
+            parts.append(f"{len(problems)} not fetched ({'; '.join(problems[:3])}{more})")
         return ", ".join(parts) or "unsettled"
 
 

@@ -469,3 +469,146 @@ async def test_a_record_deleted_at_fonzip_closes_its_day_and_reaches_the_sink(
                 return sink_statuses(tmp_path / "fonzip.db", Kind.DONATION).get(gone) == ("deleted")
 
             await until(landed)
+
+
+# -- days that cannot be verified stay open ---------------------------------------------------
+#
+# Each fault leaves the day open, with the reason per kind and list, and the command
+# answers by its time limit with exit 1. A `_settle` that closed every list whatever
+# the counts, or a diff that queued missing ids but not changed ones, fails these.
+
+
+async def _reconcile_open(
+    settings: Settings, day: dt.date, *, wait: float = 3.0
+) -> tuple[int, str, float]:
+    out = io.StringIO()
+    started = SYSTEM_CLOCK.monotonic()
+    code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], out=out, wait=wait)
+    return code, out.getvalue(), SYSTEM_CLOCK.monotonic() - started
+
+
+def _list_line(table: str, day: dt.date, list_status: str) -> str:
+    return next(
+        x for x in table.splitlines() if x.split()[:3] == [day.isoformat(), "donation", list_status]
+    )
+
+
+def _paid_ids(sim: Simulator, day: dt.date) -> list[int]:
+    start, end = day_window(day, ISTANBUL)
+    return [
+        r["id"]
+        for r in sim.rows(Kind.DONATION)
+        if r["transaction__payment_status"] == 3
+        and start <= dt.datetime.fromisoformat(r["transaction__complete_date"]) < end
+    ]
+
+
+async def test_a_detail_that_fails_for_the_whole_run_leaves_the_day_open_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    async with simulator(seed=21, days=2, per_day=6) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date - dt.timedelta(days=1)
+        stuck = _paid_ids(sim, day)[0]
+        sim.faults.failing_details = [f"donation:{stuck}"]
+        code, table, took = await _reconcile_open(settings, day, wait=3)
+        assert code == 1, table
+        assert took < 3 + 10  # answered by its time limit, not reconciler.fetch_wait (15 s)
+        paid = _list_line(table, day, "paid")
+        assert paid.split()[7:9] == [str(len(_paid_ids(sim, day)) - 1), "1"]  # fetched, failed
+        assert "open" in paid
+        assert f"donation {stuck} still retrying" in paid
+        assert "HTTP 503" in paid
+        assert f"{day.isoformat()}: OPEN: donation/paid:" in table
+        status = await cli._status(settings)
+        assert [d["business_date"] for d in status["open_days"]] == [day.isoformat()]
+        assert str(stuck) in status["open_days"][0]["reason"]
+        store = await Store.open(settings.state.path)
+        try:
+            from fonzipd.metrics import store_reconcile_figures
+
+            assert (await store_reconcile_figures(store)()).open_days == 1
+        finally:
+            await store.close()
+        # Every other record of the day reached the sink; the stuck one did not.
+        stored = sink_statuses(tmp_path / "fonzip.db", Kind.DONATION)
+        assert stuck not in stored
+        assert set(_paid_ids(sim, day)) - {stuck} <= set(stored)
+
+        # Fonzip answers again: the next run verifies the day and closes it.
+        sim.faults.failing_details = []
+        code, table, _ = await _reconcile_open(settings, day, wait=10)
+    assert code == 0, table
+    assert sink_statuses(tmp_path / "fonzip.db", Kind.DONATION)[stuck] == "succeeded"
+    assert (await cli._status(settings))["open_days"] == []
+
+
+async def test_fonzip_down_mid_run_leaves_the_day_open(tmp_path: Path) -> None:
+    async with simulator(seed=22, days=2, per_day=6) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date - dt.timedelta(days=1)
+        # The token and the paid list are answered; then Fonzip is down.
+        sim.faults.down_after = 2
+        code, table, took = await _reconcile_open(settings, day, wait=3)
+    assert code == 1, table
+    assert took < 3 + 10
+    paid = _list_line(table, day, "paid")
+    assert "open" in paid
+    assert "not fetched" in paid
+    assert "HTTP 503" in paid
+    for later in ("refund", "failed"):
+        line = _list_line(table, day, later)
+        assert "listing failed" in line, line
+        assert "HTTP 503" in line
+    assert f"{day.isoformat()}: OPEN:" in table
+    assert not sink_statuses(tmp_path / "fonzip.db", Kind.DONATION)
+
+
+async def test_a_count_that_does_not_match_leaves_the_day_open(tmp_path: Path) -> None:
+    async with simulator(seed=23, days=2, per_day=6) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date - dt.timedelta(days=1)
+        # Fonzip counts a record its pages never show: everything listed is fetched,
+        # and still the day cannot be called complete.
+        sim.faults.list_total_offset = 1
+        code, table, _ = await _reconcile_open(settings, day, wait=10)
+    assert code == 1, table
+    paid = _list_line(table, day, "paid")
+    n = len(_paid_ids(sim, day))
+    assert f"local {n} != Fonzip {n + 1}" in paid
+    assert "not fetched" not in paid
+    assert set(_paid_ids(sim, day)) <= set(sink_statuses(tmp_path / "fonzip.db", Kind.DONATION))
+
+
+async def test_a_list_that_errors_leaves_the_day_open(tmp_path: Path) -> None:
+    async with simulator(seed=24, days=2, per_day=6) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date - dt.timedelta(days=1)
+        sim.faults.failing_lists = ["donation:refund"]
+        code, table, _ = await _reconcile_open(settings, day, wait=10)
+    assert code == 1, table
+    assert "closed" in _list_line(table, day, "paid")
+    refund = _list_line(table, day, "refund")
+    assert "listing failed" in refund
+    assert "HTTP 500" in refund
+    assert f"{day.isoformat()}: OPEN: donation/refund: listing failed" in table
+
+
+async def test_a_changed_record_is_fetched_when_only_its_new_list_is_reconciled(
+    tmp_path: Path,
+) -> None:
+    # Paid yesterday (stored), refunded today with the webhook lost. Today's refund list
+    # shows it with another status than the stored one: only the diff's "changed" finds
+    # it, because yesterday's paid list, where it is now missing, is not reconciled.
+    async with simulator(seed=25, days=2, per_day=6) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        yesterday, today = sim.end_date - dt.timedelta(days=1), sim.end_date
+        code, table, _ = await _reconcile_open(settings, yesterday, wait=10)
+        assert code == 0, table
+        refunded = _paid_ids(sim, yesterday)[0]
+        await sim.refund(Kind.DONATION, refunded, deliver=False)
+        code, table, _ = await _reconcile_open(settings, today, wait=10)
+    assert code == 0, table
+    refund = _list_line(table, today, "refund")
+    assert refund.split()[6] == "1", refund  # changed: the stored one, now refunded
+    assert sink_statuses(tmp_path / "fonzip.db", Kind.DONATION)[refunded] == "refunded"

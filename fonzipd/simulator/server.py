@@ -110,6 +110,15 @@ class Faults:
     """Share (0..1) of detail answers that are broken JSON with status 200."""
     retry_after: float | None = None
     """Seconds sent as ``Retry-After`` with 429s; None sends no header (Fonzip documents none)."""
+    failing_details: list[str] = dataclasses.field(default_factory=list)
+    """Objects whose detail answers 503 every time, as ``"kind:id"`` (``"donation:10003"``)."""
+    failing_lists: list[str] = dataclasses.field(default_factory=list)
+    """Lists answered 500 every time, as ``"kind:status"`` (``"donation:refund"``,
+    ``"campaign:created"``)."""
+    list_total_offset: int = 0
+    """Added to every list's ``total``: Fonzip counting rows its pages never show."""
+    down_after: int | None = None
+    """Answer this many more API requests, then 503 to every one (Fonzip down mid-run)."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Set fields from JSON-like values; ValueError naming the field on a bad one."""
@@ -124,8 +133,12 @@ class Faults:
                         parsed = dt.datetime.fromisoformat(str(value))
                         if parsed.tzinfo is None:
                             raise ValueError("needs an offset")
-                elif name == "burst_429":
+                elif name in ("burst_429", "list_total_offset"):
                     parsed = int(value)
+                elif name == "down_after":
+                    parsed = None if value is None else int(value)
+                elif name in ("failing_details", "failing_lists"):
+                    parsed = _object_keys(value)
                 elif name == "retry_after":
                     parsed = None if value is None else float(value)
                 else:
@@ -537,6 +550,10 @@ class Simulator:
         faults = self.faults
         if faults.outage_until is not None and self.clock.now() < faults.outage_until:
             return _json({"error": "Service Unavailable"}, 503)
+        if faults.down_after is not None:
+            if faults.down_after <= 0:
+                return _json({"error": "Service Unavailable"}, 503)
+            faults.down_after -= 1
         if faults.latency > 0:
             await self.clock.sleep(faults.latency)
         if faults.burst_429 > 0:
@@ -650,6 +667,9 @@ class Simulator:
         return handler
 
     def _list(self, kind: Kind, query: Mapping[str, str]) -> dict[str, Any]:
+        listed = "created" if kind is Kind.CAMPAIGN else query.get("status") or ""
+        if f"{kind}:{listed}" in self.faults.failing_lists:
+            _error(500, "Simulated server error")
         start_page, how_many = _paging(query)
         if kind is Kind.CAMPAIGN:
             entries = self._campaigns(query)
@@ -679,7 +699,8 @@ class Simulator:
             rows = [shapes.ecard_row(e, self.zone, status=status, wanted=wanted) for e in page]
         else:
             rows = [shapes.row(e, self.zone) for e in page]
-        return {shapes.LIST_KEYS[kind]: rows, "total": len(entries)}
+        total = len(entries) + self.faults.list_total_offset
+        return {shapes.LIST_KEYS[kind]: rows, "total": total}
 
     def _date_range(self, query: Mapping[str, str]) -> tuple[dt.datetime, dt.datetime]:
         try:
@@ -729,6 +750,8 @@ class Simulator:
     def _detail_response(self, entry: Entry | None, key: str) -> web.Response:
         if entry is None:
             _error(404, "Object not found")
+        if f"{entry.kind}:{entry.id}" in self.faults.failing_details:
+            _error(503, "Service Unavailable")
         obj = shapes.detail(entry, self.zone)
         if (
             self.faults.malformed_details > 0
@@ -949,6 +972,19 @@ class Simulator:
     async def _admin_wait_idle(self, request: web.Request) -> web.Response:
         await asyncio.wait_for(self.wait_deliveries_idle(), timeout=60)
         return _json({"result": "ok"})
+
+
+def _object_keys(value: Any) -> list[str]:
+    """``["kind:suffix", ...]`` checked: a known kind before the colon, something after."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of 'kind:...' strings, got {type(value).__name__}")
+    keys = []
+    for item in value:
+        kind, sep, rest = str(item).partition(":")
+        if not sep or not rest or kind not in {k.value for k in Kind}:
+            raise ValueError(f"{item!r} is not 'kind:...' with a known kind")
+        keys.append(f"{kind}:{rest}")
+    return keys
 
 
 def _paging(query: Mapping[str, str]) -> tuple[int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fonzipd.kinds import Kind
@@ -81,6 +81,28 @@ class ReconcileBooks:
         return await self._conn.fetchdicts(
             f"SELECT * FROM reconcile_days{clause} ORDER BY business_date DESC", params
         )
+
+    async def fetch_states(
+        self, kind: Kind, ids: Iterable[int]
+    ) -> dict[int, tuple[str, str | None]]:
+        """What became of the inbox events a run queued for these ids of ``kind``.
+
+        Per id: the state of its inbox row (a pending or claimed row wins, else the
+        latest) and that row's last error. Ids with no row are absent.
+        """
+        wanted = list(ids)
+        found: dict[int, tuple[str, str | None]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = await self._conn.fetchall(
+                "SELECT fonzip_id, state, last_error FROM inbox WHERE kind = ?"
+                f" AND fonzip_id IN ({','.join('?' * len(chunk))}) ORDER BY id",
+                (str(kind), *chunk),
+            )
+            for fid, state, error in rows:
+                if found.get(int(fid), ("",))[0] not in ("pending", "claimed"):
+                    found[int(fid)] = (str(state), error)
+        return found
 
     async def add_request(
         self, days: Sequence[dt.date], kinds: Sequence[Kind], source: Source, *, dry_run: bool
