@@ -93,7 +93,7 @@ async def bench(n: int, http_n: int) -> None:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
 
         def http(**kw: object) -> Sink:
-            return HTTPSink(HTTPOptions(url=url, secret=SecretStr("s" * 32), **kw), ctx)
+            return HTTPSink(HTTPOptions(url=url, secret=SecretStr("whsec_" + "c" * 44), **kw), ctx)
 
         cases: list[tuple[str, Callable[[], Sink], int]] = [
             ("noop (baseline)", lambda: NoopSink(SinkOptions(), ctx), n),

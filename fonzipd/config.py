@@ -8,6 +8,7 @@ Every key of the file can be overridden by ``FONZIPD_<SECTION>__<KEY>`` (for a s
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import tomllib
 import warnings
@@ -23,6 +24,29 @@ from fonzipd.kinds import Kind
 
 DEFAULT_CONFIG_PATH = Path("/etc/fonzipd/config.toml")
 FONZIP_DOCUMENTED_RATE = 240
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1: addresses that never leave the machine."""
+    if not host:
+        return False
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_https(scheme: str, host: str | None) -> None:
+    """Refuse plain ``http://`` to anything but a loopback address (ValueError)."""
+    if scheme != "https" and not is_loopback(host):
+        raise ValueError(
+            f"must start with https:// ({scheme}:// is allowed only to localhost, "
+            "127.0.0.0/8 or ::1): credentials and personal data must not cross the "
+            "network unencrypted"
+        )
 
 
 class ConfigError(Exception):
@@ -57,6 +81,14 @@ class FonzipSettings(_Section):
     token_lock_poll: float = Field(default=30, gt=0)
     """Seconds between token requests while Fonzip answers 409 "already created" (a live
     token fonzipd lacks: it is waited out, at most about an hour)."""
+    max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=65536)
+    """Largest answer read from Fonzip, in bytes; a larger one is a failed attempt."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_unless_loopback(cls, value: pydantic.HttpUrl) -> pydantic.HttpUrl:
+        require_https(value.scheme, value.host)
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import json
 import logging
 import os
 import sys
 import threading
+import urllib.parse
 from typing import Any, TextIO, cast
 
 import structlog
+import structlog.tracebacks
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -98,6 +102,63 @@ class _Batched:
         return bool(self._out.isatty())
 
 
+_secrets: set[str] = set()
+_rotating: collections.deque[str] = collections.deque(maxlen=8)
+_variants: tuple[str, ...] = ()
+"""Every form in which a registered secret could appear in a rendered line."""
+
+
+def never_log(value: str, *, rotating: bool = False) -> None:
+    """Register a secret that no log line may contain: it is replaced by ``[redacted]``.
+
+    A backstop behind the rule that secrets are never passed to a logger: it also
+    covers what a hostile server echoes into an error message or an exception. Values
+    under 8 characters are not registered (they would match ordinary words).
+    ``rotating`` values (access tokens) are kept only while they are among the 8 newest.
+    """
+    global _variants
+    if len(value) < 8 or value in _secrets or value in _rotating:
+        return
+    if rotating:
+        _rotating.append(value)
+    else:
+        _secrets.add(value)
+    forms: set[str] = set()
+    for secret in (*_secrets, *_rotating):
+        forms.update(
+            {
+                secret,
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+                repr(secret)[1:-1],
+                urllib.parse.quote(secret, safe=""),
+                urllib.parse.quote_plus(secret),
+            }
+        )
+    # Longest first: a secret's escaped form may contain another's raw form.
+    _variants = tuple(sorted((f for f in forms if f), key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[redacted]``."""
+    for form in _variants:
+        if form in text:
+            text = text.replace(form, "[redacted]")
+    return text
+
+
+def _redact_line(_logger: Any, _method: str, line: Any) -> Any:
+    # Runs after the renderer, on the finished line.
+    return redact(line) if isinstance(line, str) and _variants else line
+
+
+class _RedactingFormatter(logging.Formatter):
+    """The standard library's lines (aiohttp, asyncio) get the same backstop."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 _current: _Batched | None = None
 _generation = 0
 """Bumped by every (re)configuration, so that HotLogger knows to rebuild."""
@@ -158,11 +219,23 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     ]
     if as_json:
         processors += [
-            structlog.processors.dict_tracebacks,
+            # Never the frames' local variables: the client's hold the access token and
+            # the API secret (structlog's dict_tracebacks shows them).
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.JSONRenderer(),
+            _redact_line,
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+        # The plain traceback, whatever is installed: with rich or better-exceptions
+        # present, structlog's default formatter would print every frame's locals.
+        processors.append(
+            structlog.dev.ConsoleRenderer(
+                colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        )
+        processors.append(_redact_line)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -172,3 +245,5 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     )
     # Libraries (aiohttp's access log, asyncio) go through the standard module.
     logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=out, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_RedactingFormatter(logging.BASIC_FORMAT))

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import io
 import re
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import pydantic
 import pytest
 import structlog
 from aiohttp import web
 from aioresponses import aioresponses
 from pydantic import HttpUrl, SecretStr
 
+from fonzipd import logs as fonzipd_logs
 from fonzipd.config import FonzipSettings
 from fonzipd.fonzip.client import USER_AGENT, FonzipClient, MemoryFormIdCache
 from fonzipd.fonzip.errors import (
     FonzipBadResponse,
+    FonzipError,
     FonzipNotFound,
     FonzipRateLimited,
     FonzipRequestError,
@@ -332,7 +339,7 @@ async def test_not_json_and_missing_keys_are_bad_responses_naming_the_endpoint(
 
 # -- mocked failures the loopback cannot produce ----------------------------------------
 
-BASE = "http://fonzip.test/api/v2"
+BASE = "https://fonzip.test/api/v2"
 TOKEN_URL = f"{BASE}/token"
 ME_URL = f"{BASE}/me"
 
@@ -565,3 +572,190 @@ async def test_webhook_management_against_the_simulator(sim: Simulator) -> None:
         assert await client.list_webhooks() == []
         with pytest.raises(ValueError, match="letters"):
             await client.create_webhook("bad (name)", "http://127.0.0.1:9/x", "x" * 20)
+
+
+# -- a hostile Fonzip: nothing it answers puts a secret in a log line or a message ------
+
+CLIENT_SECRET = "hostile-test-client-secret-9f3a"
+ACCESS_TOKEN = "live-access-token-5be21c7d0a"
+
+
+class LogCapture:
+    """Every rendered log line, JSON and console, as the daemon would write them."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def log_failure(self, exc: BaseException) -> None:
+        # What the fetcher and the reconciler do with a failure: a line with the error,
+        # and a traceback (with its frames) when it is not a FonzipError.
+        for fmt in ("json", "console"):
+            out = io.StringIO()
+            fonzipd_logs.configure("debug", fmt, stream=out)
+            log = structlog.get_logger("hostile")
+            try:
+                raise exc
+            except BaseException:
+                log.exception("fetch_crashed", error=str(exc))
+            log.warning("fetch_failed", error=str(exc), error_text=getattr(exc, "error_text", ""))
+            fonzipd_logs.flush()
+            self.text += out.getvalue()
+
+
+def hostile_body(kind: str, secret: str, status: int, token: str = ACCESS_TOKEN) -> web.Response:
+    if kind == "deep":
+        body = b'{"error": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+        return web.Response(body=body, status=status, content_type="application/json")
+    if kind == "echo_json":
+        text = f"invalid secret {secret} (token {token})"
+        return web.json_response({"error": text, secret: {"id": 5, "x": secret}}, status=status)
+    if kind == "echo_text":
+        text = f"{'x' * 150}client_secret={quote_plus(secret)}&token={token}"
+        return web.Response(text=text, status=status)
+    assert kind == "not_json"
+    return web.Response(body=b"\xff\xfe<html>" + secret.encode() + b"</html>", status=status)
+
+
+@pytest.mark.parametrize("step", ["token", "list", "detail"])
+@pytest.mark.parametrize("status", [200, 400, 500])
+@pytest.mark.parametrize("kind", ["deep", "echo_json", "echo_text", "not_json"])
+async def test_hostile_answers_never_leak_a_secret(
+    serve: Any, step: str, status: int, kind: str
+) -> None:
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        if step == "token":
+            # Before a token is issued only the API secret is ours to leak.
+            return hostile_body(kind, str(form["client_secret"]), status, token="-")
+        return web.json_response({"access_token": ACCESS_TOKEN, "expires_in": 3600})
+
+    async def donations(request: web.Request) -> web.Response:
+        if step == "list":
+            return hostile_body(kind, CLIENT_SECRET, status)
+        return web.json_response({"donation_list": [], "total": 0})
+
+    async def detail(request: web.Request) -> web.Response:
+        return hostile_body(kind, CLIENT_SECRET, status)
+
+    base = await serve(
+        {"POST /token": token, "GET /donations": donations, "GET /donation/{id}": detail}
+    )
+    captured = LogCapture()
+    client = client_for(
+        base, settings={"client_secret": SecretStr(CLIENT_SECRET), "max_retries": 1}
+    )
+    async with client:
+        call = (
+            client.fetch_detail(Kind.DONATION, 5)
+            if step == "detail"
+            else client.list_window(Kind.DONATION, "paid", DAY_START, DAY_END)
+        )
+        with pytest.raises(FonzipError) as info:
+            await call
+    captured.log_failure(info.value)
+    told = f"{info.value} {info.value.error_text} {info.value.args}"
+    for secret in (CLIENT_SECRET, quote_plus(CLIENT_SECRET), ACCESS_TOKEN):
+        assert secret not in told
+        assert secret not in captured.text
+    assert info.value.endpoint.startswith(
+        {"token": "POST /token", "list": "GET /donations", "detail": "GET /donation/5"}[step]
+    )
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirects_are_never_followed_so_credentials_stay_home(
+    serve: Any, status: int
+) -> None:
+    stolen: list[str] = []
+
+    async def thief(request: web.Request) -> web.Response:
+        stolen.append(f"{request.method} {request.path} {await request.text()}")
+        return web.json_response({"access_token": "stolen-token-xxxxxx", "expires_in": 3600})
+
+    thief_base = await serve({"POST /token": thief, "GET /donation/{id}": thief})
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": f"{thief_base}/token"})
+
+    base = await serve({"POST /token": token})
+    async with client_for(base) as client:
+        with pytest.raises(FonzipRequestError) as info:
+            await client.me()
+    assert info.value.endpoint == "POST /token"
+    assert info.value.status == status
+    assert "never follows redirects" in str(info.value)
+    assert "127.0.0.1" in str(info.value)
+    assert stolen == []
+
+    async def detail(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": f"{thief_base}/donation/5"})
+
+    base = await serve({"POST /token": token_ok("a-valid-token-123"), "GET /donation/{id}": detail})
+    async with client_for(base) as client:
+        with pytest.raises(FonzipRequestError, match="GET /donation/5: redirected"):
+            await client.fetch_detail(Kind.DONATION, 5)
+    assert stolen == []
+
+
+def test_base_url_must_be_https_unless_loopback() -> None:
+    for ok in (
+        "https://fonzip.com/api/v2",
+        "http://127.0.0.1:8/a",
+        "http://localhost/a",
+        "http://[::1]:9/a",
+        "http://127.8.0.1/a",
+    ):
+        settings(ok)
+    for bad in ("http://fonzip.com/api/v2", "http://10.0.0.1/api", "http://localhost.evil.org/"):
+        with pytest.raises(pydantic.ValidationError, match="must start with https://"):
+            settings(bad)
+
+
+@pytest.mark.parametrize("announce", [True, False])
+async def test_a_150_mb_answer_is_refused_after_the_cap_and_memory_stays_flat(
+    serve: Any, announce: bool
+) -> None:
+    sent = 0
+    chunk = b"x" * 65536
+    total = 150 * 1024 * 1024
+
+    async def detail(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if announce:
+            resp.content_length = total
+        else:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent < total:  # bounded: stops by itself at 150 MB
+                await resp.write(chunk)
+                sent += len(chunk)
+        return resp
+
+    base = await serve({"POST /token": token_ok(), "GET /donation/{id}": detail})
+    cap = 1024 * 1024
+    tracemalloc.start()
+    try:
+        async with client_for(base, settings={"max_response_bytes": cap}) as client:
+            with pytest.raises(FonzipBadResponse, match="larger than 1048576 bytes") as info:
+                await client.fetch_detail(Kind.DONATION, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.endpoint == "GET /donation/5"
+    assert client.calls["GET /donation/{id}", "200"] == 1  # one failed attempt
+    assert peak < 4 * cap  # the 150 MB never reach memory
+    assert sent < 32 * 1024 * 1024  # the connection was dropped, not drained
+
+
+async def test_error_bodies_are_read_only_up_to_a_small_excerpt(serve: Any) -> None:
+    async def detail(request: web.Request) -> web.Response:
+        return web.json_response({"error": "e" * 10_000_000}, status=400)
+
+    base = await serve({"POST /token": token_ok(), "GET /donation/{id}": detail})
+    async with client_for(base) as client:
+        with pytest.raises(FonzipRequestError) as info:
+            await client.fetch_detail(Kind.DONATION, 5)
+    assert info.value.status == 400
+    assert len(str(info.value)) < 1000

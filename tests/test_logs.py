@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 
 import pytest
 import structlog
@@ -86,3 +87,42 @@ def test_the_hot_path_logger_follows_a_reconfiguration() -> None:
     hot.get().warning("webhook_rejected", reason="wrong token")
     assert [line["fonzip_id"] for line in lines(first)] == [1]
     assert [line["event"] for line in lines(second)] == ["webhook_rejected"]
+
+
+def _fails_holding_a_secret() -> None:
+    token = "bearer-secret-in-a-local-variable"
+    headers = {"Authorization": f"Bearer {token}"}
+    raise RecursionError(f"maximum recursion depth exceeded ({len(headers)})")
+
+
+@pytest.mark.parametrize(("fmt", "tty"), [("json", False), ("console", False), ("console", True)])
+def test_tracebacks_never_show_local_variables(fmt: str, tty: bool) -> None:
+    out = Stream(tty=tty)
+    logs.configure("info", fmt, stream=out)
+    try:
+        _fails_holding_a_secret()
+    except RecursionError:
+        structlog.get_logger("t").exception("fetch_crashed", inbox_id=7)
+    text = out.getvalue()
+    assert "fetch_crashed" in text
+    assert "_fails_holding_a_secret" in text  # the traceback is there...
+    assert "bearer-secret-in-a-local-variable" not in text  # ...its frames' locals are not
+
+
+def test_registered_secrets_are_redacted_from_every_line_in_every_form() -> None:
+    secret = 'sec"ret/ş+value=42'
+    logs.never_log(secret)
+    out = Stream()
+    logs.configure("info", "json", stream=out)
+    log = structlog.get_logger("t")
+    log.warning("fetch_failed", error=f"Fonzip said {secret!r}", form=f"s={secret}")
+    logs.configure("info", "console", stream=out)
+    log.warning("fetch_failed", error=secret)
+    logging.getLogger("aiohttp.client").warning("echo %s", secret)
+    logs.flush()
+    text = out.getvalue()
+    assert text.count("[redacted]") >= 4
+    for form in (secret, json.dumps(secret)[1:-1], repr(secret)[1:-1], "ret/ş+value"):
+        assert form not in text
+    logs.never_log("short")  # too short to tell from ordinary words: not registered
+    assert logs.redact("a short line") == "a short line"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from fonzipd.sinks.http import HTTPSink
 from fonzipd.sinks.sqlite import SQLiteSink
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+SECRET = "whsec_" + base64.b64encode(b"registry test secret, 32 bytes!!").decode()
 
 FOO_PLUGIN = """
 from typing import ClassVar
@@ -142,7 +144,12 @@ def test_build_sinks_builds_the_enabled_ones_with_their_context(tmp_path: Path) 
             "files": {"type": "csv", "directory": "csv", "batch_size": 7},
             "lines": {"type": "jsonl", "path": "x.jsonl"},
             "off": {"type": "http", "enabled": False, "url": "http://x", "secret": "s"},
-            "hook": {"type": "http", "url": "http://127.0.0.1/h", "secret": "s", "concurrency": 4},
+            "hook": {
+                "type": "http",
+                "url": "http://127.0.0.1/h",
+                "secret": SECRET,
+                "concurrency": 4,
+            },
         },
     )
     built = build_sinks(settings, state_dir=tmp_path / "state")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
 from fonzipd.sink import PermanentSinkError, SinkConfigError, SinkContext, TransientSinkError
-from fonzipd.sinks.http import HTTPOptions, HTTPSink, batch_id, parse_retry_after
+from fonzipd.sinks.http import HTTPOptions, HTTPSink, batch_id, sign
 from fonzipd.testing import ISTANBUL, check_sink, sample_records
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
@@ -241,26 +243,112 @@ async def test_a_transient_failure_stops_later_versions_of_that_record(
     assert list(receiver.messages) == [r.key for r in recs]
 
 
-def test_options_reject_bad_secrets_and_signature_headers() -> None:
-    with pytest.raises(ValidationError, match="base64"):
-        HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr("whsec_!!!"))
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("whsec_!!!", "not valid base64"),
+        ("whsec_" + base64.b64encode(b"short").decode(), "at least 16"),
+        (base64.b64encode(b"a test secret of thirty-two byte").decode(), "'whsec_' followed"),
+        ("a-plain-password-of-some-length", "'whsec_' followed"),
+        ("", "'whsec_' followed"),
+    ],
+)
+def test_options_refuse_a_secret_that_is_not_whsec_base64(secret: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why) as info:
+        HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr(secret))
+    assert "secret" in str(info.value)  # the key is named...
+    if secret:
+        assert secret not in str(info.value)  # ...its value is not
+
+
+def test_options_refuse_signature_headers_and_plain_http_off_the_machine() -> None:
     with pytest.raises(ValidationError, match="webhook-id"):
-        HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr("s"), headers={"webhook-id": "x"})
+        HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr(SECRET), headers={"webhook-id": "x"})
+    for url in ("http://crm.example.org/hook", "http://192.168.1.5/hook", "http://[::2]/x"):
+        with pytest.raises(ValidationError, match=r"url\n.*must start with https://"):
+            HTTPOptions(url=url, secret=SecretStr(SECRET))
+    for url in ("https://crm.example.org/hook", "http://localhost:9/x", "http://[::1]:9/x"):
+        HTTPOptions(url=url, secret=SecretStr(SECRET))
 
 
-def test_retry_after_accepts_seconds_and_http_dates() -> None:
-    now = NOW.timestamp()
-    assert parse_retry_after("120", now) == 120.0
-    assert parse_retry_after("Wed, 12 Mar 2025 09:01:00 GMT", now) == 60.0
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after(None, now) is None
-
-
-def test_raw_secret_signs_with_its_utf8_bytes() -> None:
-    from fonzipd.sinks.http import sign
-
+def test_signature_is_hmac_sha256_of_id_timestamp_body() -> None:
     body = b'{"a":1}'
     expected = base64.b64encode(
         hmac.new(b"raw-secret", b"id1.5." + body, hashlib.sha256).digest()
     ).decode()
     assert sign(b"raw-secret", "id1", 5, body) == "v1," + expected
+
+
+@pytest.mark.parametrize(
+    "value", ["²", "١٢٠", "-5", "nan", "inf", "1e999", "9" * 400, "Wed, 99 Foo 99999 GMT", "\x00"]
+)
+async def test_a_malformed_retry_after_never_breaks_the_batch(
+    tmp_path: Path, receiver: Receiver, value: str
+) -> None:
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    receiver.answers.append((429, {"Retry-After": value}, "slow down"))
+    with pytest.raises(TransientSinkError) as info:
+        await sink.write(sample_records(1))
+    await sink.close()
+    assert info.value.retry_after is None or 0 <= info.value.retry_after <= 3600
+
+
+async def test_the_receiver_echoing_the_secret_never_reaches_a_message(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FONZIPD_TEST_BEARER", "Bearer crm-api-key-0123456789")
+    sink = _sink(tmp_path, receiver, headers={"Authorization": "env:FONZIPD_TEST_BEARER"})
+    await sink.open()
+    echo = f"{'x' * 190}{SECRET} Bearer crm-api-key-0123456789"
+    receiver.answers.append((400, {}, echo))
+    with pytest.raises(PermanentSinkError) as info:
+        await sink.write(sample_records(1))
+    await sink.close()
+    for secret in (SECRET.removeprefix("whsec_")[:12], "crm-api-key"):
+        assert secret not in str(info.value)
+
+
+@pytest.mark.parametrize("status", [200, 503])
+async def test_a_150_mb_answer_is_not_read(tmp_path: Path, status: int) -> None:
+    sent = 0
+    total = 150 * 1024 * 1024
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        await request.read()
+        resp = web.StreamResponse(status=status)
+        resp.content_length = total
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent < total:  # bounded: stops by itself at 150 MB
+                await resp.write(b"x" * 65536)
+                sent += 65536
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", huge)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    sink = HTTPSink(
+        HTTPOptions(url=url, secret=SecretStr(SECRET)),
+        SinkContext("forward", tmp_path, ISTANBUL, clock=FixedClock()),
+    )
+    tracemalloc.start()
+    try:
+        await sink.open()
+        if status == 200:
+            await sink.write(sample_records(1))
+        else:
+            with pytest.raises(TransientSinkError, match="503"):
+                await sink.write(sample_records(1))
+        await sink.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        await runner.cleanup()
+    assert peak < 4 * 1024 * 1024
+    assert sent < 32 * 1024 * 1024  # the connection was dropped, not drained

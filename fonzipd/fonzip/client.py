@@ -6,24 +6,33 @@ once with a fresh one; 429, 5xx, network errors and timeouts are retried with
 exponential backoff and jitter (the ``backoff`` package's generators, waiting on the
 injected clock), honouring ``Retry-After`` when Fonzip sends one; anything else raises
 a typed FonzipError naming the endpoint.
+
+Fonzip's answers are not trusted: redirects are never followed (a 3xx is an error,
+so credentials never go to another host), answers are read up to
+``fonzip.max_response_bytes`` (a larger one is a failed attempt, refused before it is
+read), JSON nested deeper than MAX_JSON_DEPTH or echoing one of our secrets is a bad
+response, and every text taken from an answer has our secrets replaced by
+``[redacted]`` before it reaches an error message or a log line.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
-import email.utils
 import json
 import re
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import backoff
 import structlog
+from yarl import URL
 
-from fonzipd import __version__
+from fonzipd import __version__, logs
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import FonzipSettings
 from fonzipd.fonzip.endpoints import (
@@ -52,6 +61,7 @@ from fonzipd.fonzip.errors import (
 from fonzipd.fonzip.limiter import Priority, RateLimiter
 from fonzipd.fonzip.token import StoredToken, TokenManager, TokenStore, token_key
 from fonzipd.kinds import Kind
+from fonzipd.retry_after import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +81,12 @@ WEBHOOK_EVENTS = (
     "FUNDRAISING_CAMPAIGN",
 )
 _WEBHOOK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,99}$")
+MAX_ERROR_BODY = 65536
+"""Bytes of a non-2xx answer read for Fonzip's error text; the rest is never read."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting accepted in an answer (Fonzip's objects are a few levels deep)."""
+_ERROR_TEXT_CHARS = 300
+_NOT_JSON = object()
 
 
 class FormIdCache(Protocol):
@@ -147,6 +163,11 @@ class FonzipClient:
         self._retry_cap = retry_cap
         self._token_wait = token_wait
         client_id = settings.client_id.get_secret_value() if settings.client_id else ""
+        self._secrets: set[str] = set()
+        self._recent_tokens: collections.deque[str] = collections.deque(maxlen=4)
+        for secret in (settings.client_secret, settings.access_token):
+            if secret is not None:
+                self._keep_secret(secret.get_secret_value())
         self.tokens = TokenManager(
             key=token_key(self._base, client_id),
             store=token_store,
@@ -173,6 +194,60 @@ class FonzipClient:
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _keep_secret(self, value: str, *, rotating: bool = False) -> None:
+        """Remember a secret that no answer may echo and no message may contain."""
+        if len(value) < 8:
+            return  # short values would match ordinary text; real credentials are longer
+        if rotating:
+            if value not in self._recent_tokens:
+                self._recent_tokens.append(value)
+        else:
+            self._secrets.add(value)
+        logs.never_log(value, rotating=rotating)
+
+    def _secret_values(self) -> tuple[str, ...]:
+        return (*self._secrets, *self._recent_tokens)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secret_values():
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(form, "[redacted]")
+        return text
+
+    def _error_text(self, body: bytes) -> str | None:
+        """Fonzip's own words, from any body: never raises, never holds a secret of ours."""
+        data: object = _NOT_JSON
+        with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
+            data = json.loads(body)
+        if isinstance(data, dict):
+            for key in ("error_description", "error", "message", "detail"):
+                value = data.get(key)
+                if isinstance(value, str) and value.strip():
+                    return self._redact(value.strip())[:_ERROR_TEXT_CHARS]
+            return None
+        if data is not _NOT_JSON:
+            return None
+        # Redacted before it is cut: a cut must not leave half a secret behind.
+        text = self._redact(body[:4096].decode("utf-8", "replace")).strip()
+        return text[:_ERROR_TEXT_CHARS] or None
+
+    def _parse_json(self, endpoint: str, answer: _Answer, *, allow: str | None = None) -> object:
+        """The JSON of a 2xx answer, or FonzipBadResponse; ``allow`` may appear in it."""
+        try:
+            data: object = json.loads(answer.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            shown = self._redact(answer.body[:4096].decode("utf-8", "replace"))[:80]
+            raise FonzipBadResponse(
+                endpoint,
+                f"not JSON ({len(answer.body)} bytes, starting {shown!r})",
+                status=answer.status,
+            ) from None
+        secrets = tuple(s for s in self._secret_values() if s != allow)
+        problem = _inspect(data, secrets)
+        if problem:
+            raise FonzipBadResponse(endpoint, f"refused: {problem}", status=answer.status)
+        return data
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -210,6 +285,7 @@ class FonzipClient:
             token = ""
             if auth:
                 token = await self.tokens.get(wait=self._token_wait)
+                self._keep_secret(token, rotating=True)
                 headers["Authorization"] = f"Bearer {token}"
             try:
                 async with session.request(
@@ -220,10 +296,18 @@ class FonzipClient:
                     data=form,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+                    # A redirect would carry the token (or, on /token, the API secret)
+                    # to wherever Fonzip's answer points: never followed.
+                    allow_redirects=False,
                 ) as resp:
                     status = resp.status
-                    body = await resp.read()
                     retry_after = resp.headers.get("Retry-After")
+                    location = resp.headers.get("Location", "")
+                    body = await _read_capped(
+                        resp,
+                        self.settings.max_response_bytes if 200 <= status < 300 else MAX_ERROR_BODY,
+                        truncate=not 200 <= status < 300,
+                    )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.calls[template, "network"] += 1
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -236,9 +320,24 @@ class FonzipClient:
                 await self._wait_retry(endpoint, attempt, next(delays), None, reason)
                 continue
             self.calls[template, str(status)] += 1
+            if body is None:
+                raise FonzipBadResponse(
+                    endpoint,
+                    f"answer larger than {self.settings.max_response_bytes} bytes "
+                    "(fonzip.max_response_bytes); refused unread",
+                    status=status,
+                )
+            if 300 <= status < 400:
+                raise FonzipRequestError(
+                    endpoint,
+                    f"redirected to {_where(location)}; fonzipd never follows redirects "
+                    "(they would carry the credentials to another address): "
+                    "check fonzip.base_url",
+                    status=status,
+                )
             if 200 <= status < 300 or status in passthrough:
                 return _Answer(status, body)
-            text = _error_text(body)
+            text = self._error_text(body)
             if status == 401 and auth:
                 if not refreshed and not self.tokens.fixed:
                     refreshed = True
@@ -300,8 +399,8 @@ class FonzipClient:
         *,
         pause: bool = False,
     ) -> None:
-        told = _parse_retry_after(retry_after, self._clock.now())
-        delay = min(told, RETRY_AFTER_CAP) if told is not None else backoff.full_jitter(base_delay)
+        told = parse_retry_after(retry_after, self._clock.now(), cap=RETRY_AFTER_CAP)
+        delay = told if told is not None else backoff.full_jitter(base_delay)
         self.retries += 1
         log.warning(
             "fonzip_call_retried",
@@ -309,7 +408,7 @@ class FonzipClient:
             attempt=attempt,
             reason=reason,
             wait=round(delay, 3),
-            retry_after=retry_after,
+            retry_after=None if retry_after is None else retry_after[:40],
         )
         if pause:
             # Fonzip counts per account: everyone holds back, not just this caller.
@@ -326,7 +425,7 @@ class FonzipClient:
         params: Sequence[tuple[str, str]] | None = None,
     ) -> object:
         answer = await self._send("GET", path, template, priority=priority, params=params)
-        return _parse_json(f"GET {path}", answer)
+        return self._parse_json(f"GET {path}", answer)
 
     async def _issue_token(self) -> StoredToken | None:
         settings = self.settings
@@ -346,7 +445,7 @@ class FonzipClient:
             auth=False,
             passthrough=(401, 403, 409),
         )
-        text = _error_text(answer.body)
+        text = self._error_text(answer.body)
         if answer.status == 409:
             if text and "already created" not in text.lower():
                 log.warning("token_conflict_unrecognised", error_text=text)
@@ -362,11 +461,12 @@ class FonzipClient:
                 status=answer.status,
                 error_text=text,
             )
-        body = _parse_json("POST /token", answer)
+        body = self._parse_json("POST /token", answer, allow=_token_in(answer.body))
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             raise FonzipBadResponse("POST /token", "no 'access_token' string in the answer")
         if not body["access_token"]:
             raise FonzipBadResponse("POST /token", "'access_token' is empty")
+        self._keep_secret(body["access_token"], rotating=True)
         expires_in = body.get("expires_in")
         if (
             not isinstance(expires_in, int | float)
@@ -654,6 +754,7 @@ class FonzipClient:
             # All six sent explicitly: Fonzip answered 500 when some were left out.
             "events": dict.fromkeys(WEBHOOK_EVENTS, True),
         }
+        self._keep_secret(auth_token)
         answer = await self._send(
             "POST",
             "/webhooks",
@@ -662,7 +763,7 @@ class FonzipClient:
             json_body=body,
             idempotent=False,
         )
-        _parse_json("POST /webhooks", answer)
+        self._parse_json("POST /webhooks", answer)
         matches = [w for w in await self.list_webhooks() if w.get("url") == url]
         if not matches:
             raise FonzipBadResponse(
@@ -674,7 +775,7 @@ class FonzipClient:
         """``DELETE /webhook/{id}``."""
         path = f"/webhook/{webhook_id}"
         answer = await self._send("DELETE", path, "DELETE /webhook/{id}", priority=Priority.LIVE)
-        _parse_json(f"DELETE {path}", answer)
+        self._parse_json(f"DELETE {path}", answer)
 
     async def test_webhook(self, webhook_id: int) -> None:
         """``PATCH /webhook/{id}``: Fonzip sends a test notification to the webhook's URL."""
@@ -682,56 +783,74 @@ class FonzipClient:
         answer = await self._send(
             "PATCH", path, "PATCH /webhook/{id}", priority=Priority.LIVE, idempotent=False
         )
-        _parse_json(f"PATCH {path}", answer)
+        self._parse_json(f"PATCH {path}", answer)
 
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _parse_json(endpoint: str, answer: _Answer) -> object:
-    try:
-        return json.loads(answer.body)
-    except (ValueError, UnicodeDecodeError):
-        shown = answer.body[:80].decode("utf-8", "replace")
-        raise FonzipBadResponse(
-            endpoint,
-            f"not JSON ({len(answer.body)} bytes, starting {shown!r})",
-            status=answer.status,
-        ) from None
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, *, truncate: bool) -> bytes | None:
+    """At most ``limit`` bytes of the body, read as it streams.
+
+    A larger body (announced by Content-Length, or found while streaming when the
+    length is absent or false) is None, unread past the limit; with ``truncate`` its
+    first ``limit`` bytes instead. Leaving the rest unread makes aiohttp close the
+    connection rather than reuse it.
+    """
+    announced = resp.content_length
+    if announced is not None and announced > limit and not truncate:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        if size + len(chunk) > limit:
+            if not truncate:
+                return None
+            chunks.append(chunk[: limit - size])
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
-def _error_text(body: bytes) -> str | None:
-    """Fonzip's own words: ``error_description`` or ``error`` of a JSON body, else the text."""
+def _token_in(body: bytes) -> str | None:
+    """The access_token of a /token answer: the one secret that answer may hold."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        text = body[:200].decode("utf-8", "replace").strip()
-        return text or None
-    if isinstance(data, dict):
-        for key in ("error_description", "error", "message", "detail"):
-            value = data.get(key)
-            if isinstance(value, str) and value:
-                return value
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    token = data.get("access_token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _inspect(data: object, secrets: Sequence[str]) -> str | None:
+    """What makes a parsed answer unacceptable (too deep, echoing a secret), or None."""
+    stack: list[tuple[object, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if any(secret in value for secret in secrets):
+                return "the answer contains a credential of ours (echoed back)"
+        elif isinstance(value, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((key, depth + 1))
+                stack.append((item, depth + 1))
     return None
 
 
-def _parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date); None if absent or bad."""
-    if value is None:
-        return None
-    value = value.strip()
+def _where(location: str) -> str:
+    """Scheme and host of a redirect's target (never its path or query), for messages."""
     try:
-        return max(0.0, float(value))
+        url = URL(location[:2048])
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - now).total_seconds())
+        return "an unreadable Location"
+    if not url.is_absolute():
+        return "another path of the same host"
+    return f"{url.scheme}://{url.host}"[:100]
 
 
 __all__ = [

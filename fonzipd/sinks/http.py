@@ -9,14 +9,19 @@ convention (https://www.standardwebhooks.com):
   once, the id makes it once in effect;
 * ``webhook-timestamp``: Unix seconds of this attempt;
 * ``webhook-signature``: ``v1,`` + base64 of HMAC-SHA256 over ``id.timestamp.body``
-  with the secret's bytes (``whsec_<base64>`` is decoded; any other value is used as
-  its UTF-8 bytes).
+  with the secret's bytes: the secret is ``whsec_`` + base64 of at least 16 random
+  bytes, as the Standard Webhooks libraries expect (anything else is refused).
+
+The URL must be ``https://`` (plain ``http://`` only to a loopback address). Of the
+receiver's answer at most 800 bytes are read (an excerpt for the error message, with
+the secret and header values redacted); the rest is never read.
 
 Answers: 2xx delivers. 408, 409, 429 (``Retry-After`` honoured), 5xx, network errors
 and timeouts are transient. 409 is treated as transient, as the issue specifies, even
 though some receivers answer it for a duplicate they already hold: such a receiver
 should answer 2xx for a duplicate instead, or the record retries until dead. Any other
-status (other 4xx, 3xx: redirects are not followed) is permanent.
+status (other 4xx, 3xx: redirects are not followed) is permanent. ``Retry-After`` is
+read by :func:`fonzipd.retry_after.parse_retry_after`: a malformed one is ignored.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.utils
 import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -38,6 +43,9 @@ import structlog
 from pydantic import Field, SecretStr
 
 import fonzipd
+from fonzipd import logs
+from fonzipd.config import require_https
+from fonzipd.retry_after import parse_retry_after
 from fonzipd.sink import (
     PermanentSinkError,
     Record,
@@ -53,15 +61,20 @@ log = structlog.get_logger(__name__)
 _TRANSIENT_STATUSES = frozenset({408, 409, 429})
 _SIGNED_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
 _EXCERPT = 200
+_RETRY_AFTER_CAP = 3600.0
+"""Longest Retry-After taken from a receiver (the sink's retry_max caps it further)."""
+_MIN_SECRET_BYTES = 16
+_SECRET_HEADER = re.compile(r"auth|token|key|secret|cookie", re.IGNORECASE)
 
 
 class HTTPOptions(SinkOptions):
     """``[sinks.<id>] type = "http"``."""
 
     url: pydantic.AnyHttpUrl
-    """Where to POST."""
+    """Where to POST: ``https://``, or ``http://`` to a loopback address only."""
     secret: SecretStr
-    """Standard Webhooks signing secret: ``whsec_<base64>``, or any string used as is."""
+    """Standard Webhooks signing secret: ``whsec_`` + base64 of 16 or more random bytes
+    (``echo "whsec_$(openssl rand -base64 32)"``). Prefer the environment."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers (``Authorization``...); a value ``env:NAME`` is read from $NAME at open."""
     batch_mode: bool = False
@@ -70,6 +83,12 @@ class HTTPOptions(SinkOptions):
     """Seconds for one request, connection included."""
     concurrency: int = Field(default=1, ge=1, le=64)
     """Records of a batch in flight at once (single mode; versions of one record stay in order)."""
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _https_unless_loopback(cls, value: pydantic.AnyHttpUrl) -> pydantic.AnyHttpUrl:
+        require_https(value.scheme, value.host)
+        return value
 
     @pydantic.field_validator("secret")
     @classmethod
@@ -87,16 +106,23 @@ class HTTPOptions(SinkOptions):
 
 
 def secret_bytes(secret: SecretStr) -> bytes:
-    """The HMAC key: ``whsec_`` secrets are base64-decoded, others used as UTF-8."""
-    raw = secret.get_secret_value()
-    if not raw:
-        raise ValueError("must not be empty")
-    if raw.startswith("whsec_"):
-        try:
-            return base64.b64decode(raw.removeprefix("whsec_"), validate=True)
-        except binascii.Error:
-            raise ValueError("whsec_ secret is not valid base64") from None
-    return raw.encode()
+    """The HMAC key: the base64 after ``whsec_``, decoded (ValueError if it is not that).
+
+    The messages never quote the value.
+    """
+    raw = secret.get_secret_value().strip()
+    how = 'make one with: echo "whsec_$(openssl rand -base64 32)"'
+    if not raw.startswith("whsec_"):
+        raise ValueError(f"must be a Standard Webhooks secret, 'whsec_' followed by base64 ({how})")
+    try:
+        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the part after 'whsec_' is not valid base64 ({how})") from None
+    if len(key) < _MIN_SECRET_BYTES:
+        raise ValueError(
+            f"decodes to {len(key)} bytes; use at least {_MIN_SECRET_BYTES} random bytes ({how})"
+        )
+    return key
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -108,20 +134,6 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 def batch_id(keys: Sequence[str]) -> str:
     """The stable ``webhook-id`` of a batch: the same keys in the same order, the same id."""
     return "batch_" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class HTTPSink(Sink):
@@ -136,6 +148,9 @@ class HTTPSink(Sink):
         assert isinstance(options, HTTPOptions)
         self._opts = options
         self._key = secret_bytes(options.secret)
+        raw_secret = options.secret.get_secret_value().strip()
+        for value in (raw_secret, raw_secret.removeprefix("whsec_")):
+            logs.never_log(value)
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}
         # The URL may hold credentials in its query: log only scheme, host and path.
@@ -152,6 +167,8 @@ class HTTPSink(Sink):
     async def open(self) -> None:
         headers = {"User-Agent": f"fonzipd/{fonzipd.__version__}"}
         for name, value in self._opts.headers.items():
+            if _SECRET_HEADER.search(name):
+                logs.never_log(value)
             if value.startswith("env:"):
                 var = value.removeprefix("env:")
                 found = os.environ.get(var)
@@ -161,6 +178,7 @@ class HTTPSink(Sink):
                         f"variable {var} is not set"
                     )
                 value = found
+            logs.never_log(value)  # an Authorization header is as secret as the key
             headers[name] = value
         self._headers = headers
         self._session = aiohttp.ClientSession(
@@ -252,11 +270,15 @@ class HTTPSink(Sink):
                 status = response.status
                 if 200 <= status < 300:
                     return
-                excerpt = (await response.content.read(4 * _EXCERPT)).decode(
-                    "utf-8", errors="replace"
-                )[:_EXCERPT]
+                # Bounded: one read of at most 800 bytes; the rest is never read (the
+                # connection is closed instead of drained). Redacted before it is cut,
+                # so that no part of a secret the receiver echoes survives.
+                raw = await response.content.read(4 * _EXCERPT)
+                excerpt = logs.redact(raw.decode("utf-8", errors="replace"))[:_EXCERPT]
                 retry_after = parse_retry_after(
-                    response.headers.get("Retry-After"), self.context.clock.now().timestamp()
+                    response.headers.get("Retry-After"),
+                    self.context.clock.now(),
+                    cap=_RETRY_AFTER_CAP,
                 )
         except TimeoutError as exc:
             raise TransientSinkError(
