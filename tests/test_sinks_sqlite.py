@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,24 @@ async def test_a_locked_database_is_transient(tmp_path: Path) -> None:
     await sink.write(sample_records(2))
     await sink.close()
     assert _query(db, "SELECT count(*) FROM record_history") == [(2,)]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+async def test_the_file_its_wal_and_shm_are_0600_and_new_dirs_0700_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
+    db = tmp_path / "new" / "dir" / "fonzip.db"
+    old = os.umask(umask)
+    try:
+        sink = _sink(tmp_path, db)
+        await sink.open()
+        await sink.write(sample_records(5))
+        # While it is open, in WAL mode, SQLite keeps its -wal and -shm beside the file.
+        files = [db, db.with_name("fonzip.db-wal"), db.with_name("fonzip.db-shm")]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        await sink.close()
+    finally:
+        os.umask(old)
+    assert modes == dict.fromkeys(modes, 0o600)
+    for directory in (db.parent, db.parent.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700

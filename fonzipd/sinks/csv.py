@@ -5,14 +5,24 @@ without a business date), UTF-8, a header row, RFC 4180 quoting, CRLF line ends,
 the columns of :data:`COLUMNS` (plus ``data``, the full Fonzip object as JSON, with
 ``include_data = true``). A refund is a new row with the new status: a new version.
 
-Exactly one row per version, even across ``kill -9``: a ledger
-(``<directory>/.fonzipd-csv-ledger.db``, SQLite, ``synchronous=FULL``) holds each
-file's committed size and every key written. A batch: skip keys already in the
-ledger; for each file, cut it back to its committed size (rows of a write whose
-ledger commit never happened, or half a row) and append the rows; fsync the files
-(and the directories of new files); then record the keys and new sizes in one ledger
-transaction. A crash before that commit leaves rows the next write cuts away and
-writes again; a crash after it leaves keys the next write skips.
+Cells a spreadsheet would run as a formula (text starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return: a donor named ``=HYPERLINK(...)``) get a single
+quote in front, the OWASP way; the number columns (``fonzip_id``, ``amount``,
+``fonzip_user_id``) come from typed values, never from text, and stay as they are,
+so a refund's ``-12.50`` is still a number. Machine sinks (SQLite, HTTP) keep the raw
+value.
+
+Files and the directories fonzipd creates are 0600 and 0700, whatever the umask.
+
+Exactly one row per version, even across ``kill -9``: a ledger (SQLite,
+``synchronous=FULL``, in fonzipd's state directory, not among the files: see
+:func:`ledger_path`) holds each file's committed size and every key written. A
+batch: skip keys already in the ledger; for each file, cut it back to its committed
+size (rows of a write whose ledger commit never happened, or half a row) and append
+the rows; fsync the files (and the directories of new files); then record the keys
+and new sizes in one ledger transaction. A crash before that commit leaves rows the
+next write cuts away and writes again; a crash after it leaves keys the next write
+skips.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import asyncio
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -31,6 +42,7 @@ from typing import ClassVar
 
 import structlog
 
+from fonzipd.private_files import create_private_file, make_private_dir, open_private
 from fonzipd.sink import (
     PermanentSinkError,
     Record,
@@ -62,9 +74,13 @@ COLUMNS: tuple[str, ...] = (
 )
 """The columns of every file, in order; ``data`` follows when ``include_data`` is set."""
 
-LEDGER_NAME = ".fonzipd-csv-ledger.db"
+OLD_LEDGER_NAME = ".fonzipd-csv-ledger.db"
+"""Where the ledger was kept before (inside the directory): moved away at open."""
 LOCK_NAME = ".fonzipd-csv.lock"
+"""An empty lock file in the directory: two sinks (or two daemons) never share it."""
+LEDGERS_DIR = "csv-ledgers"
 _BOM = "\ufeff".encode()
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 _LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -76,6 +92,10 @@ CREATE TABLE IF NOT EXISTS keys (
     key TEXT PRIMARY KEY,
     path TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL         -- 'directory': the CSV folder this ledger belongs to
+);
 """
 
 
@@ -83,37 +103,44 @@ class CSVOptions(SinkOptions):
     """``[sinks.<id>] type = "csv"``."""
 
     directory: Path
-    """Where the ``<kind>/<date>.csv`` files and the ledger live; created if missing."""
+    """Where the ``<kind>/<date>.csv`` files go; created (0700) if missing."""
     include_data: bool = False
     """Add a ``data`` column with the full Fonzip object as JSON."""
     excel_bom: bool = False
     """Start new files with a UTF-8 byte order mark, so that Excel reads them as UTF-8."""
 
 
-def _cell(value: object) -> str:
+def _number(value: object) -> str:
+    # An int or a Decimal: written as is, so that "-12.50" stays a number.
     return "" if value is None else str(value)
+
+
+def text_cell(value: object) -> str:
+    """A text cell a spreadsheet will not run: a leading ``= + - @ TAB CR`` gets a ``'``."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _fields(record: Record, include_data: bool) -> list[str]:
     row = [
-        record.key,
-        str(record.kind),
-        str(record.fonzip_id),
-        record.status,
-        _cell(record.amount),
-        _cell(record.currency),
+        text_cell(record.key),
+        text_cell(record.kind),
+        _number(record.fonzip_id),
+        text_cell(record.status),
+        _number(record.amount),
+        text_cell(record.currency),
         "" if record.occurred_at is None else record.occurred_at.isoformat(),
         "" if record.business_date is None else record.business_date.isoformat(),
-        _cell(record.person.name),
-        _cell(record.person.email),
-        _cell(record.person.phone),
-        _cell(record.person.fonzip_user_id),
-        str(record.source),
+        text_cell(record.person.name),
+        text_cell(record.person.email),
+        text_cell(record.person.phone),
+        _number(record.person.fonzip_user_id),
+        text_cell(record.source),
         record.fetched_at.isoformat(),
-        record.version,
+        text_cell(record.version),
     ]
     if include_data:
-        row.append(json.dumps(record.data, ensure_ascii=False, separators=(",", ":")))
+        row.append(text_cell(json.dumps(record.data, ensure_ascii=False, separators=(",", ":"))))
     return row
 
 
@@ -128,6 +155,17 @@ def relative_path(record: Record) -> str:
     """The file of a record, relative to the directory: ``<kind>/<date or undated>.csv``."""
     day = "undated" if record.business_date is None else record.business_date.isoformat()
     return f"{record.kind}/{day}.csv"
+
+
+def ledger_path(state_dir: Path, directory: Path) -> Path:
+    """The ledger of a CSV directory: ``<state_dir>/csv-ledgers/<hash of the directory>.db``.
+
+    In fonzipd's state directory, not in the CSV folder, which a user may share (with
+    an accountant, say); keyed by the folder's resolved path, so that it follows the
+    files rather than the sink's id.
+    """
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return state_dir / LEDGERS_DIR / f"{digest}.db"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -150,6 +188,7 @@ class CSVSink(Sink):
         assert isinstance(options, CSVOptions)
         self._opts = options
         self._dir = options.directory
+        self._ledger_path = ledger_path(context.state_dir, options.directory)
         self._header = _csv_text([[*COLUMNS, "data"] if options.include_data else list(COLUMNS)])
         self._ledger: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -189,8 +228,8 @@ class CSVSink(Sink):
 
     def _open(self) -> None:
         with self._os_errors(f"use directory {self._dir}"):
-            self._dir.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(self._dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            make_private_dir(self._dir)
+            lock_fd, _ = open_private(self._dir / LOCK_NAME, os.O_RDWR)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -200,17 +239,61 @@ class CSVSink(Sink):
                     f"{self._dir}; give each CSV sink its own directory"
                 ) from None
             try:
+                make_private_dir(self._ledger_path.parent)
+                self._move_old_ledger()
+                create_private_file(self._ledger_path)
                 ledger = sqlite3.connect(
-                    self._dir / LEDGER_NAME, isolation_level=None, check_same_thread=False
+                    self._ledger_path, isolation_level=None, check_same_thread=False
                 )
                 ledger.execute("PRAGMA journal_mode=WAL")
                 ledger.execute("PRAGMA synchronous=FULL")
                 ledger.executescript(_LEDGER_SCHEMA)
+                ledger.execute(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('directory', ?)",
+                    (str(self._dir.resolve()),),
+                )
                 self._recover(ledger)
             except BaseException:
                 os.close(lock_fd)
                 raise
         self._ledger, self._lock_fd = ledger, lock_fd
+
+    def _move_old_ledger(self) -> None:
+        """Move a ledger kept in the CSV folder (where fonzipd used to keep it) to the state dir.
+
+        Copied with SQLite's backup (which reads its WAL too) to a temporary file,
+        fsynced, renamed into place, and only then removed from the folder: a crash at
+        any point leaves either the old ledger or a complete new one, never neither.
+        Runs under the directory's lock.
+        """
+        old = self._dir / OLD_LEDGER_NAME
+        leftovers = [old, old.with_name(old.name + "-wal"), old.with_name(old.name + "-shm")]
+        if not any(p.exists() for p in leftovers):
+            return
+        if not self._ledger_path.exists():
+            tmp = self._ledger_path.with_name(self._ledger_path.name + ".moving")
+            tmp.unlink(missing_ok=True)
+            create_private_file(tmp)
+            source = sqlite3.connect(old)
+            try:
+                target = sqlite3.connect(tmp)
+                try:
+                    source.backup(target)
+                finally:
+                    target.close()
+            finally:
+                source.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._ledger_path)
+            _fsync_dir(self._ledger_path.parent)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        _fsync_dir(self._dir)
+        self._log.info("csv_ledger_moved", to=str(self._ledger_path))
 
     def _recover(self, ledger: sqlite3.Connection) -> None:
         """Cut every file back to its committed size: the tail is a write never acknowledged."""
@@ -289,9 +372,8 @@ class CSVSink(Sink):
         with self._os_errors(f"write {path}"):
             created_dir = not path.parent.is_dir()
             if created_dir:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            created = not path.exists()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                make_private_dir(path.parent)
+            fd, created = open_private(path, os.O_WRONLY)
             try:
                 actual = os.fstat(fd).st_size
                 if actual > committed:

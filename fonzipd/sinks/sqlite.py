@@ -4,6 +4,10 @@ Table ``records`` holds one row per ``(kind, fonzip_id)``: an upsert that never 
 older fetch overwrite a newer one. Table ``record_history`` holds one row per
 ``(kind, fonzip_id, version)``. Each batch is one transaction (WAL, ``synchronous=FULL``),
 so ``write`` returns only once the batch is on disk, and writing it again changes nothing.
+
+The file holds personal data: fonzipd creates it 0600 (and its missing directories
+0700) whatever the umask, before SQLite opens it; SQLite gives the ``-wal`` and
+``-shm`` files the database file's mode.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, ClassVar
 import aiosqlite
 import structlog
 
+from fonzipd.private_files import create_private_file, make_private_dir
 from fonzipd.sink import Record, Sink, SinkContext, SinkOptions, TransientSinkError
 
 log = structlog.get_logger(__name__)
@@ -92,7 +97,7 @@ class SQLiteOptions(SinkOptions):
     """``[sinks.<id>] type = "sqlite"``."""
 
     path: Path
-    """The database file; created (with its parent directories) if missing."""
+    """The database file; created 0600 (missing parent directories 0700) if missing."""
 
 
 def utc_text(value: dt.datetime) -> str:
@@ -141,7 +146,8 @@ class SQLiteSink(Sink):
 
     async def open(self) -> None:
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self._path.parent)
+            create_private_file(self._path)
             db = await aiosqlite.connect(self._path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise TransientSinkError(f"cannot open SQLite sink file {self._path}: {exc}") from exc
