@@ -7,11 +7,17 @@ A sink type comes from one of three places:
   (``myname = "mypkg.module:MySink"``);
 * a single ``.py`` file in ``plugins_dir`` defining one or more ``Sink`` subclasses.
   The file is found by its source (``name = "..."`` as a string literal in the class
-  body) and imported only when the configuration uses one of its types. Files whose
-  name starts with ``_`` or ``.`` are skipped.
+  body, read with ``ast``, never executed) and imported only when the configuration
+  uses one of its types. Files whose name starts with ``_`` or ``.`` are skipped.
 
-Only the types the configuration names are imported. The same name in two places is
-an error naming both, and so is a plugin that fails to import or has bad options.
+Only the types the configuration names are imported; ``fonzipd sinks`` imports none.
+The same name in two places is an error naming both, and so is a plugin that fails to
+import or has bad options.
+
+A plugin file runs with the daemon's privileges: it reads the API secret and every
+donor's data. So the plugins folder, and each plugin file before it is imported, must
+be owned by the user fonzipd runs as (or root) and writable by no one else: anything
+else is refused with an error saying what to change.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -41,10 +49,12 @@ from fonzipd.sinks import BUILTIN_SINKS
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "AvailableType",
     "ConfiguredSink",
     "SinkConfigError",
     "SinkType",
     "build_sinks",
+    "check_plugin_path",
     "describe",
     "discover",
 ]
@@ -64,6 +74,14 @@ class SinkType:
     cls: type[Sink]
     origin: str
     """``built-in``, ``entry point <dist> <version> (<module:Class>)``, or the plugin file."""
+
+
+@dataclass(frozen=True)
+class AvailableType:
+    """A sink type that could be loaded, by name and origin, without importing it."""
+
+    name: str
+    origin: str
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,35 @@ def declared_names(path: Path) -> list[str]:
     return names
 
 
+def check_plugin_path(path: Path, what: str) -> None:
+    """Refuse a plugin file or folder that someone other than fonzipd's user could change.
+
+    Whoever can write it runs code as fonzipd. Allowed: owned by the effective user or
+    root, and not writable by group or others. Symbolic links are judged by their target.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SinkConfigError(f"{what} {path}: cannot read it: {exc}") from exc
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise SinkConfigError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by the user fonzipd runs as "
+            f"(uid {me}) or root; plugins run with fonzipd's privileges, so refused: "
+            f"chown it to root or to uid {me}"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = " and ".join(
+            w
+            for w, bit in (("its group", stat.S_IWGRP), ("every user", stat.S_IWOTH))
+            if st.st_mode & bit
+        )
+        raise SinkConfigError(
+            f"{what} {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"plugins run with fonzipd's privileges, so refused: chmod go-w {path}"
+        )
+
+
 class _PluginFile:
     """One file of the plugins folder, imported at most once, under a private name."""
 
@@ -174,6 +221,7 @@ class _PluginFile:
     def module(self, name: str) -> ModuleType:
         if self._module is not None:
             return self._module
+        check_plugin_path(self.path, f"sink plugin for type {name!r}:")
         digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]
         stem = re.sub(r"\W", "_", self.path.stem)
         module_name = f"_fonzipd_plugin_{stem}_{digest}"
@@ -236,6 +284,7 @@ def _catalog(plugins_dir: Path | None) -> dict[str, list[_Candidate]]:
     if plugins_dir is not None:
         if not plugins_dir.is_dir():
             raise SinkConfigError(f"plugins_dir {plugins_dir} is not a directory")
+        check_plugin_path(plugins_dir, "plugins_dir")
         for path in sorted(plugins_dir.glob("*.py")):
             if path.name.startswith(("_", ".")):
                 continue
@@ -284,9 +333,18 @@ def discover(wanted: Collection[str] | None, plugins_dir: Path | None) -> dict[s
     return _load(catalog, names)
 
 
-def describe(plugins_dir: Path | None) -> list[SinkType]:
-    """Every sink type available, by name: what ``fonzipd sinks`` lists."""
-    return sorted(discover(None, plugins_dir).values(), key=lambda t: t.name)
+def describe(plugins_dir: Path | None) -> list[AvailableType]:
+    """Every sink type available, by name, importing none: what ``fonzipd sinks`` lists.
+
+    A name defined in two places is listed once per origin (starting fonzipd with it
+    configured would be an error naming both).
+    """
+    catalog = _catalog(plugins_dir)
+    return [
+        AvailableType(name, candidate.origin)
+        for name in sorted(catalog)
+        for candidate in catalog[name]
+    ]
 
 
 def _options_problems(

@@ -13,7 +13,8 @@ Each line is ``Record.to_json_dict()``. Exactly one line per record version, eve
 cuts away a last line left half written by a crash, and remembers the keys it holds;
 ``write`` appends only new keys and returns after ``fsync``. (It keeps every key in
 memory: fine for hundreds of thousands of records; for more, keep a ledger as the
-built-in CSV sink does.)
+built-in CSV sink does.) The file holds donors' personal data, so it is created 0600
+(its missing folders 0700) whatever the umask, with ``fonzipd.private_files``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from fonzipd.private_files import create_private_file, make_private_dir
 from fonzipd.sink import Record, Sink, SinkContext, SinkOptions, TransientSinkError
 
 
@@ -81,8 +83,8 @@ class JSONLSink(Sink):
 
     def _recover(self) -> set[str]:
         """The keys in the file, after cutting away a half-written last line."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
+        make_private_dir(self.path.parent)
+        created = create_private_file(self.path)
         keys: set[str] = set()
         with open(self.path, "a+b") as f:
             f.seek(0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 from fonzipd.registry import discover
@@ -74,3 +76,17 @@ async def test_the_readme_example_works_as_printed(tmp_path: Path) -> None:
 
     await check_sink(factory, read_back)
     assert len(code.strip().splitlines()) <= 60
+
+
+async def test_jsonl_file_is_0600_under_a_umask_of_022(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "records.jsonl"
+    old = os.umask(0o022)
+    try:
+        sink = _jsonl(tmp_path, out)
+        await sink.open()
+        await sink.write(sample_records(2))
+        await sink.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert stat.S_IMODE(out.parent.stat().st_mode) == 0o700

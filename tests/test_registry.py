@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -186,3 +187,59 @@ def test_bad_options_name_the_key_the_sink_and_its_origin(tmp_path: Path) -> Non
     assert "sinks.hook.url:" in message
     assert "sinks.hook.secret:" in message
     assert "top-secret" not in message
+
+
+# -- plugins run code: who may change them, and listing without running them ------------
+
+
+def test_sinks_lists_plugin_types_without_importing_any(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    marker = tmp_path / "imported"
+    _plugin(
+        folder,
+        "noisy.py",
+        FOO_PLUGIN.format(name="noisy") + f"\nopen({str(marker)!r}, 'w').close()\n",
+    )
+    _plugin(folder, "broken.py", FOO_PLUGIN.format(name="broken") + "\nraise OSError('boom')\n")
+    listed = {(t.name, t.origin) for t in describe(folder)}
+    assert ("noisy", str(folder / "noisy.py")) in listed
+    assert ("broken", str(folder / "broken.py")) in listed
+    assert ("sqlite", "built-in") in listed
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "mode"), [("folder", 0o775), ("folder", 0o757), ("file", 0o666)]
+)
+def test_a_plugin_others_can_write_is_refused(tmp_path: Path, target: str, mode: int) -> None:
+    folder = tmp_path / "p"
+    marker = tmp_path / "imported"
+    path = _plugin(
+        folder, "foo.py", FOO_PLUGIN.format(name="foo") + f"\nopen({str(marker)!r}, 'w').close()\n"
+    )
+    os.chmod(folder if target == "folder" else path, mode)
+    with pytest.raises(SinkConfigError, match="writable by") as caught:
+        discover(["foo"], folder)
+    message = str(caught.value)
+    assert str(folder if target == "folder" else path) in message
+    assert "chmod go-w" in message
+    assert not marker.exists()
+    settings = _settings(tmp_path, plugins_dir=str(folder), sinks={"x": {"type": "foo"}})
+    with pytest.raises(SinkConfigError, match="writable by"):
+        build_sinks(settings, state_dir=tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("target", ["folder", "file"])
+def test_a_plugin_owned_by_another_user_is_refused(tmp_path: Path, target: str) -> None:
+    folder = tmp_path / "p"
+    path = _plugin(folder, "foo.py", FOO_PLUGIN.format(name="foo"))
+    os.chown(folder if target == "folder" else path, 4321, 4321)
+    with pytest.raises(SinkConfigError, match="owned by uid 4321") as caught:
+        discover(["foo"], folder)
+    assert "chown" in str(caught.value)
+
+
+def test_the_example_plugins_folder_passes_the_checks() -> None:
+    assert discover(["jsonl"], PLUGINS)["jsonl"].origin == str(PLUGINS / "jsonl.py")
