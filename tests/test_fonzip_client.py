@@ -759,3 +759,30 @@ async def test_error_bodies_are_read_only_up_to_a_small_excerpt(serve: Any) -> N
             await client.fetch_detail(Kind.DONATION, 5)
     assert info.value.status == 400
     assert len(str(info.value)) < 1000
+
+
+async def test_the_webhook_token_is_redacted_from_errors_but_may_be_listed(serve: Any) -> None:
+    hook_token = "webhook-shared-token-0123456789"
+    refuse = True
+
+    async def create(request: web.Request) -> web.Response:
+        sent = (await request.json())["auth_token"]
+        if refuse:
+            return web.json_response({"error": f"token {sent} already used"}, status=400)
+        return web.json_response({"result": "ok"})
+
+    async def listing(request: web.Request) -> web.Response:
+        # Fonzip may show a webhook's own token back: that is no reason to refuse it.
+        row = {"id": 3, "name": "n", "url": "https://x.test/h", "auth_token": hook_token}
+        return web.json_response({"webhook_list": [row]})
+
+    base = await serve(
+        {"POST /token": token_ok(), "POST /webhooks": create, "GET /webhooks": listing}
+    )
+    async with client_for(base) as client:
+        with pytest.raises(FonzipRequestError) as info:
+            await client.create_webhook("fonzipd", "https://x.test/h", hook_token)
+        assert hook_token not in str(info.value)
+        assert "[redacted]" in str(info.value)
+        refuse = False
+        assert (await client.create_webhook("fonzipd", "https://x.test/h", hook_token))["id"] == 3

@@ -164,6 +164,7 @@ class FonzipClient:
         self._token_wait = token_wait
         client_id = settings.client_id.get_secret_value() if settings.client_id else ""
         self._secrets: set[str] = set()
+        self._shown_by_fonzip: set[str] = set()
         self._recent_tokens: collections.deque[str] = collections.deque(maxlen=4)
         for secret in (settings.client_secret, settings.access_token):
             if secret is not None:
@@ -195,11 +196,14 @@ class FonzipClient:
             await self._session.close()
             self._session = None
 
-    def _keep_secret(self, value: str, *, rotating: bool = False) -> None:
-        """Remember a secret that no answer may echo and no message may contain."""
+    def _keep_secret(self, value: str, *, rotating: bool = False, echoed: bool = False) -> None:
+        """Remember a secret that no message may contain and (unless ``echoed``: Fonzip
+        may legitimately show it, as the webhook token) no answer may echo."""
         if len(value) < 8:
             return  # short values would match ordinary text; real credentials are longer
-        if rotating:
+        if echoed:
+            self._shown_by_fonzip.add(value)
+        elif rotating:
             if value not in self._recent_tokens:
                 self._recent_tokens.append(value)
         else:
@@ -207,10 +211,11 @@ class FonzipClient:
         logs.never_log(value, rotating=rotating)
 
     def _secret_values(self) -> tuple[str, ...]:
+        """The secrets no answer may contain: the API secret and our access tokens."""
         return (*self._secrets, *self._recent_tokens)
 
     def _redact(self, text: str) -> str:
-        for secret in self._secret_values():
+        for secret in (*self._secret_values(), *self._shown_by_fonzip):
             for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
                 text = text.replace(form, "[redacted]")
         return text
@@ -754,7 +759,7 @@ class FonzipClient:
             # All six sent explicitly: Fonzip answered 500 when some were left out.
             "events": dict.fromkeys(WEBHOOK_EVENTS, True),
         }
-        self._keep_secret(auth_token)
+        self._keep_secret(auth_token, echoed=True)
         answer = await self._send(
             "POST",
             "/webhooks",
