@@ -131,7 +131,15 @@ def test_an_unknown_type_lists_the_available_ones(tmp_path: Path) -> None:
 
 def test_describe_lists_every_type_with_its_origin(tmp_path: Path) -> None:
     types = describe(PLUGINS)
-    assert [t.name for t in types] == ["csv", "http", "jsonl", "sqlite"]
+    assert [t.name for t in types] == [
+        "csv",
+        "http",
+        "jsonl",
+        "mysql",
+        "nats",
+        "postgresql",
+        "sqlite",
+    ]
     assert {t.name: t.origin for t in types}["jsonl"] == str(PLUGINS / "jsonl.py")
 
 
@@ -243,3 +251,18 @@ def test_a_plugin_owned_by_another_user_is_refused(tmp_path: Path, target: str) 
 
 def test_the_example_plugins_folder_passes_the_checks() -> None:
     assert discover(["jsonl"], PLUGINS)["jsonl"].origin == str(PLUGINS / "jsonl.py")
+
+
+def test_a_missing_driver_names_the_extra_that_installs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A None entry in sys.modules makes the import fail, as on a machine without it.
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    settings = _settings(
+        tmp_path, sinks={"pg": {"type": "postgresql", "dsn": "postgresql://u@localhost/db"}}
+    )
+    with pytest.raises(SinkConfigError) as caught:
+        build_sinks(settings, state_dir=tmp_path)
+    assert "sinks.pg (type 'postgresql' from built-in): cannot be created" in str(caught.value)
+    assert "needs the asyncpg driver" in str(caught.value)
+    assert "pip install 'fonzipd[postgresql]'" in str(caught.value)

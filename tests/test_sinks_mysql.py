@@ -1,0 +1,326 @@
+"""The MySQL/MariaDB sink against the real server: conformance, utf8mb4, types, newer-wins
+in the database, hostile names, migration, refused records, credentials, a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import io
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fonzipd import cli
+from fonzipd.records import Person
+from fonzipd.simulator import Simulator
+from fonzipd.sink import PermanentSinkError, SinkConfigError, TransientSinkError
+from fonzipd.testing import check_sink, context_for_tests, sample_records
+from tests import servers
+
+pytestmark = pytest.mark.usefixtures("_mysql")
+
+TURKISH = "İıŞşĞğÜüÖöÇç"
+
+
+@pytest.fixture
+def _mysql() -> None:
+    servers.need_mysql()
+
+
+async def _query(sql: str, args: Any = None, *, database: str | None = "test") -> list[Any]:
+    import asyncmy
+
+    conn = await asyncmy.connect(
+        host="127.0.0.1",
+        port=3306,
+        user="root",
+        password="",
+        database=database,
+        charset="utf8mb4",
+        autocommit=True,
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args)
+            return list(await cur.fetchall() or [])
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    name = servers.unique("fz_test")
+    await _query(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    yield name
+    await _query(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def _dsn(database: str) -> str:
+    return servers.MYSQL_DSN.rsplit("/", 1)[0] + "/" + database
+
+
+def _sink(tmp_path: Path, database: str, **options: Any) -> Any:
+    from fonzipd.sinks.mysql import MySQLOptions, MySQLSink
+
+    opts = {"dsn": _dsn(database), **options}
+    return MySQLSink(MySQLOptions.model_validate(opts), context_for_tests(tmp_path))
+
+
+def _history_keys(database: str, history: str = "record_history") -> Callable[[], Any]:
+    async def read_back() -> list[str]:
+        exists = await _query(
+            "SELECT count(*) FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (database, history),
+        )
+        if not exists[0][0]:
+            return []
+        rows = await _query(
+            f"SELECT CONCAT(kind, ':', fonzip_id, ':', version) FROM `{database}`.`{history}` "
+            "ORDER BY seq"
+        )
+        return [r[0] for r in rows]
+
+    return read_back
+
+
+async def test_passes_the_conformance_suite(tmp_path: Path, database: str) -> None:
+    await check_sink(lambda: _sink(tmp_path, database), _history_keys(database))
+
+
+async def test_turkish_names_and_types_round_trip_exactly(tmp_path: Path, database: str) -> None:
+    recs = sample_records(6)
+    paid, refund = recs[0], recs[-1]
+    turkish = dataclasses.replace(
+        recs[1],
+        person=Person(name=TURKISH + " 🙂", email="a@example.org"),
+        data={"ad": TURKISH, "not": "Geçmiş olsun"},
+    )
+    sink = _sink(tmp_path, database)
+    await sink.open()
+    await sink.write([paid, turkish, *recs[2:]])
+    await sink.close()
+
+    rows = await _query(
+        f"SELECT fonzip_id, status, version, amount, occurred_at, business_date, fetched_at, "
+        f"person_name, data FROM `{database}`.records ORDER BY fonzip_id"
+    )
+    assert len(rows) == 5
+    _, status, version, amount, occurred, bdate, fetched, _, data = rows[0]
+    assert (status, version) == ("refund", refund.version)
+    assert amount == refund.amount
+    assert isinstance(amount, Decimal)
+    assert refund.occurred_at is not None
+    assert occurred == refund.occurred_at.astimezone(dt.UTC).replace(tzinfo=None)
+    assert bdate == refund.business_date
+    assert fetched == refund.fetched_at.astimezone(dt.UTC).replace(tzinfo=None)
+    assert '"refund_date"' in data
+    assert rows[1][7] == TURKISH + " 🙂"
+    assert TURKISH in rows[1][8]
+    assert "Geçmiş olsun" in rows[1][8]
+    charsets = await _query(
+        "SELECT DISTINCT CHARACTER_SET_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = %s AND CHARACTER_SET_NAME IS NOT NULL",
+        (database,),
+    )
+    assert {r[0] for r in charsets} == {"utf8mb4"}
+    history = await _query(
+        f"SELECT status FROM `{database}`.record_history WHERE fonzip_id = %s ORDER BY seq",
+        (paid.fonzip_id,),
+    )
+    assert [r[0] for r in history] == ["paid", "refund"]
+
+
+async def test_an_older_fetch_never_overwrites_a_newer_version(
+    tmp_path: Path, database: str
+) -> None:
+    recs = sample_records(6)
+    paid, refund = recs[0], recs[-1]
+    newer = _sink(tmp_path, database)
+    await newer.open()
+    await newer.write([refund])
+    stale = _sink(tmp_path, database)
+    await stale.open()
+    await stale.write([dataclasses.replace(paid, fetched_at=refund.fetched_at - dt.timedelta(1))])
+    await stale.write([dataclasses.replace(paid, fetched_at=refund.fetched_at)])
+    await stale.close()
+    await newer.close()
+    sql = f"SELECT status FROM `{database}`.records WHERE fonzip_id = %s"
+    assert [r[0] for r in await _query(sql, (paid.fonzip_id,))] == ["refund"]
+    later = _sink(tmp_path, database)
+    await later.open()
+    await later.write([dataclasses.replace(paid, fetched_at=refund.fetched_at + dt.timedelta(1))])
+    await later.close()
+    assert [r[0] for r in await _query(sql, (paid.fonzip_id,))] == ["paid"]
+
+
+async def test_hostile_table_names_are_quoted_not_executed(tmp_path: Path, database: str) -> None:
+    hostile = "x`; DROP TABLE victim; --"
+    await _query(f"CREATE TABLE `{database}`.victim (id int)")
+    sink = _sink(tmp_path, database, table=hostile)
+    await sink.open()
+    await sink.write(sample_records(3))
+    await sink.close()
+    tables = await _query(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,)
+    )
+    assert {r[0] for r in tables} == {"victim", hostile, f"{hostile}_history"}
+
+
+async def test_an_older_layout_is_migrated_and_a_foreign_table_refused(
+    tmp_path: Path, database: str
+) -> None:
+    await _query(
+        f"CREATE TABLE `{database}`.records (kind VARCHAR(32) NOT NULL, fonzip_id BIGINT NOT NULL,"
+        " status VARCHAR(64) NOT NULL, version VARCHAR(64) NOT NULL, source VARCHAR(16) NOT NULL,"
+        " data JSON NOT NULL, fetched_at DATETIME(6) NOT NULL, PRIMARY KEY (kind, fonzip_id))"
+        " DEFAULT CHARSET=utf8mb4"
+    )
+    sink = _sink(tmp_path, database)
+    await sink.open()
+    await sink.write(sample_records(3))
+    await sink.close()
+    rows = await _query(f"SELECT amount, person_name, updated_at FROM `{database}`.records")
+    assert len(rows) == 2
+    assert all(r[2] is not None for r in rows)
+
+    await _query(f"CREATE TABLE `{database}`.other (kind TEXT, fonzip_id TEXT, id INT PRIMARY KEY)")
+    foreign = _sink(tmp_path, database, table="other")
+    with pytest.raises(SinkConfigError, match=r"other\.kind is text, fonzipd needs VARCHAR"):
+        await foreign.open()
+
+
+async def test_a_refused_record_is_a_dead_letter_alone(tmp_path: Path, database: str) -> None:
+    recs = sample_records(6)
+    too_long = dataclasses.replace(recs[2], status="s" * 65)
+    too_precise = dataclasses.replace(recs[3], amount=Decimal("1.23456"))
+    sink = _sink(tmp_path, database)
+    await sink.open()
+    with pytest.raises(PermanentSinkError) as caught:
+        await sink.write([*recs[:2], too_long, too_precise, *recs[4:]])
+    assert caught.value.failed_keys == frozenset({too_long.key, too_precise.key})
+    await sink.close()
+    written = set(await _history_keys(database)())
+    assert written == {r.key for r in recs} - {too_long.key, too_precise.key}
+
+
+async def test_bad_credentials_fail_check_online_at_once(tmp_path: Path) -> None:
+    from fonzipd.sinks.mysql import MySQLOptions
+
+    with pytest.raises(ValueError, match="holds a password"):
+        MySQLOptions(dsn="mysql://root:hunter2@127.0.0.1/test")
+    async with Simulator(seed=3, days=1, per_day=2, rate_per_minute=6000) as sim:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f"""
+[fonzip]
+base_url = "{await sim.start()}"
+client_id = "sim-client"
+client_secret = "sim-secret"
+[listener]
+auth_token = "check-online-token-1234"
+[state]
+path = "state.db"
+[sinks.books]
+type = "mysql"
+dsn = "{servers.MYSQL_DSN}"
+password_env = "FZ_WRONG_MYSQL_PASSWORD"
+""",
+            encoding="utf-8",
+        )
+        code, err = await asyncio.to_thread(
+            _cli, "check", "--online", "--config", str(config), password="not-the-password"
+        )
+    assert code == cli.EXIT_FAILED
+    assert "sink books (mysql)" in err
+    assert "refused the login: Access denied for user 'root'" in err
+    assert "not-the-password" not in err
+
+
+def _cli(*argv: str, password: str) -> tuple[int, str]:
+    import os
+
+    os.environ["FZ_WRONG_MYSQL_PASSWORD"] = password
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(list(argv))
+    finally:
+        del os.environ["FZ_WRONG_MYSQL_PASSWORD"]
+    return code, err.getvalue()
+
+
+async def test_a_server_restarted_mid_batch_is_retried_then_delivered(
+    tmp_path: Path, database: str
+) -> None:
+    import asyncmy
+
+    servers.need_restartable()
+    recs = sample_records(200)
+    sink = _sink(tmp_path, database)
+    await sink.open()
+    await sink.write(recs[:50])
+    # Another session locks a row the batch reads FOR UPDATE, so that the batch stops
+    # inside its transaction until the server goes down under it.
+    blocker = await asyncmy.connect(
+        host="127.0.0.1", port=3306, user="root", password="", database=database
+    )
+    changed = dataclasses.replace(
+        recs[40],
+        fetched_at=recs[40].fetched_at + dt.timedelta(1),
+        status="refunded",
+        version="v-mid-batch",
+    )
+    batch = [*recs[50:120], changed, *recs[120:]]
+    try:
+        async with blocker.cursor() as cur:
+            await cur.execute("START TRANSACTION")
+            await cur.execute(
+                "SELECT 1 FROM records WHERE kind = %s AND fonzip_id = %s FOR UPDATE",
+                (str(recs[40].kind), recs[40].fonzip_id),
+            )
+        write = asyncio.create_task(sink.write(batch))
+        await _until_waiting_on_lock()
+        await asyncio.to_thread(servers.stop_mariadb)
+        with pytest.raises(TransientSinkError):
+            await write
+    finally:
+        blocker.close()
+        await asyncio.to_thread(servers.start_mariadb)
+        await servers.wait_port(3306)
+    await _until_accepting()
+    assert len(await _history_keys(database)()) == 50
+    await sink.write(batch)
+    await sink.close()
+    keys = await _history_keys(database)()
+    assert sorted(keys) == sorted({r.key for r in [*recs, changed]})
+    status = await _query(
+        f"SELECT status FROM `{database}`.records WHERE fonzip_id = %s", (recs[40].fonzip_id,)
+    )
+    assert status[0][0] == "refunded"
+
+
+async def _until_waiting_on_lock() -> None:
+    async with asyncio.timeout(20):
+        while True:
+            rows = await _query(
+                "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
+            )
+            if rows[0][0]:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def _until_accepting() -> None:
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                await _query("SELECT 1")
+                return
+            except Exception:
+                await asyncio.sleep(0.1)

@@ -1,0 +1,236 @@
+"""The NATS sink against the real JetStream server: conformance (dedup by Nats-Msg-Id),
+subjects, the stream check, refused records, credentials, a server restarted mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fonzipd import cli
+from fonzipd.simulator import Simulator
+from fonzipd.sink import PermanentSinkError, SinkConfigError, TransientSinkError
+from fonzipd.testing import check_sink, context_for_tests, sample_records
+from tests import servers
+
+pytestmark = pytest.mark.usefixtures("_nats")
+
+
+@pytest.fixture
+def _nats() -> None:
+    servers.need_nats()
+
+
+@pytest.fixture
+async def stream() -> AsyncIterator[tuple[str, str]]:
+    """A stream name and subject prefix no one else uses; deleted afterwards."""
+    import nats
+
+    name = servers.unique("FZTEST").upper()
+    yield name, name.lower()
+    nc = await nats.connect(servers.NATS_URL)
+    try:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream(name)
+    finally:
+        await nc.close()
+
+
+def _sink(tmp_path: Path, stream: tuple[str, str], **options: Any) -> Any:
+    from fonzipd.sinks.nats import NATSOptions, NATSSink
+
+    opts = {
+        "servers": [servers.NATS_URL],
+        "stream": stream[0],
+        "subject": stream[1] + ".{kind}.{status}",
+        "create_stream": True,
+        **options,
+    }
+    return NATSSink(NATSOptions.model_validate(opts), context_for_tests(tmp_path))
+
+
+async def messages(name: str, url: str = servers.NATS_URL) -> list[tuple[str, str, str]]:
+    """Every message of the stream, in order: (subject, Nats-Msg-Id, the record's key)."""
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return []
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            if info.state.messages == 0:
+                break
+            msg = await js.get_msg(name, seq)
+            body = json.loads(msg.data or b"{}")
+            out.append((str(msg.subject), (msg.headers or {}).get("Nats-Msg-Id", ""), body["key"]))
+        return out
+    finally:
+        await nc.close()
+
+
+def _keys(name: str) -> Callable[[], Any]:
+    async def read_back() -> list[str]:
+        return [key for _, _, key in await messages(name)]
+
+    return read_back
+
+
+async def test_passes_the_conformance_suite(tmp_path: Path, stream: tuple[str, str]) -> None:
+    await check_sink(lambda: _sink(tmp_path, stream), _keys(stream[0]))
+
+
+async def test_subjects_ids_and_bodies(tmp_path: Path, stream: tuple[str, str]) -> None:
+    recs = sample_records(6)
+    sink = _sink(tmp_path, stream)
+    await sink.open()
+    await sink.write(recs)
+    await sink.close()
+    got = await messages(stream[0])
+    assert [(s, i) for s, i, _ in got] == [
+        (f"{stream[1]}.{r.kind}.{r.status}", r.key) for r in recs
+    ]
+    assert [k for _, _, k in got] == [r.key for r in recs]
+
+
+def test_subject_templates_are_checked() -> None:
+    from fonzipd.sinks.nats import NATSOptions
+
+    NATSOptions(subject="org.{kind}.{business_date}.{fonzip_id}")
+    for bad in ("fonzip.{kind}-x", "fonzip.{amount}", "fonzip..{kind}", "a b.{kind}", "f.>"):
+        with pytest.raises(ValueError, match="subject token"):
+            NATSOptions(subject=bad)
+    with pytest.raises(ValueError, match="holds credentials"):
+        NATSOptions(servers=["nats://u:secret@127.0.0.1:4222"])
+
+
+async def test_a_missing_stream_is_a_clear_error_unless_created(
+    tmp_path: Path, stream: tuple[str, str]
+) -> None:
+    sink = _sink(tmp_path, stream, create_stream=False)
+    with pytest.raises(SinkConfigError, match=r"no stream .* or set create_stream = true"):
+        await sink.open()
+    creator = _sink(tmp_path, stream)
+    await creator.open()  # creates it
+    await creator.close()
+    other = _sink(tmp_path, stream, create_stream=False, subject="elsewhere.{kind}")
+    with pytest.raises(SinkConfigError, match=r"does not capture the subjects 'elsewhere\.\*'"):
+        await other.open()
+
+
+async def test_a_record_over_max_payload_is_a_dead_letter_alone(
+    tmp_path: Path, stream: tuple[str, str]
+) -> None:
+    recs = sample_records(4)
+    huge = dataclasses.replace(recs[1], data={"blob": "x" * 2_000_000})
+    sink = _sink(tmp_path, stream)
+    await sink.open()
+    with pytest.raises(PermanentSinkError, match="max_payload") as caught:
+        await sink.write([recs[0], huge, *recs[2:]])
+    await sink.close()
+    assert caught.value.failed_keys == frozenset({huge.key})
+    assert await _keys(stream[0])() == [recs[0].key, *(r.key for r in recs[2:])]
+
+
+async def test_bad_credentials_fail_check_online_at_once(tmp_path: Path) -> None:
+    with servers.private_nats(tmp_path, user="fonzipd", password="right-password") as port:
+        await servers.wait_port(port, within=20)
+        async with Simulator(seed=3, days=1, per_day=2, rate_per_minute=6000) as sim:
+            config = tmp_path / "config.toml"
+            config.write_text(
+                f"""
+[fonzip]
+base_url = "{await sim.start()}"
+client_id = "sim-client"
+client_secret = "sim-secret"
+[listener]
+auth_token = "check-online-token-1234"
+[state]
+path = "state.db"
+[sinks.bus]
+type = "nats"
+servers = ["nats://127.0.0.1:{port}"]
+user = "fonzipd"
+password_env = "FZ_NATS_PASSWORD"
+create_stream = true
+""",
+                encoding="utf-8",
+            )
+            code, err = await asyncio.to_thread(_cli, config, "wrong-password")
+            assert code == cli.EXIT_FAILED
+            assert "sink bus (nats): sinks.bus: NATS refused the login" in err
+            assert "Authorization Violation" in err
+            assert "wrong-password" not in err
+            code, err = await asyncio.to_thread(_cli, config, "right-password")
+            assert code == cli.EXIT_OK, err
+
+
+def _cli(config: Path, password: str) -> tuple[int, str]:
+    import os
+
+    os.environ["FZ_NATS_PASSWORD"] = password
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["check", "--online", "--config", str(config)])
+    finally:
+        del os.environ["FZ_NATS_PASSWORD"]
+    return code, err.getvalue()
+
+
+async def test_a_server_restarted_mid_batch_is_retried_then_delivered(
+    tmp_path: Path, stream: tuple[str, str]
+) -> None:
+    servers.need_restartable()
+    base = sample_records(2)[0]
+    # 3,000 versions of one record: published one after the other (each waits for the
+    # acknowledgement of the one before), so the batch is still going when the server
+    # stops under it.
+    batch = [
+        dataclasses.replace(base, version=f"v{i:05d}", status=f"s{i % 7}") for i in range(3000)
+    ]
+    sink = _sink(tmp_path, stream, timeout=3)
+    await sink.open()
+    try:
+        write = asyncio.create_task(sink.write(batch))
+        async with asyncio.timeout(30):
+            while len(await messages(stream[0])) < 20:
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(servers.stop_nats)
+        with pytest.raises(TransientSinkError):
+            await write
+    finally:
+        await asyncio.to_thread(servers.start_nats)
+        await servers.wait_port(4222)
+    stored = len(await _eventually(lambda: messages(stream[0])))
+    assert 20 <= stored < len(batch)  # the stop did land mid-batch
+    async with asyncio.timeout(60):
+        while True:  # the dispatcher's next attempts, on the same instance
+            try:
+                await sink.write(batch)
+                break
+            except TransientSinkError:
+                await asyncio.sleep(0.5)
+    await sink.close()
+    keys = await _keys(stream[0])()
+    assert keys == [r.key for r in batch]  # each once, in order
+
+
+async def _eventually(check: Callable[[], Any]) -> Any:
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                return await check()
+            except Exception:
+                await asyncio.sleep(0.2)
