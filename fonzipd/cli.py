@@ -2,8 +2,9 @@
 
 Exit codes: 0 success; 1 the command ran and found a problem (or failed at run
 time; for ``check --online``: Fonzip refused the credentials or could not be
-reached); 2 usage error; 78 the configuration is invalid (EX_CONFIG: systemd's
-``RestartPreventExitStatus=78`` stops a restart loop on a broken file).
+reached, or a sink could not be reached or refused its login); 2 usage error; 78
+the configuration is invalid (EX_CONFIG: systemd's ``RestartPreventExitStatus=78``
+stops a restart loop on a broken file).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument(
         "--online",
         action="store_true",
-        help="also get a token (reusing the stored one), call /me and print the association",
+        help="also get a token (reusing the stored one), call /me and print the association, "
+        "and connect to every enabled sink",
     )
     wh = sub.add_parser("webhooks", help="manage the Fonzip webhook that calls this daemon")
     whs = wh.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
@@ -230,7 +232,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{settings.listener.path}, state {settings.state.path}, sinks: {sinks or 'none'}"
     )
     if args.online:
-        return asyncio.run(_check_online(settings))
+        fonzip_code = asyncio.run(_check_online(settings))
+        sinks_code = asyncio.run(_check_sinks_online(settings))
+        return max(fonzip_code, sinks_code)
     return EXIT_OK
 
 
@@ -250,6 +254,25 @@ async def _check_online(settings: Settings) -> int:
     if token is not None:
         print(f"access token valid until {token.expires_at.isoformat()}")
     return EXIT_OK
+
+
+async def _check_sinks_online(settings: Settings) -> int:
+    """Open and close every enabled sink once: a connection and a login, no delivery."""
+    from fonzipd.registry import build_sinks
+
+    failed = EXIT_OK
+    for sid, built in build_sinks(settings, state_dir=settings.state.path.parent).items():
+        try:
+            async with asyncio.timeout(60):
+                await built.sink.open()
+                await built.sink.close()
+        except Exception as exc:
+            reason = "no answer within 60 s" if isinstance(exc, TimeoutError) else str(exc)
+            print(f"fonzipd: sink {sid} ({built.type.name}): {reason}", file=sys.stderr)
+            failed = EXIT_FAILED
+        else:
+            print(f"sink {sid} ({built.type.name}) OK")
+    return failed
 
 
 def _cmd_webhooks(args: argparse.Namespace) -> int:
@@ -447,8 +470,11 @@ def _cmd_sinks(args: argparse.Namespace) -> int:
     except SinkConfigError as exc:
         print(f"fonzipd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from fonzipd.sinks import missing_extra
+
     for t in types:
-        print(f"{t.name:<16} {t.origin}")
+        extra = missing_extra(t.name) if t.origin == "built-in" else None
+        print(f"{t.name:<16} {t.origin}" + (f" (driver missing: {extra})" if extra else ""))
     return EXIT_OK
 
 

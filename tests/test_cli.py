@@ -148,3 +148,16 @@ def test_status_without_a_state_database(
 ) -> None:
     assert main(["status", "--config", str(config(tmp_path))]) == EXIT_FAILED
     assert "no state database yet" in capsys.readouterr().err
+
+
+def test_sinks_says_which_driver_extras_are_missing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nats", None)  # as if nats-py were not installed
+    assert main(["sinks"]) == EXIT_OK
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "driver missing: pip install 'fonzipd[nats]'" in lines["nats"]
+    assert "missing" not in lines["postgresql"]
+    assert "missing" not in lines["mysql"]
