@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import sqlite3
 import traceback
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import SinkSettings
+from fonzipd.retry import RetrySchedule
 from fonzipd.sink import PermanentSinkError, Sink, TransientSinkError
-from fonzipd.state import OutboxRow, Store
+from fonzipd.state import OutboxRow, Store, StoreError
 
 log = structlog.get_logger(__name__)
 
 
 class SinkRunner:
-    """Delivers one sink's outbox; a failing sink waits alone, the others keep flowing."""
+    """Delivers one sink's outbox; a failing sink waits alone, the others keep flowing.
+
+    Two kinds of wait: the flush wait (a lone record waiting for company) and the idle
+    wait end when new records arrive (``wake``); a backoff wait after a failure ends
+    only when its time is up, however many records arrive meanwhile, so a destination
+    that is down gets the attempts of its schedule (and its ``Retry-After``), no more.
+    A failing state database ("database is locked" while a CLI replay holds the write
+    lock, a full disk) is waited out the same way, inside the runner. Anything else
+    that escapes is a bug: the task dies and the daemon's supervisor reports it.
+    """
 
     def __init__(
         self,
@@ -37,10 +48,13 @@ class SinkRunner:
         self.batch_size = batch_size
         self._store = store
         self._clock = clock
+        self._schedule = RetrySchedule(settings.retry_initial, settings.retry_max)
         self._wakeup = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
         self._deadline: float | None = None
         self._failures = 0
+        self._store_failures = 0
         self._task: asyncio.Task[None] | None = None
         self._log = log.bind(sink=sink_id, type=type(sink).name)
         self._opened = False
@@ -49,16 +63,18 @@ class SinkRunner:
         self.dead = 0
 
     def wake(self) -> None:
+        """New records are queued: end a flush or idle wait (never a backoff)."""
         self._wakeup.set()
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.sink_id}")
+        return self._task
 
     async def stop(self, timeout: float) -> None:
         """Deliver what is pending for up to ``timeout`` s, then close the sink."""
         self._stopping = True
         self._deadline = self._clock.monotonic() + timeout
-        self._wakeup.set()
+        self._stopped.set()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout + 1)
@@ -66,6 +82,8 @@ class SinkRunner:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+            except Exception:
+                pass  # the task died earlier; the supervisor has reported it
         if not self._opened:
             return
         try:
@@ -73,66 +91,89 @@ class SinkRunner:
         except Exception:
             self._log.exception("sink_close_failed")
 
-    async def _wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, or until woken."""
-        self._wakeup.clear()
-        if self._stopping and self._deadline is not None:
-            seconds = min(seconds, self._deadline - self._clock.monotonic())
+    async def _sleep(self, seconds: float, *, wakeable: bool) -> None:
+        """Wait ``seconds`` on the clock, or until stopped (or woken, if ``wakeable``)."""
+        if self._stopping:
+            # Draining: no event ends a wait any more, the deadline bounds it.
+            if self._deadline is not None:
+                seconds = min(seconds, self._deadline - self._clock.monotonic())
+            if seconds > 0:
+                await self._clock.sleep(seconds)
+            return
         if seconds <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        events = [self._stopped, self._wakeup] if wakeable else [self._stopped]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._clock.sleep(seconds))]
+        waits += [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _back_off(self, seconds: float) -> bool:
+        """Wait out a backoff; False when stopping and it would outlast the drain."""
+        resume = self._clock.monotonic() + seconds
+        while (left := resume - self._clock.monotonic()) > 0:
+            if self._stopping and self._deadline is not None and resume > self._deadline:
+                return False  # the rows stay in the outbox for the next start
+            await self._sleep(left, wakeable=False)
+        return True
 
     def _out_of_time(self) -> bool:
         return self._deadline is not None and self._clock.monotonic() >= self._deadline
 
-    async def _open(self) -> bool:
+    async def _open(self) -> float:
+        """Open the sink; the backoff to wait first when it fails, else 0."""
         try:
             await self.sink.open()
         except Exception as exc:
             self._failures += 1
-            delay = self._backoff(None)
+            delay = self._schedule.wait(self._failures)
             self._log.error("sink_open_failed", error=str(exc), retry_in=round(delay, 2))
             await self._store.outbox.record_failure(self.sink_id, [], f"open: {exc}", dead_after=0)
-            await self._wait(delay)
-            return False
+            return delay
         self._opened = True
         self._failures = 0
-        return True
+        return 0.0
 
     async def _run(self) -> None:
-        while True:
-            if self._out_of_time():
+        while not self._out_of_time():
+            try:
+                delay = await self._step()
+                self._store_failures = 0
+            except (sqlite3.Error, StoreError) as exc:
+                self._store_failures += 1
+                delay = self._schedule.wait(self._store_failures)
+                self._log.warning("sink_store_failed", error=str(exc), retry_in=round(delay, 2))
+            if delay is None:
                 return
-            if not self._opened and not await self._open():
-                if self._stopping:
-                    return
-                continue
-            rows = await self._store.outbox.batch(self.sink_id, self.batch_size)
-            if not rows:
-                if self._stopping:
-                    return
-                await self._wait(5.0)
-                continue
-            if len(rows) < self.batch_size and not self._stopping:
-                # A lone record waits up to flush_interval for company; records that
-                # arrive meanwhile wake us and ride along at once (low delay under load,
-                # since rows pile up while a write is in flight anyway).
-                age = await self._store.outbox.oldest_pending_age(self.sink_id) or 0.0
-                if age < self.settings.flush_interval:
-                    await self._wait(self.settings.flush_interval - age)
-                    rows = await self._store.outbox.batch(self.sink_id, self.batch_size)
-            delay = await self._deliver(rows)
-            if delay > 0:
-                await self._wait(delay)
+            if delay > 0 and not await self._back_off(delay):
+                return
 
-    def _backoff(self, retry_after: float | None) -> float:
-        s = self.settings
-        delay = min(s.retry_max, s.retry_initial * 2 ** min(max(0, self._failures - 1), 32))
-        delay *= random.uniform(0.5, 1.0)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, s.retry_max))
-        return float(delay)
+    async def _step(self) -> float | None:
+        """Open, read a batch, deliver it: the backoff to wait, or None when done."""
+        if not self._opened:
+            delay = await self._open()
+            if delay > 0:
+                return delay
+        # Cleared before reading: records queued after the read wake the wait below.
+        self._wakeup.clear()
+        rows = await self._store.outbox.batch(self.sink_id, self.batch_size)
+        if not rows:
+            if self._stopping:
+                return None
+            await self._sleep(5.0, wakeable=True)
+            return 0.0
+        if len(rows) < self.batch_size and not self._stopping:
+            # A lone record waits up to flush_interval for company; records that
+            # arrive meanwhile wake us and ride along at once (low delay under load,
+            # since rows pile up while a write is in flight anyway).
+            age = await self._store.outbox.oldest_pending_age(self.sink_id) or 0.0
+            if age < self.settings.flush_interval:
+                await self._sleep(self.settings.flush_interval - age, wakeable=True)
+                rows = await self._store.outbox.batch(self.sink_id, self.batch_size)
+        return await self._deliver(rows)
 
     async def _deliver(self, rows: list[OutboxRow]) -> float:
         """Write one batch; returns how long to wait before the next attempt."""
@@ -144,7 +185,7 @@ class SinkRunner:
             self._failures += 1
             self.retried += len(rows)
             await self._store.outbox.record_failure(self.sink_id, ids, str(exc), dead_after=0)
-            delay = self._backoff(exc.retry_after)
+            delay = self._schedule.wait(self._failures, exc.retry_after)
             self._log.warning(
                 "batch_failed", records=len(rows), error=str(exc), retry_in=round(delay, 2)
             )
@@ -173,7 +214,7 @@ class SinkRunner:
             )
             self.dead += went_dead
             self.retried += len(rows) - went_dead
-            delay = self._backoff(None)
+            delay = self._schedule.wait(self._failures)
             self._log.error(
                 "batch_crashed",
                 records=len(rows),
@@ -200,9 +241,8 @@ class Dispatcher:
     def __init__(self, runners: Mapping[str, SinkRunner]) -> None:
         self.runners = dict(runners)
 
-    def start(self) -> None:
-        for runner in self.runners.values():
-            runner.start()
+    def start(self) -> list[asyncio.Task[None]]:
+        return [runner.start() for runner in self.runners.values()]
 
     def wake(self) -> None:
         for runner in self.runners.values():

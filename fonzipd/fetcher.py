@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import sqlite3
 from collections.abc import Callable, Sequence
 from zoneinfo import ZoneInfo
 
@@ -21,7 +21,8 @@ from fonzipd.fonzip.errors import (
 )
 from fonzipd.fonzip.limiter import Priority
 from fonzipd.records import DELETED, NormalizeError, Record, normalize, with_status
-from fonzipd.state import InboxRow, Store
+from fonzipd.retry import RetrySchedule
+from fonzipd.state import InboxRow, Store, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +56,9 @@ class Fetcher:
         self._on_record = on_record
         self._clock = clock
         self._tz = tz
+        self._schedule = RetrySchedule(settings.retry_initial, settings.retry_max)
         self._wakeup = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[int, asyncio.Task[None]] = {}
@@ -65,16 +68,18 @@ class Fetcher:
         """New work was committed: stop waiting."""
         self._wakeup.set()
 
-    def start(self) -> None:
+    def start(self) -> list[asyncio.Task[None]]:
         self._tasks = [
             asyncio.create_task(self._worker(n), name=f"fetcher-{n}")
             for n in range(self._settings.concurrency)
         ]
+        return list(self._tasks)
 
     async def stop(self, timeout: float) -> None:
         """Stop claiming; let in-flight rows finish for ``timeout`` s, then put them back."""
         self._stopping = True
         self._wakeup.set()
+        self._stopped.set()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
@@ -85,23 +90,69 @@ class Fetcher:
         self._tasks = []
 
     async def _worker(self, n: int) -> None:
+        # A failing state database ("database is locked" while a CLI command holds the
+        # write lock, a full disk) is waited out here; anything else that escapes is
+        # a bug, kills the worker, and the daemon's supervisor reports it.
+        failures = 0
         while not self._stopping:
-            row = await self._store.inbox.claim()
-            if row is None:
-                await self._idle()
-                continue
             try:
-                await self._process(row)
-            except asyncio.CancelledError:
-                # Shutdown mid-fetch: the row goes back untouched, nothing is lost.
-                await asyncio.shield(self._store.inbox.unclaim(row.id))
-                raise
-            except Exception as exc:
-                # A bug, not a Fonzip problem: keep the row, retry later, keep working.
-                log.exception("fetch_crashed", inbox_id=row.id, kind=str(row.kind))
-                await self._store.inbox.retry_later(
-                    row.id, f"internal error: {exc!r}", self._backoff(row.attempts)
+                await self._work_once()
+                failures = 0
+            except (sqlite3.Error, StoreError) as exc:
+                failures += 1
+                delay = self._schedule.wait(failures)
+                log.warning(
+                    "fetch_store_failed", worker=n, error=str(exc), retry_in=round(delay, 2)
                 )
+                await self._pause(delay)
+
+    async def _work_once(self) -> None:
+        row = await self._store.inbox.claim()
+        if row is None:
+            await self._idle()
+            return
+        try:
+            await self._process(row)
+        except asyncio.CancelledError:
+            # Shutdown mid-fetch: the row goes back untouched, nothing is lost.
+            await asyncio.shield(self._store.inbox.unclaim(row.id))
+            raise
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("fetch_store_failed", inbox_id=row.id, error=str(exc))
+            await self._put_back(row, f"state database: {exc}")
+        except Exception as exc:
+            # A bug, not a Fonzip problem: keep the row, retry later, keep working.
+            log.exception("fetch_crashed", inbox_id=row.id, kind=str(row.kind))
+            await self._put_back(row, f"internal error: {exc!r}")
+
+    async def _put_back(self, row: InboxRow, reason: str) -> None:
+        """Schedule a claimed row's retry, trying until the state database takes it."""
+        failures = 0
+        while True:
+            try:
+                await self._store.inbox.retry_later(
+                    row.id, reason, self._schedule.wait(row.attempts)
+                )
+                return
+            except (sqlite3.Error, StoreError) as exc:
+                failures += 1
+                if self._stopping:
+                    return  # still claimed: the daemon puts claimed rows back as it stops
+                delay = self._schedule.wait(failures)
+                log.warning(
+                    "fetch_store_failed", inbox_id=row.id, error=str(exc), retry_in=round(delay, 2)
+                )
+                await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep on the clock; only a stop (never new work) ends it early."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait([sleeper, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopped.cancel()
 
     async def _idle(self) -> None:
         self._wakeup.clear()
@@ -116,14 +167,6 @@ class Fetcher:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-
-    def _backoff(self, attempts: int) -> float:
-        # The exponent is capped: a row retried for weeks must not overflow a float.
-        base = min(
-            self._settings.retry_max,
-            self._settings.retry_initial * 2 ** min(max(0, attempts - 1), 32),
-        )
-        return float(base * random.uniform(0.5, 1.0))
 
     async def _process(self, row: InboxRow) -> None:
         bound = log.bind(
@@ -150,13 +193,15 @@ class Fetcher:
             elif final:
                 await self._store.inbox.fail(row.id, _reason(exc))
             else:
-                await self._store.inbox.retry_later(row.id, str(exc), self._backoff(row.attempts))
+                await self._store.inbox.retry_later(
+                    row.id, str(exc), self._schedule.wait(row.attempts)
+                )
             return
         except FonzipError as exc:
             # Fonzip down, rate limiting, a token lock, rejected credentials: none of it
             # is the event's fault. Retry until Fonzip is back (the wait is capped).
             bound.warning("fetch_failed", error=str(exc), final=False)
-            await self._store.inbox.retry_later(row.id, str(exc), self._backoff(row.attempts))
+            await self._store.inbox.retry_later(row.id, str(exc), self._schedule.wait(row.attempts))
             return
         await self._apply(row, record, started, bound)
 

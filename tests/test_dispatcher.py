@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import itertools
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
+from aiohttp import web
+from pydantic import SecretStr
 
 from fonzipd.config import SinkSettings
 from fonzipd.dispatcher import Dispatcher, SinkRunner
@@ -19,8 +25,9 @@ from fonzipd.sink import (
     SinkOptions,
     TransientSinkError,
 )
+from fonzipd.sinks.http import HTTPOptions, HTTPSink
 from fonzipd.state import Store
-from fonzipd.testing import context_for_tests
+from fonzipd.testing import ISTANBUL, context_for_tests
 from tests.support import make_record
 
 
@@ -196,3 +203,174 @@ async def test_stop_drains_what_is_pending(store: Store, tmp_path: Path) -> None
     # The batch would wait 30 s to fill; stopping flushes it at once.
     await r.stop(timeout=5)
     assert len(mem(r).keys) == 1
+
+
+# -- a sink that is down stays in backoff under a steady flow of records --------------------
+
+DOWN_FOR = 20.0
+RETRY_AFTER = 5.0
+FLOW = 300  # records, one every 0.1 s: 30 s of traffic, during the outage and after
+
+
+class FastClock:
+    """Real time, running ``speed`` times faster: a 20-s outage takes one real second."""
+
+    def __init__(self, speed: float = 20.0) -> None:
+        self.speed = speed
+        self._mono0 = time.monotonic()
+        self._start = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._mono0) * self.speed
+
+    def now(self) -> dt.datetime:
+        return self._start + dt.timedelta(seconds=self.monotonic())
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+async def steady_flow(store: Store, runner: SinkRunner, clock: FastClock) -> None:
+    for fid in range(1, FLOW + 1):
+        await store.records.apply_record(None, make_record(fid), [runner.sink_id])
+        runner.wake()
+        await clock.sleep(0.1)
+
+
+async def run_through_an_outage(store: Store, r: SinkRunner, clock: FastClock) -> None:
+    """Start ``r``, feed it the flow, wait until everything is delivered, stop it."""
+    r.start()
+    await steady_flow(store, r, clock)
+    async with asyncio.timeout(30):
+        while r.delivered < FLOW:
+            await clock.sleep(1.0)
+    await r.stop(timeout=1)
+
+
+def check_schedule(attempts: list[float], settings: SinkSettings) -> None:
+    """Attempts while down respect the backoff floor and Retry-After; back soon after."""
+    failed = [t for t in attempts if t < DOWN_FOR]
+    gaps = [b - a for a, b in itertools.pairwise(attempts[: len(failed) + 1])]
+    for n, gap in enumerate(gaps, start=1):
+        # The n-th failure in a row waits at least half its nominal backoff, and at
+        # least what Retry-After asked (to within the clock's float rounding).
+        nominal = min(settings.retry_max, settings.retry_initial * 2 ** (n - 1))
+        assert gap >= max(nominal / 2, RETRY_AFTER) - 1e-6, (n, gaps)
+    assert len(failed) <= DOWN_FOR / RETRY_AFTER + 1, failed
+    # The first attempt after the outage delivers: the 20-s blip costs seconds, not minutes.
+    back = attempts[len(failed)]
+    assert DOWN_FOR <= back <= DOWN_FOR + 16, attempts
+
+
+async def test_a_down_sink_gets_its_schedule_not_an_attempt_per_record(tmp_path: Path) -> None:
+    clock = FastClock()
+    store = await Store.open(tmp_path / "state.db", clock=clock)
+    try:
+        settings = SinkSettings(type="memory", retry_initial=1, retry_max=300)
+        sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+        attempts: list[float] = []
+
+        def down_then_up(batch: Sequence[Record]) -> Exception | None:
+            attempts.append(clock.monotonic())
+            if clock.monotonic() < DOWN_FOR:
+                return TransientSinkError("receiver down", retry_after=RETRY_AFTER)
+            return None
+
+        sink.fail_with = down_then_up
+        r = SinkRunner("a", sink, settings, store, batch_size=50, clock=clock)
+        await run_through_an_outage(store, r, clock)
+    finally:
+        await store.close()
+    print(f"test sink: {sum(t < DOWN_FOR for t in attempts)} attempts in {DOWN_FOR:g} s down")
+    check_schedule(attempts, settings)
+    assert sorted(sink.keys) == sorted({*sink.keys})  # nothing twice
+    assert len(sink.keys) == FLOW
+
+
+class DownReceiver:
+    """An HTTP receiver on loopback that answers 503 with Retry-After until it is back."""
+
+    def __init__(self, clock: FastClock) -> None:
+        self.clock = clock
+        self.requests: list[float] = []
+        self.received: set[str] = set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.requests.append(self.clock.monotonic())
+        if self.clock.monotonic() < DOWN_FOR:
+            return web.Response(status=503, headers={"Retry-After": f"{RETRY_AFTER:g}"})
+        self.received.add(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+
+async def test_a_down_http_receiver_gets_its_schedule_and_retry_after(tmp_path: Path) -> None:
+    clock = FastClock()
+    receiver = DownReceiver(clock)
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    server = web.AppRunner(app, access_log=None)
+    await server.setup()
+    site = web.TCPSite(server, "127.0.0.1", 0)
+    await site.start()
+    port = server.addresses[0][1]
+    store = await Store.open(tmp_path / "state.db", clock=clock)
+    try:
+        options = HTTPOptions(url=f"http://127.0.0.1:{port}/hook", secret=SecretStr("s3cret"))
+        context = SinkContext(sink_id="forward", state_dir=tmp_path, timezone=ISTANBUL, clock=clock)
+        sink = HTTPSink(options, context)
+        attempts: list[float] = []
+        write = sink.write
+
+        async def counted(batch: Sequence[Record]) -> None:
+            attempts.append(clock.monotonic())
+            await write(batch)
+
+        sink.write = counted  # type: ignore[method-assign]
+        settings = SinkSettings(type="http", retry_initial=1, retry_max=300)
+        r = SinkRunner("forward", sink, settings, store, batch_size=50, clock=clock)
+        await run_through_an_outage(store, r, clock)
+    finally:
+        await store.close()
+        await server.cleanup()
+    down_requests = sum(t < DOWN_FOR for t in receiver.requests)
+    print(
+        f"http sink: {sum(t < DOWN_FOR for t in attempts)} attempts, {down_requests} requests"
+        f" in {DOWN_FOR:g} s down"
+    )
+    check_schedule(attempts, settings)
+    # One request per attempt: a receiver that answered 503 is not sent the rest.
+    assert down_requests == sum(t < DOWN_FOR for t in attempts)
+    assert len(receiver.received) == FLOW
+
+
+async def test_a_locked_state_database_is_waited_out_by_the_runner(
+    store: Store, tmp_path: Path
+) -> None:
+    # "database is locked" (a CLI replay holding the write lock past the 30-s busy
+    # timeout) on reading the outbox and on acknowledging: the runner waits it out.
+    r = runner(store, "a", tmp_path)
+    left = {"batch": 3, "acknowledge": 2}
+
+    def lockable(name: str) -> Callable[..., Any]:
+        real = getattr(store.outbox, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if left[name]:
+                left[name] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return await real(*args, **kwargs)
+
+        return call
+
+    for name in left:
+        setattr(store.outbox, name, lockable(name))
+    for fid in (1, 2, 3):
+        await store.records.apply_record(None, make_record(fid), ["a"])
+    r.start()
+    await until(lambda: r.delivered == 3)
+    await r.stop(timeout=1)
+    assert left == {"batch": 0, "acknowledge": 0}
+    # A batch whose acknowledgement failed is sent again: same keys, which every sink
+    # drops as duplicates (the contract's idempotency).
+    assert set(mem(r).keys) == {make_record(fid).key for fid in (1, 2, 3)}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import zoneinfo
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,7 @@ from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.kinds import Kind
 from fonzipd.records import Source
 from fonzipd.simulator import Simulator
-from fonzipd.state import InboxEvent, Store
+from fonzipd.state import InboxEvent, InboxRow, Store
 from tests.support import fonzip_settings
 
 TZ = zoneinfo.ZoneInfo("Europe/Istanbul")
@@ -161,3 +163,33 @@ async def test_an_object_deleted_at_fonzip_reaches_the_sinks_as_deleted(rig: Rig
     assert record.amount is not None  # the last known state, marked deleted
     queued = [r.record.status for r in await rig.store.outbox.batch("a", 10)]
     assert queued == ["succeeded", "deleted"]
+
+
+async def test_a_locked_state_database_is_waited_out_by_every_worker(rig: Rig) -> None:
+    # "database is locked" (a CLI replay holding the write lock past the 30-s busy
+    # timeout) more times than there are workers: none of them may die of it.
+    real_claim, real_apply = rig.store.inbox.claim, rig.store.records.apply_record
+    left = {"claim": 10, "apply": 2}
+
+    def locked(name: str) -> None:
+        if left[name]:
+            left[name] -= 1
+            raise sqlite3.OperationalError("database is locked")
+
+    async def claim() -> InboxRow | None:
+        locked("claim")
+        return await real_claim()
+
+    async def apply_record(*args: Any, **kwargs: Any) -> Any:
+        locked("apply")
+        return await real_apply(*args, **kwargs)
+
+    rig.store.inbox.claim = claim  # type: ignore[method-assign]
+    rig.store.records.apply_record = apply_record  # type: ignore[method-assign]
+    ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:3]
+    for fid in ids:
+        await rig.add(Kind.DONATION, fid)
+    assert await rig.settled() == {"done": 3}
+    assert left == {"claim": 0, "apply": 0}
+    for fid in ids:
+        assert await rig.store.records.get(Kind.DONATION, fid) is not None

@@ -218,6 +218,10 @@ class HTTPSink(Sink):
         async def send_chain(records: list[Record]) -> None:
             for record in records:
                 async with slots:
+                    if transient:
+                        # The receiver is down or throttling: the whole batch is retried
+                        # after the backoff, so the rest would only add to its load.
+                        return
                     try:
                         await self._post(
                             session, record.key, record.to_json_dict(), failed_keys=[record.key]
@@ -235,7 +239,7 @@ class HTTPSink(Sink):
             # The whole batch is retried; the receiver drops what it has by webhook-id.
             waits = [e.retry_after for e in transient if e.retry_after is not None]
             raise TransientSinkError(
-                f"{len(transient)} of {len(batch)} record(s) not delivered: {transient[0]}",
+                f"batch of {len(batch)} record(s) to retry: {transient[0]}",
                 retry_after=max(waits) if waits else None,
             )
         if permanent:
