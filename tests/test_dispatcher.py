@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import itertools
 import sqlite3
@@ -287,6 +288,9 @@ async def test_a_down_sink_gets_its_schedule_not_an_attempt_per_record(tmp_path:
     assert len(sink.keys) == FLOW
 
 
+SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
+
+
 class DownReceiver:
     """An HTTP receiver on loopback that answers 503 with Retry-After until it is back."""
 
@@ -316,7 +320,7 @@ async def test_a_down_http_receiver_gets_its_schedule_and_retry_after(tmp_path: 
     port = server.addresses[0][1]
     store = await Store.open(tmp_path / "state.db", clock=clock)
     try:
-        options = HTTPOptions(url=f"http://127.0.0.1:{port}/hook", secret=SecretStr("s3cret"))
+        options = HTTPOptions(url=f"http://127.0.0.1:{port}/hook", secret=SecretStr(SECRET))
         context = SinkContext(sink_id="forward", state_dir=tmp_path, timezone=ISTANBUL, clock=clock)
         sink = HTTPSink(options, context)
         attempts: list[float] = []
