@@ -9,8 +9,9 @@ together and never fetch the same record twice:
   daemon's scheduler (which checks every ``reconciler.poll_interval`` seconds) runs it
   under the daemon's own rate limiter; the command follows the run rows and prints the
   table when the daemon is done;
-- ``--dry-run`` queues nothing: it lists with its own client, at a quarter of the rate
-  when a daemon runs (list pages only: one request per 100 records).
+- ``--dry-run`` queues and records nothing; it is handed to a running daemon like any
+  run (one rate limiter: a dry run never adds to the daemon's requests), and otherwise
+  lists with its own client.
 
 ``fonzipd reconcile`` answers within ``--wait`` seconds (``DEFAULT_WAIT``) plus a few: a
 list not read or a queued fetch not done by then leaves its day open, reported with
@@ -32,15 +33,20 @@ from fonzipd.config import ConfigError, Settings
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.kinds import Kind
-from fonzipd.reconciler import DayReport, ListRun, Progress, Reconciler, run_key_now
+from fonzipd.reconciler import (
+    DayReport,
+    ListRun,
+    Progress,
+    Reconciler,
+    reports_from_json,
+    run_key_now,
+)
 from fonzipd.records import Source
 from fonzipd.state import Store
 
-DRY_RUN_SHARE_WITH_DAEMON = 0.25
-"""Share of the rate a dry run lists at while the daemon uses the rest."""
 DEFAULT_WAIT = 600.0
 """Seconds ``fonzipd reconcile`` waits for its run by default (``--wait``)."""
-HANDOFF_GRACE = 30.0
+HANDOFF_GRACE = 10.0
 """Seconds past its wait the command follows a run handed to the daemon."""
 OPEN_HINT = (
     "A day stays open until a run verifies it: what was queued stays in the inbox and is "
@@ -171,17 +177,18 @@ async def reconcile_now(
     store = await Store.open(settings.state.path, clock=clock)
     daemon_running = not store.acquire_worker_lock()
     rate = settings.fonzip.effective_rate
-    if dry_run:
-        try:
-            share = DRY_RUN_SHARE_WITH_DAEMON if daemon_running else 1.0
-            reports = await _dry_run(settings, store, days, chosen, rate * share, clock, wait)
-        finally:
-            await store.close()
-    elif daemon_running:
+    if daemon_running:
+        # Dry runs too: the daemon lists under its own rate limiter, so the two never
+        # exceed Fonzip's limit together.
         try:
             reports = await _through_daemon(
-                store, days, chosen, source, rate, progress_out, clock, wait
+                store, days, chosen, source, rate, progress_out, clock, wait, dry_run=dry_run
             )
+        finally:
+            await store.close()
+    elif dry_run:
+        try:
+            reports = await _dry_run(settings, store, days, chosen, rate, clock, wait)
         finally:
             await store.close()
     else:
@@ -277,9 +284,14 @@ async def _through_daemon(
     progress_out: TextIO | None,
     clock: Clock,
     wait: float | None,
+    *,
+    dry_run: bool = False,
     poll: float = 0.2,
 ) -> list[DayReport]:
-    request_id = await store.books.add_request(days, kinds, source, dry_run=False)
+    deadline_at = None if wait is None else clock.now() + dt.timedelta(seconds=wait)
+    request_id = await store.books.add_request(
+        days, kinds, source, dry_run=dry_run, deadline_at=deadline_at
+    )
     view = ProgressView(len(days), rate, out=progress_out)
     if view.enabled:
         view.out.write(f"the daemon is running: it runs this reconcile (request {request_id})\n")
@@ -292,19 +304,26 @@ async def _through_daemon(
             if row is not None and row["finished_at"] is not None:
                 break
             if give_up is not None and clock.monotonic() >= give_up:
-                reports = await reports_from_store(store, days, kinds)
-                return [
-                    dataclasses.replace(r, closed=False, reason=_unfinished(request_id, row))
-                    for r in reports
-                ]
+                reports = [] if dry_run else await reports_from_store(store, days, kinds)
+                reason = _unfinished(request_id, row)
+                if not reports:
+                    return [DayReport(d, False, reason, []) for d in sorted(set(days))]
+                return [dataclasses.replace(r, closed=False, reason=reason) for r in reports]
             done = {r["business_date"] for r in await store.books.days(days=list(days))}
             if view.enabled:
                 started = "started" if row and row["started_at"] else "waiting for the daemon"
                 view.out.write(f"\r\x1b[2K{started}: {len(done)}/{len(days)} days reported")
                 view.out.flush()
             await asyncio.sleep(poll)
+    except asyncio.CancelledError:
+        # Ctrl-C: nobody waits for this run any more. A daemon that has not claimed it
+        # never will; one running it finishes (what it queued is not wasted).
+        await asyncio.shield(store.books.withdraw_request(request_id))
+        raise
     finally:
         view.finish()
+    if row["result"]:
+        return reports_from_json(row["result"])
     return await reports_from_store(store, days, kinds)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -587,6 +588,38 @@ class Reconciler:
             more = " …" if len(problems) > 3 else ""
             parts.append(f"{len(problems)} not fetched ({'; '.join(problems[:3])}{more})")
         return ", ".join(parts) or "unsettled"
+
+
+def reports_to_json(reports: Sequence[DayReport]) -> str:
+    """Day reports as JSON: what the daemon hands back to ``fonzipd reconcile``."""
+    return json.dumps(
+        [
+            {
+                "day": r.day.isoformat(),
+                "closed": r.closed,
+                "reason": r.reason,
+                "records": r.records,
+                "first_by_reconcile": r.first_by_reconcile,
+                "runs": [run.to_row() for run in r.runs],
+            }
+            for r in reports
+        ]
+    )
+
+
+def reports_from_json(text: str) -> list[DayReport]:
+    """The inverse of :func:`reports_to_json`."""
+    return [
+        DayReport(
+            day=dt.date.fromisoformat(r["day"]),
+            closed=bool(r["closed"]),
+            reason=r["reason"],
+            runs=[ListRun.from_row(row) for row in r["runs"]],
+            records=int(r["records"]),
+            first_by_reconcile=int(r["first_by_reconcile"]),
+        )
+        for r in json.loads(text)
+    ]
 
 
 def run_key_now(prefix: str, clock: Clock = SYSTEM_CLOCK) -> str:

@@ -16,7 +16,7 @@ from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import ReconcilerSettings
 from fonzipd.days import NightlySchedule, business_date, days_between, reconcile_days
 from fonzipd.kinds import Kind
-from fonzipd.reconciler import DayReport, Progress
+from fonzipd.reconciler import DayReport, Progress, reports_to_json
 from fonzipd.records import Source
 from fonzipd.state import Store, StoreError
 
@@ -41,6 +41,7 @@ class _Runs(Protocol):
         dry_run: bool = ...,
         fetch_wait: float | None = ...,
         progress: Callable[[Progress], None] | None = ...,
+        deadline: float | None = ...,
     ) -> list[DayReport]: ...
 
 
@@ -91,6 +92,9 @@ class ReconcileScheduler:
     async def run(self) -> None:
         """The task body: catch up once, then tick until cancelled."""
         try:
+            # Requests a dead daemon had claimed are this daemon's to run.
+            if released := await self._store.books.release_requests():
+                log.warning("reconcile_requests_reclaimed", count=released)
             await self.catch_up()
         except Exception:
             log.exception("reconcile_catchup_crashed")
@@ -205,18 +209,39 @@ class ReconcileScheduler:
     async def _serve(self, request: dict[str, Any]) -> None:
         source: Source = request["source"]
         days: list[dt.date] = request["days"]
+        dry_run: bool = request["dry_run"]
         key = (
             f"backfill:{days[0].isoformat()}:{days[-1].isoformat()}"
             if source is Source.BACKFILL and days
             else f"request:{request['id']}"
         )
-        outcome = "error"
+        # The asker's time limit, on this process's monotonic clock. Past it (a request
+        # claimed again after a crash), nobody waits: a dry run is dropped, a real run
+        # runs like a nightly one.
+        deadline: float | None = None
+        asked: dt.datetime | None = request.get("deadline_at")
+        if asked is not None:
+            left = (asked - self._clock.now()).total_seconds()
+            if left <= 0 and dry_run:
+                await self._store.books.finish_request(request["id"], "expired")
+                return
+            deadline = self._clock.monotonic() + left if left > 0 else None
+        outcome, result = "error", None
         try:
             reports = await self._beating(
                 lambda: self._reconciler.run(
-                    days, run_key=key, kinds=request["kinds"] or None, source=source
+                    days,
+                    run_key=key,
+                    kinds=request["kinds"] or None,
+                    source=source,
+                    dry_run=dry_run,
+                    deadline=deadline,
                 )
             )
             outcome = "closed" if all(r.closed for r in reports) else "open"
+            result = reports_to_json(reports)
         finally:
-            await self._store.books.finish_request(request["id"], outcome)
+            await self._store.books.finish_request(request["id"], outcome, result)
+            log.info(
+                "reconcile_request_served", request=request["id"], dry_run=dry_run, outcome=outcome
+            )

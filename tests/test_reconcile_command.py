@@ -4,19 +4,23 @@ over loopback, alone or handing the run to a real daemon subprocess."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
+import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import pytest
 
 from fonzipd.days import day_window
 from fonzipd.kinds import Kind
 from fonzipd.simulator import Simulator
-from tests.daemon_process import write_config
+from tests.daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +157,180 @@ async def test_the_command_reports_a_day_it_cannot_verify_open_by_its_wait(
     assert verdict.startswith(f"{day.isoformat()}: OPEN: "), verdict
     assert f"donation/{list_status}: " in verdict
     assert "nightly run checks open days again" in out
+
+
+# -- handed to a running daemon ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, sim: Simulator) -> AsyncIterator[DaemonProcess]:
+    proc = DaemonProcess(config(tmp_path, sim), tmp_path)
+    try:
+        await proc.start()
+        yield proc
+    finally:
+        proc.ensure_stopped()
+
+
+def request_rows(tmp_path: Path) -> list[dict[str, object]]:
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM reconcile_requests ORDER BY id")]
+
+
+async def wait_for(check: Callable[[], object], within: float = 20.0) -> None:
+    async with asyncio.timeout(within):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+async def test_the_daemon_runs_the_request_and_the_command_reports_the_open_day_by_its_wait(
+    tmp_path: Path, sim: Simulator, daemon: DaemonProcess
+) -> None:
+    day = sim.end_date - dt.timedelta(days=1)
+    stuck = paid_ids(sim, day)[0]
+    sim.faults.failing_details = [f"donation:{stuck}"]
+    wait = 4.0
+    code, out, err, took = await fonzipd(
+        "reconcile",
+        "--config",
+        str(daemon.config),
+        "--date",
+        day.isoformat(),
+        "--wait",
+        str(wait),
+        cwd=tmp_path,
+    )
+    assert code == 1, out + err
+    assert took < wait + 20, took
+    line = list_line(out, day, "paid")
+    assert line.split()[9] == "open", line
+    assert f"donation {stuck} still retrying" in line
+    assert "HTTP 503" in line
+    (served,) = [e for e in daemon.events() if e.get("event") == "reconcile_request_served"]
+    assert served["outcome"] == "open"
+    # The verdict is in the books: status and /metrics show the open day.
+    code, out, err, _ = await fonzipd("status", "--config", str(daemon.config), cwd=tmp_path)
+    assert f"open day: {day.isoformat()}: donation/paid:" in out, out + err
+    assert str(stuck) in out
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{daemon.port}/metrics") as resp,
+    ):
+        metrics = await resp.text()
+    assert "fonzipd_reconcile_open_days 1.0" in metrics
+
+
+async def test_a_daemon_killed_mid_request_bounds_the_wait_and_the_next_daemon_runs_it(
+    tmp_path: Path, sim: Simulator, daemon: DaemonProcess
+) -> None:
+    day = sim.end_date - dt.timedelta(days=1)
+    stuck = paid_ids(sim, day)[0]
+    sim.faults.failing_details = [f"donation:{stuck}"]  # keeps the run going
+    wait = 4.0
+    command = asyncio.create_task(
+        fonzipd(
+            "reconcile",
+            "--config",
+            str(daemon.config),
+            "--date",
+            day.isoformat(),
+            "--wait",
+            str(wait),
+            cwd=tmp_path,
+        )
+    )
+    await wait_for(lambda: bool(request_rows(tmp_path)) and request_rows(tmp_path)[0]["started_at"])
+    daemon.kill()  # claimed, not finished
+    code, out, err, took = await command
+    assert code == 1, out + err
+    assert took < wait + 20, took
+    assert "did not report request 1 in time (claimed)" in out
+    assert request_rows(tmp_path)[0]["finished_at"] is None
+
+    # The next daemon claims it again and runs it (Fonzip answers by now).
+    sim.faults.failing_details = []
+    await daemon.start()
+    await wait_for(lambda: request_rows(tmp_path)[0]["finished_at"] is not None, within=30)
+    assert daemon.find("reconcile_requests_reclaimed") is not None
+    assert request_rows(tmp_path)[0]["outcome"] == "closed"
+
+
+async def test_ctrl_c_withdraws_the_request(
+    tmp_path: Path, sim: Simulator, daemon: DaemonProcess
+) -> None:
+    day = sim.end_date - dt.timedelta(days=1)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGSTOP)  # alive, holding its lock, claiming nothing
+    try:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fonzipd",
+            "reconcile",
+            "--config",
+            str(daemon.config),
+            "--date",
+            day.isoformat(),
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await wait_for(lambda: bool(request_rows(tmp_path)))
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(20):
+            await proc.communicate()
+        assert proc.returncode == 130
+        (row,) = request_rows(tmp_path)
+        assert row["outcome"] == "withdrawn"
+        assert row["started_at"] is None
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    # The daemon takes requests in order: the next one runs, the withdrawn one never.
+    code, out, err, _ = await fonzipd(
+        "reconcile",
+        "--config",
+        str(daemon.config),
+        "--date",
+        day.isoformat(),
+        "--dry-run",
+        "--wait",
+        "20",
+        cwd=tmp_path,
+    )
+    assert code == 1, out + err
+    assert "dry run" in out
+    served = [e["request"] for e in daemon.events() if e.get("event") == "reconcile_request_served"]
+    assert served == [2]
+    assert [r["outcome"] for r in request_rows(tmp_path)] == ["withdrawn", "open"]
+
+
+async def test_a_dry_run_is_handed_to_the_daemon_and_lists_under_its_rate_limit(
+    tmp_path: Path, sim: Simulator, daemon: DaemonProcess
+) -> None:
+    day = sim.end_date - dt.timedelta(days=1)
+    before = len(sim.requests)
+    code, out, err, _ = await fonzipd(
+        "reconcile",
+        "--config",
+        str(daemon.config),
+        "--date",
+        day.isoformat(),
+        "--dry-run",
+        "--wait",
+        "20",
+        cwd=tmp_path,
+    )
+    assert code == 1, out + err  # everything is missing locally
+    assert "(dry run: nothing was queued or recorded)" in out
+    assert "dry_run_open" in list_line(out, day, "paid")
+    (served,) = [e for e in daemon.events() if e.get("event") == "reconcile_request_served"]
+    assert served["dry_run"] is True
+    # Listed once, by the daemon (its limiter), one page per list; nothing fetched.
+    made = [r.path for r in sim.requests[before:] if r.path != "/api/v2/token"]
+    assert made == ["/api/v2/donations"] * 3, made
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        assert db.execute("SELECT count(*) FROM reconcile_runs").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM inbox").fetchone()[0] == 0

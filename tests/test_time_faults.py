@@ -387,3 +387,46 @@ async def test_a_berlin_dst_change_day_reconciles_end_to_end(
     assert hours in (23, 25)
     assert run.window_total == run.local_after == len(paid)
     assert set(ours) <= {r["id"] for r in paid}
+
+
+# -- a night that cannot verify a day ---------------------------------------------------------
+
+
+async def test_a_day_left_open_by_a_night_is_tried_again_the_next_night(tmp_path: Path) -> None:
+    night = dt.date(2026, 11, 20)
+    day = night - dt.timedelta(days=2)  # in tonight's lookback, not in tomorrow's
+    clock = SteppedClock(local(night, 3, 30, 1))
+    async with simulator(seed=34, days=3, per_day=4, end_date=night - dt.timedelta(days=1)) as sim:
+        settings = make_settings(tmp_path, await sim.start(), timezone="Europe/Istanbul")
+        settings = settings.model_copy(
+            update={"reconciler": settings.reconciler.model_copy(update={"fetch_wait": 2})}
+        )
+        start, end = local(day, 0), local(day + dt.timedelta(days=1), 0)
+        stuck = next(
+            r["id"]
+            for r in sim.rows(Kind.DONATION)
+            if r["transaction__payment_status"] == 3
+            and start <= dt.datetime.fromisoformat(r["transaction__complete_date"]) < end
+        )
+        sim.faults.failing_details = [f"donation:{stuck}"]
+        async with daemon_on(settings, clock) as (store, reconciler):
+            await store.meta.set(LAST_NIGHT_KEY, (night - dt.timedelta(days=1)).isoformat())
+            sched = ReconcileScheduler(reconciler, store, tz=ISTANBUL, clock=clock)
+            await sched.tick()
+            (first,) = await store.books.days(days=[day])
+            assert first["state"] == "open"
+            assert f"donation {stuck} still retrying" in first["reason"]
+            # Not sooner than the next night: later ticks of this night run nothing.
+            clock.set(local(night, 9))
+            assert await sched.tick() > 0
+            assert {r["run_key"] for r in await store.books.runs(days=[day])} == {
+                f"nightly:{night}"
+            }
+            sim.faults.failing_details = []
+            clock.set(local(night + dt.timedelta(days=1), 3, 30, 1))
+            await sched.tick()
+            (second,) = await store.books.days(days=[day])
+            runs = await store.books.runs(days=[day])
+    assert second["state"] == "closed", second["reason"]
+    assert {r["run_key"] for r in runs} == {f"nightly:{night + dt.timedelta(days=1)}"}
+    assert sink_rows(tmp_path / "fonzip.db", Kind.DONATION)[stuck][0] == "succeeded"

@@ -105,31 +105,43 @@ class ReconcileBooks:
         return found
 
     async def add_request(
-        self, days: Sequence[dt.date], kinds: Sequence[Kind], source: Source, *, dry_run: bool
+        self,
+        days: Sequence[dt.date],
+        kinds: Sequence[Kind],
+        source: Source,
+        *,
+        dry_run: bool,
+        deadline_at: dt.datetime | None = None,
     ) -> int:
-        """Ask the running daemon to reconcile these days; returns the request id."""
+        """Ask the running daemon to reconcile these days; returns the request id.
+
+        ``deadline_at``: when the asker stops waiting (the daemon's run stops waiting
+        for Fonzip then).
+        """
         async with self._conn.transaction() as tx:
             cur = await tx.execute(
-                "INSERT INTO reconcile_requests (days, kinds, source, dry_run, requested_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO reconcile_requests (days, kinds, source, dry_run, requested_at,"
+                " deadline_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     json.dumps([d.isoformat() for d in days]),
                     json.dumps([str(k) for k in kinds]),
                     str(source),
                     int(dry_run),
                     ts(self._conn.clock.now()),
+                    None if deadline_at is None else ts(deadline_at),
                 ),
             )
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
 
     async def claim_request(self) -> dict[str, Any] | None:
-        """The oldest request not started yet, marked started; None when there is none."""
+        """The oldest request neither started nor finished, marked started; None if none."""
         async with self._conn.transaction() as tx:
             cur = await tx.execute(
                 "UPDATE reconcile_requests SET started_at = ? WHERE id = (SELECT id FROM"
-                " reconcile_requests WHERE started_at IS NULL ORDER BY id LIMIT 1)"
-                " RETURNING id, days, kinds, source, dry_run",
+                " reconcile_requests WHERE started_at IS NULL AND finished_at IS NULL"
+                " ORDER BY id LIMIT 1)"
+                " RETURNING id, days, kinds, source, dry_run, deadline_at",
                 (ts(self._conn.clock.now()),),
             )
             row = await cur.fetchone()
@@ -142,22 +154,55 @@ class ReconcileBooks:
             "kinds": [Kind(k) for k in json.loads(row[2])],
             "source": Source(row[3]),
             "dry_run": bool(row[4]),
+            "deadline_at": None if row[5] is None else dt.datetime.fromtimestamp(row[5], dt.UTC),
         }
 
-    async def finish_request(self, request_id: int, outcome: str) -> None:
-        """Mark a request done with its outcome (``closed``, ``open`` or an error)."""
+    async def release_requests(self) -> int:
+        """Put back requests a dead daemon had claimed and not finished (at the daemon's
+        start: one daemon works a state database at a time, so none is in progress)."""
+        async with self._conn.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE reconcile_requests SET started_at = NULL"
+                " WHERE started_at IS NOT NULL AND finished_at IS NULL"
+            )
+            return cur.rowcount
+
+    async def finish_request(
+        self, request_id: int, outcome: str, result: str | None = None
+    ) -> None:
+        """Mark a request done with its outcome (``closed``, ``open`` or an error) and the
+        day reports as JSON; a withdrawn request keeps its ``withdrawn``."""
         async with self._conn.transaction() as tx:
             await tx.execute(
-                "UPDATE reconcile_requests SET finished_at = ?, outcome = ? WHERE id = ?",
-                (ts(self._conn.clock.now()), outcome, request_id),
+                "UPDATE reconcile_requests SET finished_at = ?, outcome = ?, result = ?"
+                " WHERE id = ? AND finished_at IS NULL",
+                (ts(self._conn.clock.now()), outcome, result, request_id),
             )
 
+    async def withdraw_request(self, request_id: int) -> bool:
+        """The asker gave up (Ctrl-C): a request not claimed yet is never run. False
+        when it had finished already."""
+        async with self._conn.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE reconcile_requests SET finished_at = ?, outcome = 'withdrawn'"
+                " WHERE id = ? AND finished_at IS NULL",
+                (ts(self._conn.clock.now()), request_id),
+            )
+            return cur.rowcount > 0
+
     async def request(self, request_id: int) -> dict[str, Any] | None:
-        """One request's row: ``started_at``, ``finished_at`` and ``outcome``."""
+        """One request's row: ``started_at``, ``finished_at``, ``outcome`` and ``result``."""
         row = await self._conn.fetchone(
-            "SELECT id, started_at, finished_at, outcome FROM reconcile_requests WHERE id = ?",
+            "SELECT id, started_at, finished_at, outcome, result FROM reconcile_requests"
+            " WHERE id = ?",
             (request_id,),
         )
         if row is None:
             return None
-        return {"id": row[0], "started_at": row[1], "finished_at": row[2], "outcome": row[3]}
+        return {
+            "id": row[0],
+            "started_at": row[1],
+            "finished_at": row[2],
+            "outcome": row[3],
+            "result": row[4],
+        }

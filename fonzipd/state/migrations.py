@@ -8,7 +8,7 @@ from fonzipd.state.connection import Connection, StoreError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -137,6 +137,12 @@ MIGRATIONS: list[str] = [
         finished_at REAL,
         outcome TEXT
     );
+    """,
+    # 3: a `fonzipd reconcile` request carries the asker's time limit, and the daemon
+    # writes the day reports back (a dry run records nothing else).
+    """
+    ALTER TABLE reconcile_requests ADD COLUMN deadline_at REAL;
+    ALTER TABLE reconcile_requests ADD COLUMN result TEXT
     """,
 ]
 
