@@ -6,18 +6,30 @@ measured in the same run is the baseline. The HTTP forwarder posts to a no-op ai
 receiver on 127.0.0.1 in the same process (so the figure includes the receiver's work).
 Then a child process writes CSV batches in a loop and is killed with SIGKILL; a new
 sink re-writes everything, and the script reports torn bytes cut and duplicate rows.
+
+Then the database and bus sinks (PostgreSQL, MySQL/MariaDB, NATS JetStream on
+127.0.0.1, each skipped with its reason when its server or driver is missing) write the
+same records at batch sizes 1 and 500, beside the SQLite sink in the same run, each
+into a fresh table or stream (dropped afterwards); the ratio is against SQLite at the
+same batch size, medians of ``--rounds`` interleaved rounds. ``--server-records`` and
+``--single-records`` set the counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import importlib.util
 import logging
 import os
+import secrets
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,6 +129,126 @@ async def bench(n: int, http_n: int) -> None:
         await runner.cleanup()
 
 
+PG_DSN = "postgresql://root@127.0.0.1:5432/test"
+MYSQL_DSN = "mysql://root@127.0.0.1:3306"
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def _unavailable(driver: str, port: int) -> str | None:
+    """Why a server sink cannot be measured here, or None."""
+    if importlib.util.find_spec(driver) is None:
+        return f"{driver} not installed"
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError as exc:
+        return f"nothing on 127.0.0.1:{port} ({exc.strerror})"
+    return None
+
+
+async def server_sinks(many: int, single: int, rounds: int) -> None:
+    """PostgreSQL, MySQL and NATS beside SQLite: records/s at batch sizes 1 and 500."""
+    recs = records(max(many, single))
+    name = f"fz_bench_{secrets.token_hex(3)}"
+    why = {
+        "postgresql": _unavailable("asyncpg", 5432),
+        "mysql": _unavailable("asyncmy", 3306),
+        "nats": _unavailable("nats", 4222),
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        ctx = context_for_tests(tmp)
+        if why["mysql"] is None:
+            await _mysql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+
+        def make(label: str, tag: str) -> Sink:
+            if label == "sqlite":
+                return SQLiteSink(SQLiteOptions(path=tmp / f"{tag}.db"), ctx)
+            if label == "postgresql":
+                from fonzipd.sinks.postgresql import PostgreSQLOptions, PostgreSQLSink
+
+                opts = PostgreSQLOptions.model_validate(
+                    {"dsn": PG_DSN, "schema": name, "table": tag}
+                )
+                return PostgreSQLSink(opts, ctx)
+            if label == "mysql":
+                from fonzipd.sinks.mysql import MySQLOptions, MySQLSink
+
+                return MySQLSink(MySQLOptions(dsn=f"{MYSQL_DSN}/{name}", table=tag), ctx)
+            from fonzipd.sinks.nats import NATSOptions, NATSSink
+
+            opts_n = NATSOptions(
+                servers=[NATS_URL],
+                stream=f"{name}_{tag}".upper(),
+                subject=f"{name}{tag}.{{kind}}.{{status}}",
+                create_stream=True,
+            )
+            return NATSSink(opts_n, ctx)
+
+        rates: dict[tuple[str, int], list[float]] = {}
+        streams: list[str] = []
+        try:
+            # Rounds interleave the sinks, so that the machine's load falls on all alike.
+            for round_ in range(rounds):
+                for size, count in ((1, single), (500, many)):
+                    for label in ("sqlite", "postgresql", "mysql", "nats"):
+                        if why.get(label):
+                            continue
+                        tag = f"b{size}r{round_}"
+                        streams.append(f"{name}_{tag}".upper())
+                        rate = await measure(make(label, tag), recs[:count], size)
+                        rates.setdefault((label, size), []).append(rate)
+        finally:
+            await _clean_servers(name, why, streams)
+        print(
+            f"\n{'sink':12} {'batch':>6} {'records':>8} {'records/s':>12} {'min-max':>17}"
+            f" {'vs sqlite':>10}   (median of {rounds} rounds)"
+        )
+        for size, count in ((1, single), (500, many)):
+            baseline = statistics.median(rates[("sqlite", size)])
+            for label in ("sqlite", "postgresql", "mysql", "nats"):
+                if why.get(label):
+                    print(f"{label:12} {size:>6}   skipped: {why[label]}")
+                    continue
+                got = rates[(label, size)]
+                mid = statistics.median(got)
+                spread = f"{min(got):,.0f}-{max(got):,.0f}"
+                print(
+                    f"{label:12} {size:>6} {count:>8} {mid:>12,.0f} {spread:>17}"
+                    f" {mid / baseline:>9.2f}x"
+                )
+
+
+async def _mysql(sql: str) -> None:
+    import asyncmy
+
+    conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="")
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+    finally:
+        conn.close()
+
+
+async def _clean_servers(name: str, why: dict[str, str | None], streams: list[str]) -> None:
+    if why["mysql"] is None:
+        await _mysql(f"DROP DATABASE IF EXISTS `{name}`")
+    if why["postgresql"] is None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_DSN)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await conn.close()
+    if why["nats"] is None:
+        import nats
+
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await js.delete_stream(stream)
+        await nc.close()
+
+
 CHILD = """
 import asyncio, sys
 from pathlib import Path
@@ -204,9 +336,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--http-records", type=int, default=3_000)
+    parser.add_argument("--server-records", type=int, default=20_000, help="batch size 500")
+    parser.add_argument("--single-records", type=int, default=2_000, help="batch size 1")
+    parser.add_argument("--rounds", type=int, default=3, help="server sink rounds")
+    parser.add_argument("--only-servers", action="store_true", help="the server sinks only")
     args = parser.parse_args()
-    asyncio.run(bench(args.records, args.http_records))
-    asyncio.run(crash(5_000, rounds=8))
+    if not args.only_servers:
+        asyncio.run(bench(args.records, args.http_records))
+        asyncio.run(crash(5_000, rounds=8))
+    asyncio.run(server_sinks(args.server_records, args.single_records, args.rounds))
 
 
 if __name__ == "__main__":

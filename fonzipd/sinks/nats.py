@@ -225,11 +225,12 @@ class NATSSink(Sink):
                                 f"{len(body)} bytes, over the server's max_payload {nc.max_payload}"
                             )
                             continue
+                        # No wait_stall: a timed wait would yield to the loop after each
+                        # message and its flusher would send them one write at a time.
                         pending.append(
                             await js.publish_async(
                                 self.subject(record),
                                 body,
-                                wait_stall=self._opts.timeout,
                                 stream=self._opts.stream,
                                 headers={"Nats-Msg-Id": record.key},
                             )
@@ -310,7 +311,8 @@ class NATSSink(Sink):
 
         async def on_disconnect() -> None:
             lost.set()
-            log_.warning("nats_disconnected")
+            if not self._closed:
+                log_.warning("nats_disconnected")
 
         old, self._nc, self._js = self._nc, None, None
         if old is not None and not old.is_closed:
