@@ -25,8 +25,9 @@ from fonzipd import logs
 from fonzipd.app import Daemon
 from fonzipd.config import ConfigWarning, settings_from_dict
 from fonzipd.fonzip.endpoints import Detail
+from fonzipd.fonzip.normalizer import normalize
 from fonzipd.kinds import Kind
-from fonzipd.records import Source, normalize
+from fonzipd.records import Source
 from fonzipd.simulator import Simulator
 
 FAST_RATE = 120_000.0

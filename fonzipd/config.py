@@ -177,9 +177,10 @@ class FetcherSettings(_Section):
     """Detail fetches in flight at once (all share the rate limit)."""
     max_attempts: int = Field(default=5, ge=1)
     """Attempts of an event whose fetch fails for a reason retrying rarely fixes (404,
-    another 4xx, a malformed answer) before it is parked as failed (``fonzipd status``
-    lists it; the nightly reconcile looks again). Fonzip being down, rate limiting or a
-    token lock never parks an event: it is retried until Fonzip is back."""
+    another 4xx, a malformed answer, a value the normalizer refuses) before it is parked
+    as failed with the reason (``fonzipd status`` lists it; the nightly reconcile looks
+    again). Fonzip being down, rate limiting or a token lock never parks an event: it is
+    retried until Fonzip is back."""
     retry_initial: float = Field(default=5, gt=0)
     """Seconds before the first retry; doubles each attempt, with jitter."""
     retry_max: float = Field(default=3600, gt=0)

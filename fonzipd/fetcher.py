@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import traceback
 from collections.abc import Callable, Sequence
 from zoneinfo import ZoneInfo
 
@@ -20,9 +21,10 @@ from fonzipd.fonzip.errors import (
     FonzipRequestError,
 )
 from fonzipd.fonzip.limiter import Priority
-from fonzipd.records import DELETED, NormalizeError, Record, normalize, with_status
+from fonzipd.fonzip.normalizer import NormalizeError, normalize
+from fonzipd.records import DELETED, Record, with_status
 from fonzipd.retry import RetrySchedule
-from fonzipd.state import InboxRow, Store, StoreError
+from fonzipd.state import Applied, InboxRow, Store, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +34,11 @@ def _reason(exc: Exception) -> str:
         return f"not found at Fonzip (deleted?): {exc}"
     if isinstance(exc, FonzipBadResponse | NormalizeError):
         return f"malformed object: {exc}"
+    if not isinstance(exc, FonzipError):
+        # Raised on a value the normalizer let through: its text may quote personal data.
+        frame = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f" at {frame[0].filename.rsplit('/', 1)[-1]}:{frame[0].lineno}" if frame else ""
+        return f"unusable object: {type(exc).__name__}{where}"
     return str(exc)
 
 
@@ -182,20 +189,8 @@ class Fetcher:
             detail = await self._client.fetch_detail(
                 row.kind, row.fonzip_id, priority=priority, list_row=row.list_row
             )
-            record = normalize(detail, tz=self._tz, source=row.source, fetched_at=self._clock.now())
-        except (FonzipNotFound, FonzipRequestError, FonzipBadResponse, NormalizeError) as exc:
-            # Retrying rarely helps here, but a few tries cover a detail that is not
-            # readable yet right after its webhook, or a body cut in transit.
-            final = row.attempts >= self._settings.max_attempts
-            bound.warning("fetch_failed", error=str(exc), final=final)
-            if final and isinstance(exc, FonzipNotFound):
-                await self._gone(row, exc, bound)
-            elif final:
-                await self._store.inbox.fail(row.id, _reason(exc))
-            else:
-                await self._store.inbox.retry_later(
-                    row.id, str(exc), self._schedule.wait(row.attempts)
-                )
+        except (FonzipNotFound, FonzipRequestError, FonzipBadResponse) as exc:
+            await self._attempt_failed(row, exc, bound)
             return
         except FonzipError as exc:
             # Fonzip down, rate limiting, a token lock, rejected credentials: none of it
@@ -203,7 +198,33 @@ class Fetcher:
             bound.warning("fetch_failed", error=str(exc), final=False)
             await self._store.inbox.retry_later(row.id, str(exc), self._schedule.wait(row.attempts))
             return
-        await self._apply(row, record, started, bound)
+        try:
+            record = normalize(detail, tz=self._tz, source=row.source, fetched_at=self._clock.now())
+            applied = await self._store.records.apply_record(row.id, record, self._sink_ids())
+        except (StoreError, sqlite3.OperationalError):
+            raise  # the database (locked, full, closed), not the event: waited out above
+        except Exception as exc:
+            # Whatever this object made the normalizer or the store raise is the object's
+            # fault: parked after max_attempts like a malformed one, never retried forever.
+            await self._attempt_failed(row, exc, bound)
+            return
+        self._applied(record, applied, started, bound)
+
+    async def _attempt_failed(
+        self, row: InboxRow, exc: Exception, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        """An attempt that failed because of the object: retried, then parked with a reason."""
+        # Retrying rarely helps here, but a few tries cover a detail that is not
+        # readable yet right after its webhook, or a body cut in transit.
+        final = row.attempts >= self._settings.max_attempts
+        reason = _reason(exc)
+        bound.warning("fetch_failed", error=reason, final=final)
+        if final and isinstance(exc, FonzipNotFound):
+            await self._gone(row, exc, bound)
+        elif final:
+            await self._store.inbox.fail(row.id, reason)
+        else:
+            await self._store.inbox.retry_later(row.id, reason, self._schedule.wait(row.attempts))
 
     async def _gone(
         self, row: InboxRow, exc: FonzipNotFound, bound: structlog.typing.FilteringBoundLogger
@@ -225,6 +246,15 @@ class Fetcher:
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
         applied = await self._store.records.apply_record(row.id, record, self._sink_ids())
+        self._applied(record, applied, started, bound)
+
+    def _applied(
+        self,
+        record: Record,
+        applied: Applied,
+        started: float,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         self.processed += 1
         bound.info(
             "record_deleted" if record.status == DELETED else "record_fetched",

@@ -43,32 +43,16 @@ from fonzipd.days import business_date, day_window, days_between
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.endpoints import ENDPOINTS
 from fonzipd.fonzip.errors import FonzipError
+from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.fonzip.limiter import Priority
+from fonzipd.fonzip.normalizer import NormalizeError, list_row_id, list_row_status
+from fonzipd.fonzip.statuses import list_holds
 from fonzipd.kinds import Kind
-from fonzipd.records import (
-    CAMPAIGN_STATUSES,
-    NormalizeError,
-    Source,
-    list_row_id,
-    list_row_status,
-    parse_fonzip_datetime,
-)
+from fonzipd.records import Source
 from fonzipd.state import InboxEvent, Store
 
 log = structlog.get_logger(__name__)
 
-_MONEY_LISTS: Mapping[str, tuple[str, ...]] = {
-    "paid": ("succeeded",),
-    "refund": ("refunded",),
-    "failed": ("failed",),
-}
-_FORM_LISTS: Mapping[str, tuple[str, ...]] = {
-    "answer": ("answered",),
-    "waiting_approval": ("waiting_approval",),
-    "rejected": ("rejected",),
-    "refund": ("refunded",),
-    "failed": ("failed",),
-}
 # Refund dates as the list rows of each kind carry them (ticket rows nest them).
 _REFUND_ROW_FIELDS = ("transaction__refund_date", "transaction.refund_date", "refund_date")
 
@@ -76,14 +60,17 @@ LISTING_FAILED = "listing failed"
 NOT_REACHED = "not reconciled: the time limit passed before this day was listed"
 
 
-def local_statuses(kind: Kind, list_status: str) -> tuple[str, ...]:
-    """The normalized statuses of the stored records that belong in one of ``kind``'s lists."""
-    if list_status not in kind.list_statuses:
-        raise ValueError(f"{kind} has no list {list_status!r}")
-    if kind is Kind.CAMPAIGN:
-        return tuple(sorted(set(CAMPAIGN_STATUSES.values())))
-    table = _FORM_LISTS if kind is Kind.FORM_ANSWER else _MONEY_LISTS
-    return table[list_status]
+local_statuses = list_holds
+"""The normalized statuses of the stored records that belong in one of ``kind``'s lists."""
+
+
+def _when(value: object, tz: ZoneInfo) -> dt.datetime | None:
+    """A list row's or stored record's date; None when it has none or an unreadable one
+    (the row then counts as inside the window and is fetched, never dropped)."""
+    try:
+        return parse_fonzip_datetime(value, tz)
+    except ValueError:
+        return None
 
 
 def _field(row: Mapping[str, Any], dotted: str) -> Any:
@@ -103,11 +90,11 @@ def _row_date(
         spec = ENDPOINTS[kind]
         fields = ((spec.refund_date_field,) if spec.refund_date_field else ()) + _REFUND_ROW_FIELDS
         for name in fields:
-            when = parse_fonzip_datetime(_field(row, name), tz)
+            when = _when(_field(row, name), tz)
             if when is not None:
                 return when
         return None
-    return parse_fonzip_datetime(_field(row, ENDPOINTS[kind].date_field), tz)
+    return _when(_field(row, ENDPOINTS[kind].date_field), tz)
 
 
 def _refund_basis(
@@ -134,7 +121,6 @@ def _refund_basis(
         for r in rows
         if (w := _row_date(kind, "refund", r, tz, "complete_date")) and start <= w < end
     )
-    # No rows, or rows without dates: assume the refund date (documented for e-cards).
     return "complete_date" if by_completion > by_refund else "refund_date"
 
 
@@ -494,7 +480,7 @@ class Reconciler:
             return set(await self._store.records.local_ids(kind, day, statuses))
         found = set()
         for fid, raw in await self._store.records.refund_dates(kind, statuses[0]):
-            when = parse_fonzip_datetime(raw, self.tz)
+            when = _when(raw, self.tz)
             if when is not None and business_date(when, self.tz) == day:
                 found.add(fid)
         return found

@@ -27,8 +27,9 @@ import aiohttp
 from aiohttp import web
 
 from fonzipd.fonzip.endpoints import Detail
+from fonzipd.fonzip.normalizer import normalize
 from fonzipd.kinds import Kind
-from fonzipd.records import Source, normalize
+from fonzipd.records import Source
 from fonzipd.simulator import Simulator
 
 Event = tuple[Kind, int, int]

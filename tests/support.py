@@ -18,8 +18,9 @@ from pydantic import SecretStr
 from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import ConfigWarning, FonzipSettings
 from fonzipd.fonzip.endpoints import Detail
+from fonzipd.fonzip.normalizer import normalize
 from fonzipd.kinds import Kind
-from fonzipd.records import Person, Record, Source, content_version, normalize
+from fonzipd.records import Person, Record, Source, content_version
 from fonzipd.simulator import Simulator
 from fonzipd.state import InboxEvent
 

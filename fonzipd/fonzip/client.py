@@ -44,7 +44,6 @@ from fonzipd.fonzip.endpoints import (
     ListResult,
     format_query_datetime,
     max_pages,
-    parse_fonzip_datetime,
     validate_detail,
     validate_list,
     validate_rows,
@@ -58,7 +57,9 @@ from fonzipd.fonzip.errors import (
     FonzipUnauthorized,
     FonzipUnavailable,
 )
+from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.fonzip.limiter import Priority, RateLimiter
+from fonzipd.fonzip.statuses import PAYMENT_STATUSES, list_holding
 from fonzipd.fonzip.token import StoredToken, TokenManager, TokenStore, token_key
 from fonzipd.kinds import Kind
 from fonzipd.retry_after import parse_retry_after
@@ -626,8 +627,8 @@ class FonzipClient:
                 if len(rows) < HOW_MANY:
                     break
         # The payment status tells which list holds the sale: 3 paid, 4 refund, 5 failed.
-        by_status = {3: "paid", 4: "refund", 5: "failed"}
-        first = by_status.get(_int_or_none(obj.get("transaction__payment_status")) or -1)
+        paid = PAYMENT_STATUSES.get(_int_or_none(obj.get("transaction__payment_status")) or -1)
+        first = list_holding(Kind.ECARD_SALE, paid)
         statuses = Kind.ECARD_SALE.list_statuses
         ordered = ([first] if first else []) + [s for s in statuses if s != first]
         return await self._find_recent_row(Kind.ECARD_SALE, sale_id, ordered, priority)
@@ -694,12 +695,14 @@ class FonzipClient:
             if kind is Kind.CAMPAIGN:
                 created = []
                 for r in fresh:
-                    when = parse_fonzip_datetime(r.get("create_date"), tz)
+                    try:
+                        when = parse_fonzip_datetime(r.get("create_date"), tz)
+                    except ValueError:
+                        when = None
                     if when is None:
                         raise FonzipBadResponse(
                             f"{endpoint} (page {page})",
-                            f"campaign {r['id']} has no readable create_date: "
-                            f"{r.get('create_date')!r}",
+                            f"campaign {r['id']} has no readable create_date",
                         )
                     created.append((when, r))
                 past_end = any(when >= end for when, _ in created)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
@@ -213,22 +212,6 @@ def validate_detail(
     if expected_id is not None and obj["id"] != expected_id:
         raise FonzipBadResponse(endpoint, f"{key}.id is {obj['id']}, expected {expected_id}")
     return obj
-
-
-def parse_fonzip_datetime(value: object, tz: zoneinfo.ZoneInfo) -> dt.datetime | None:
-    """A date-time as Fonzip writes it, aware; None for null, empty or unparseable.
-
-    Fonzip's response time format is not documented (reference §3.0): accept an
-    offset, ``Z``, or a naive value, which is read as the association's local time
-    ``tz``.
-    """
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace(" ", "T", 1))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=tz)
 
 
 def format_query_datetime(value: dt.datetime, *, round_up: bool = False) -> str:

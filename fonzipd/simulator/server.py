@@ -245,6 +245,8 @@ class Simulator:
             seed=seed, days=days, per_day=per_day, end_date=self.end_date, zone=self.zone
         )
         self.faults = Faults()
+        self.tampered: dict[tuple[Kind, int], Callable[[dict[str, Any]], None]] = {}
+        """Details served edited, as a hostile API would: see :meth:`tamper`."""
         self.requests: list[RequestLog] = []
         self.sender = Sender(clock=clock, retry_delays=retry_delays, timeout=delivery_timeout)
         self.webhooks: dict[int, Webhook] = {}
@@ -393,6 +395,13 @@ class Simulator:
         if self.account.entries[kind].pop(fonzip_id, None) is None:
             raise KeyError(f"no {kind} with id {fonzip_id}")
         log.info("event_deleted", kind=str(kind), id=fonzip_id)
+
+    def tamper(self, kind: Kind, fonzip_id: int, change: Callable[[dict[str, Any]], None]) -> None:
+        """Serve the detail of one object edited in place by ``change``, as JSON with
+        ASCII escapes: a hostile API's values (a lone surrogate, a negative amount...)."""
+        if self.account.get(kind, fonzip_id) is None:
+            raise KeyError(f"no {kind} with id {fonzip_id}")
+        self.tampered[kind, fonzip_id] = change
 
     def reset_rate_limit(self) -> None:
         """Forget every client's request count in the current window."""
@@ -753,6 +762,11 @@ class Simulator:
         if f"{entry.kind}:{entry.id}" in self.faults.failing_details:
             _error(503, "Service Unavailable")
         obj = shapes.detail(entry, self.zone)
+        change = self.tampered.get((entry.kind, entry.id))
+        if change is not None:
+            change(obj)
+            text = json.dumps({key: obj}, default=str)  # a lone surrogate as its \ud800 escape
+            return web.Response(text=text, content_type="application/json")
         if (
             self.faults.malformed_details > 0
             and self._fault_rng.random() < self.faults.malformed_details
