@@ -31,7 +31,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -618,15 +618,3 @@ def all_days(first: dt.date, last: dt.date) -> list[dt.date]:
     if last < first:
         raise ValueError(f"--to {last} is before --from {first}")
     return days_between(first, last)
-
-
-def expected_kinds(kinds: Iterable[str]) -> list[Kind]:
-    """Kinds from their names; ValueError naming the unknown one."""
-    out = []
-    for name in kinds:
-        try:
-            out.append(Kind(name))
-        except ValueError:
-            known = ", ".join(k.value for k in Kind)
-            raise ValueError(f"unknown kind {name!r} (known: {known})") from None
-    return out
