@@ -2,8 +2,11 @@
 
 Prints the API requests the reconcile made (list pages, detail fetches, token), the
 wall time against a fast simulator, and the wall time those requests take at Fonzip's
-240 requests/minute (derived: requests / 4 per second), next to the lower bound: the
-list pages plus one detail per missing record.
+240 requests/minute (derived: requests / 4 per second), next to the lower bound taken
+from the simulator's truth, not from fonzipd's own counts: the pages Fonzip's lists
+need for the day plus one detail per record of the day the set-up left out. Then it
+checks that every record of the day (per the simulator) is stored with the status its
+list gives: a reconcile that under-queues fails here instead of looking efficient.
 
     .venv/bin/python bench/bench_reconcile.py [--records 5000] [--missing 0.1]
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 from fonzipd import logs
 from fonzipd.app import Daemon
 from fonzipd.config import ConfigWarning, settings_from_dict
+from fonzipd.days import day_window
 from fonzipd.fonzip.endpoints import Detail
 from fonzipd.fonzip.normalizer import normalize
 from fonzipd.kinds import Kind
@@ -32,6 +36,8 @@ from fonzipd.simulator import Simulator
 
 FAST_RATE = 120_000.0
 FONZIP_RATE = 240.0
+LIST_STATUS = {"paid": "succeeded", "refund": "refunded", "failed": "failed"}
+"""The status each donation list shows, as fonzipd stores it (from the API reference)."""
 
 
 async def bench(records: int, missing: float, seed: int, rate: float = FAST_RATE) -> None:
@@ -86,6 +92,18 @@ async def bench(records: int, missing: float, seed: int, rate: float = FAST_RATE
                 )
                 wall = time.perf_counter() - started
                 made = sim.requests[before:]
+                # The truth: what Fonzip's lists hold for the day, from the simulator.
+                start, end = day_window(day, settings.fonzip.tz)
+                pages = 0
+                expected: dict[int, str] = {}
+                for status in Kind.DONATION.list_statuses:
+                    dates = sim.list_dates(Kind.DONATION, status)
+                    # Fonzip's end bound is inclusive: the next midnight's rows come back.
+                    pages += max(1, math.ceil(sum(start <= w <= end for w in dates.values()) / 100))
+                    expected.update(
+                        (i, LIST_STATUS[status]) for i, w in dates.items() if start <= w < end
+                    )
+                stored = await store.records.statuses(Kind.DONATION, expected)
             finally:
                 await daemon.stop()
     by_kind = Counter(
@@ -96,9 +114,10 @@ async def bench(records: int, missing: float, seed: int, rate: float = FAST_RATE
         else "detail"
         for r in made
     )
-    pages = sum(math.ceil(r.fonzip_total / 100) if r.fonzip_total else 1 for r in report.runs)
-    missing_ids = sum(r.missing + r.changed + r.extra for r in report.runs)
-    bound = pages + missing_ids
+    to_fetch = len(absent & set(expected))
+    bound = pages + to_fetch
+    queued = sum(r.missing + r.changed + r.extra for r in report.runs)
+    wrong = sorted(i for i, want in expected.items() if stored.get(i) != want)
     print(f"simulated day {day}: {len(objects)} donations, {len(absent)} missing locally")
     for r in report.runs:
         print(
@@ -107,10 +126,17 @@ async def bench(records: int, missing: float, seed: int, rate: float = FAST_RATE
         )
     print(f"day closed: {report.closed}")
     print(
+        f"records of the day (simulator): {len(expected)}; stored with their list's status:"
+        f" {len(expected) - len(wrong)}; missing or wrong: {len(wrong)} {wrong[:10]}"
+    )
+    print(
         f"requests made: {len(made)} (list pages {by_kind['list']}, details {by_kind['detail']},"
         f" token {by_kind['token']})"
     )
-    print(f"lower bound: {bound} (list pages {pages} + {missing_ids} details)")
+    print(
+        f"lower bound (simulator's truth): {bound} (list pages {pages} + {to_fetch} details);"
+        f" fonzipd queued {queued}; made / bound = {len(made) / bound:.3f}"
+    )
     print(f"measured wall time, simulator and fonzipd at {rate:.0f}/min: {wall:.2f} s")
     at_limit = len(made) / (FONZIP_RATE / 60)
     print(

@@ -316,6 +316,17 @@ class Simulator:
         """The current list rows of ``kind`` (all statuses; e-cards: default set), by id."""
         return [shapes.row(e, self.zone) for e in self._entries(kind)]
 
+    def list_dates(self, kind: Kind, list_status: str) -> dict[int, dt.datetime]:
+        """The truth of one list: id -> the date the list filters it on, for every object
+        of ``kind`` the list with ``list_status`` shows (on some date). Campaigns:
+        ``"created"``, by creation date."""
+        found = {}
+        for entry in self._entries(kind):
+            when = entry.when if kind is Kind.CAMPAIGN else _list_date(entry, list_status)
+            if when is not None:
+                found[entry.id] = when
+        return found
+
     def debt_ids(self) -> list[int]:
         """The membership-fee ids that are debts: ``/debt/{id}`` answers, not ``/subscription``."""
         return [e.id for e in self._entries(Kind.MEMBERSHIP_FEE) if e.extra["is_debt"]]
