@@ -199,14 +199,16 @@ async def test_a_refused_record_is_a_dead_letter_alone(tmp_path: Path, database:
     recs = sample_records(6)
     too_long = dataclasses.replace(recs[2], status="s" * 65)
     too_precise = dataclasses.replace(recs[3], amount=Decimal("1.23456"))
+    surrogate = dataclasses.replace(recs[4], person=Person(name="Ay\ud800e"))  # hostile API
     sink = _sink(tmp_path, database)
     await sink.open()
     with pytest.raises(PermanentSinkError) as caught:
-        await sink.write([*recs[:2], too_long, too_precise, *recs[4:]])
-    assert caught.value.failed_keys == frozenset({too_long.key, too_precise.key})
+        await sink.write([*recs[:2], too_long, too_precise, surrogate, *recs[5:]])
+    refused = {too_long.key, too_precise.key, surrogate.key}
+    assert caught.value.failed_keys == frozenset(refused)
     await sink.close()
     written = set(await _history_keys(database)())
-    assert written == {r.key for r in recs} - {too_long.key, too_precise.key}
+    assert written == {r.key for r in recs} - refused
 
 
 async def test_bad_credentials_fail_check_online_at_once(tmp_path: Path) -> None:

@@ -129,18 +129,19 @@ async def test_a_missing_stream_is_a_clear_error_unless_created(
         await other.open()
 
 
-async def test_a_record_over_max_payload_is_a_dead_letter_alone(
+async def test_a_record_over_max_payload_or_not_utf8_is_a_dead_letter_alone(
     tmp_path: Path, stream: tuple[str, str]
 ) -> None:
     recs = sample_records(4)
     huge = dataclasses.replace(recs[1], data={"blob": "x" * 2_000_000})
+    surrogate = dataclasses.replace(recs[2], data={"name": "Ay\ud800e"})  # a hostile API's
     sink = _sink(tmp_path, stream)
     await sink.open()
     with pytest.raises(PermanentSinkError, match="max_payload") as caught:
-        await sink.write([recs[0], huge, *recs[2:]])
+        await sink.write([recs[0], huge, surrogate, *recs[3:]])
     await sink.close()
-    assert caught.value.failed_keys == frozenset({huge.key})
-    assert await _keys(stream[0])() == [recs[0].key, *(r.key for r in recs[2:])]
+    assert caught.value.failed_keys == frozenset({huge.key, surrogate.key})
+    assert await _keys(stream[0])() == [recs[0].key, *(r.key for r in recs[3:])]
 
 
 async def test_bad_credentials_fail_check_online_at_once(tmp_path: Path) -> None:

@@ -186,16 +186,19 @@ async def test_an_older_layout_is_migrated_and_a_foreign_table_refused(
 
 async def test_a_refused_record_is_a_dead_letter_alone(tmp_path: Path, schema: str) -> None:
     recs = sample_records(5)
+    # A lone surrogate (a hostile API's "\\ud800" escape) and a NUL: PostgreSQL takes neither.
+    surrogate = dataclasses.replace(recs[1], person=Person(name="Ay\ud800e Secret"))
     bad = dataclasses.replace(recs[2], person=Person(name="nul\x00byte"))
     sink = _sink(tmp_path, schema)
     await sink.open()
     with pytest.raises(PermanentSinkError) as caught:
-        await sink.write([*recs[:2], bad, *recs[3:]])
-    assert caught.value.failed_keys == frozenset({bad.key})
-    assert "nul\x00byte" not in str(caught.value)
+        await sink.write([recs[0], surrogate, bad, *recs[3:]])
+    assert caught.value.failed_keys == frozenset({bad.key, surrogate.key})
+    assert "surrogates not allowed" in str(caught.value)
+    assert "Secret" not in str(caught.value)  # the refused value is not repeated
     await sink.close()
     written = set(await _history_keys(schema)())
-    assert written == {r.key for r in recs} - {bad.key}
+    assert written == {r.key for r in recs} - {bad.key, surrogate.key}
 
 
 async def test_credentials_come_from_the_environment_or_a_private_file(

@@ -230,16 +230,16 @@ class MySQLSink(Sink):
                 conn = self._conn
                 try:
                     await self._write_batch(conn, good)
-                except MySQLError as exc:
-                    if _code(exc) not in _DATA_ERRORS:
+                except (MySQLError, UnicodeEncodeError) as exc:
+                    if not _refused_data(exc):
                         raise
                     await _rollback(conn)
                     # One bad record must not hold back the others: each alone.
                     for record in good:
                         try:
                             await self._write_batch(conn, [record])
-                        except MySQLError as one:
-                            if _code(one) not in _DATA_ERRORS:
+                        except (MySQLError, UnicodeEncodeError) as one:
+                            if not _refused_data(one):
                                 raise
                             await _rollback(conn)
                             failed[record.key] = _describe_error(one)
@@ -427,6 +427,11 @@ class MySQLSink(Sink):
 
 async def _rollback(conn: Connection) -> None:
     await conn.rollback()
+
+
+def _refused_data(exc: BaseException) -> bool:
+    """A record's values cannot be stored: a lone surrogate in a text, a value too long."""
+    return isinstance(exc, UnicodeEncodeError) or _code(exc) in _DATA_ERRORS
 
 
 def _code(exc: BaseException) -> int | None:

@@ -217,9 +217,13 @@ class NATSSink(Sink):
                 for wave in _waves(batch):
                     pending = []
                     for record in wave:
-                        body = json.dumps(
-                            record.to_json_dict(), ensure_ascii=False, separators=(",", ":")
-                        ).encode()
+                        try:
+                            body = json.dumps(
+                                record.to_json_dict(), ensure_ascii=False, separators=(",", ":")
+                            ).encode()
+                        except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape
+                            failed[record.key] = f"not valid UTF-8 text: {exc.reason}"
+                            continue
                         if len(body) > nc.max_payload - 512:
                             failed[record.key] = (
                                 f"{len(body)} bytes, over the server's max_payload {nc.max_payload}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DEFAULT_PORT = 5432
+_ARGUMENT_VALUE = re.compile(r"^(invalid input for query argument \$\d+): .* \(([^()]*)\)$", re.S)
 _MAX_TABLE_BYTES = 48  # room for "_history" and "_business_date" under PostgreSQL's 63
 
 # (name, type, constraint of a new table); ALTER TABLE adds missing ones without it.
@@ -373,5 +375,8 @@ def _describe_error(exc: BaseException) -> str:
     import asyncpg
 
     if isinstance(exc, asyncpg.PostgresError):
-        return f"{type(exc).__name__} ({exc.sqlstate}): {exc.args[0] if exc.args else ''}"
+        message = str(exc.args[0]) if exc.args else ""
+        # asyncpg's own "invalid input for query argument $N: <the value> (<why>)".
+        message = _ARGUMENT_VALUE.sub(r"\1: \2", message)
+        return f"{type(exc).__name__} ({exc.sqlstate}): {message}"
     return f"{type(exc).__name__}: {exc}"
