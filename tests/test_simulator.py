@@ -750,3 +750,45 @@ def test_small_accounts_generate(per_day: int) -> None:
     for seed in range(10):
         sim = Simulator(seed=seed, days=1, per_day=per_day)
         assert all(sim.objects(kind) for kind in Kind)
+
+
+# -- held detail answers (staged races) ------------------------------------------------
+
+
+async def test_a_held_detail_answers_the_state_read_when_it_arrived(
+    api: Api, sim: Simulator, clock: FakeClock
+) -> None:
+    fid, _ = await sim.create_event(Kind.DONATION, deliver=False)
+    hold = sim.hold_detail(Kind.DONATION, fid)
+    held = asyncio.create_task(api.get(f"/donation/{fid}"))
+    await asyncio.wait_for(hold.arrived.wait(), 5)
+    clock.advance(60)
+    await sim.refund(Kind.DONATION, fid, deliver=False)
+    sim.amend(Kind.DONATION, fid, first_name="Düzeltilmiş")
+    # A later request is not held (count=1) and reads the new state.
+    status, later = await api.get(f"/donation/{fid}")
+    assert status == 200
+    assert later["donation"]["transaction"]["payment_status"] == 4
+    assert later["donation"]["user"]["first_name"] == "Düzeltilmiş"
+    assert not held.done()
+    hold.release()
+    status, earlier = await held
+    assert status == 200
+    assert earlier["donation"]["transaction"]["payment_status"] == 3
+    assert earlier["donation"]["user"]["first_name"] != "Düzeltilmiş"
+    assert earlier["donation"]["last_update_date"] < later["donation"]["last_update_date"]
+
+
+async def test_a_hold_with_seconds_lets_go_by_itself_and_the_admin_api_sets_one(
+    api: Api, sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    fid, _ = await sim.create_event(Kind.TICKET_SALE, deliver=False)
+    body = {"kind": "ticket_sale", "id": fid, "seconds": 0.05}
+    async with http.post(f"{sim.admin_url}/hold", json=body) as resp:
+        assert resp.status == 200
+    status, _ = await asyncio.wait_for(api.get(f"/ticket-sale/{fid}"), 5)
+    assert status == 200
+    async with http.post(f"{sim.admin_url}/hold", json={"kind": "ticket_sale"}) as resp:
+        assert resp.status == 400
+    with pytest.raises(ValueError, match="count"):
+        sim.hold_detail(Kind.TICKET_SALE, fid, count=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_CLIENTS",
     "EVENT_KEYS",
     "Faults",
+    "Hold",
     "RequestLog",
     "Simulator",
     "Webhook",
@@ -189,6 +191,30 @@ class Webhook:
 
 
 @dataclasses.dataclass(slots=True)
+class Hold:
+    """The detail answers of one object, held back: a race a test can stage.
+
+    A held request reads the object's state when it arrives and answers with that
+    state once :meth:`release` is called (or after ``seconds``), so a fetch that
+    started earlier lands later. ``count`` requests are held; later ones pass.
+    ``arrived`` is set as soon as a held request is waiting.
+    """
+
+    kind: Kind
+    fonzip_id: int
+    count: int = 1
+    seconds: float | None = None
+    arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    released: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    held: int = 0
+    """Requests held so far."""
+
+    def release(self) -> None:
+        """Let every held answer (and any later one) go."""
+        self.released.set()
+
+
+@dataclasses.dataclass(slots=True)
 class _Token:
     client_id: str
     expires_at: dt.datetime
@@ -253,6 +279,7 @@ class Simulator:
         self._next_webhook_id = 1
         self._target_webhook_id: int | None = None
         self._tokens: dict[str, _Token] = {}
+        self._holds: dict[tuple[Kind, int], Hold] = {}
         self._windows: dict[str, tuple[dt.datetime, int]] = {}
         self._fault_rng = random.Random(seed ^ 0x5EED)
         self._runner: web.AppRunner | None = None
@@ -414,6 +441,64 @@ class Simulator:
             raise KeyError(f"no {kind} with id {fonzip_id}")
         self.tampered[kind, fonzip_id] = change
 
+    def hold_detail(
+        self, kind: Kind, fonzip_id: int, *, count: int = 1, seconds: float | None = None
+    ) -> Hold:
+        """Hold the next ``count`` detail answers of one object (see :class:`Hold`)."""
+        if count < 1 or (seconds is not None and seconds < 0):
+            raise ValueError(f"count must be >= 1 and seconds >= 0, got {count}, {seconds}")
+        hold = Hold(kind, fonzip_id, count=count, seconds=seconds)
+        self._holds[(kind, fonzip_id)] = hold
+        return hold
+
+    def release_detail(self, kind: Kind, fonzip_id: int) -> None:
+        """Release (and forget) the hold on one object's detail, if there is one."""
+        hold = self._holds.pop((kind, fonzip_id), None)
+        if hold is not None:
+            hold.release()
+
+    def amend(
+        self,
+        kind: Kind,
+        fonzip_id: int,
+        *,
+        first_name: str | None = None,
+        payment_status: int | None = None,
+        campaign_status: int | None = None,
+        deliver: bool = False,
+    ) -> None:
+        """Change an object as an admin would in Fonzip's panel: correct the person's
+        first name, set the payment status (3 or 5) or the campaign status. Its
+        ``last_update_date`` moves to now. ``deliver`` notifies the new payment status
+        (a name correction sends no webhook at Fonzip)."""
+        entry = self.account.get(kind, fonzip_id)
+        if entry is None:
+            raise KeyError(f"no {kind} with id {fonzip_id}")
+        if first_name is not None:
+            # People are shared between objects: the correction is this object's own.
+            entry.person = dataclasses.replace(entry.person, first_name=first_name)
+        if payment_status is not None:
+            if payment_status not in (PAID, FAILED) or entry.transaction_id is None:
+                raise ValueError(f"{kind} {fonzip_id}: cannot set payment status {payment_status}")
+            entry.payment_status = payment_status
+        if campaign_status is not None:
+            if kind is not Kind.CAMPAIGN:
+                raise ValueError(f"{kind} {fonzip_id} is not a campaign")
+            entry.extra["campaign_status"] = campaign_status
+        entry.extra["updated_at"] = self.clock.now()
+        if deliver and payment_status is not None:
+            self._notify(kind, fonzip_id, payment_status)
+        log.info("event_amended", kind=str(kind), id=fonzip_id)
+
+    async def _held(self, kind: Kind, fonzip_id: int) -> None:
+        hold = self._holds.get((kind, fonzip_id))
+        if hold is None or hold.released.is_set() or hold.held >= hold.count:
+            return
+        hold.held += 1
+        hold.arrived.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hold.released.wait(), hold.seconds)
+
     def reset_rate_limit(self) -> None:
         """Forget every client's request count in the current window."""
         self._windows.clear()
@@ -524,6 +609,8 @@ class Simulator:
             web.post(f"{a}/foreign-token", self._admin_foreign_token),
             web.post(f"{a}/expire-tokens", self._admin_expire_tokens),
             web.post(f"{a}/wait-idle", self._admin_wait_idle),
+            web.post(f"{a}/hold", self._admin_hold),
+            web.post(f"{a}/release", self._admin_release),
         ]
         app.add_routes(routes)
         return app
@@ -767,12 +854,14 @@ class Simulator:
 
     # -- details ---------------------------------------------------------------------
 
-    def _detail_response(self, entry: Entry | None, key: str) -> web.Response:
+    async def _detail_response(self, entry: Entry | None, key: str) -> web.Response:
         if entry is None:
             _error(404, "Object not found")
         if f"{entry.kind}:{entry.id}" in self.faults.failing_details:
             _error(503, "Service Unavailable")
+        # The state as it is when the request arrives, even if the answer is held.
         obj = shapes.detail(entry, self.zone)
+        await self._held(entry.kind, entry.id)
         change = self.tampered.get((entry.kind, entry.id))
         if change is not None:
             change(obj)
@@ -789,7 +878,7 @@ class Simulator:
     def _detail_handler(self, kind: Kind) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             entry = self.account.get(kind, int(request.match_info["id"]))
-            return self._detail_response(entry, shapes.DETAIL_KEYS[kind])
+            return await self._detail_response(entry, shapes.DETAIL_KEYS[kind])
 
         return handler
 
@@ -797,20 +886,20 @@ class Simulator:
         entry = self.account.get(Kind.MEMBERSHIP_FEE, int(request.match_info["id"]))
         if entry is not None and entry.extra["is_debt"]:
             entry = None  # a debt: only /debt/{id} knows it
-        return self._detail_response(entry, "subscription")
+        return await self._detail_response(entry, "subscription")
 
     async def _debt(self, request: web.Request) -> web.Response:
         entry = self.account.get(Kind.MEMBERSHIP_FEE, int(request.match_info["id"]))
         if entry is not None and not entry.extra["is_debt"]:
             entry = None
-        return self._detail_response(entry, "subscription")
+        return await self._detail_response(entry, "subscription")
 
     async def _form_answer(self, request: web.Request) -> web.Response:
         entry = self.account.get(Kind.FORM_ANSWER, int(request.match_info["id"]))
         # Open question in the reference; assumed strict: the wrong form id is a 404.
         if entry is not None and entry.extra["form"][0] != int(request.match_info["form_id"]):
             entry = None
-        return self._detail_response(entry, "answer")
+        return await self._detail_response(entry, "answer")
 
     async def _forms(self, request: web.Request) -> web.Response:
         # The reference names GET /forms but not its shape; assumed {form_list, total}.
@@ -992,6 +1081,30 @@ class Simulator:
 
     async def _admin_expire_tokens(self, request: web.Request) -> web.Response:
         self.expire_tokens()
+        return _json({"result": "ok"})
+
+    async def _admin_hold(self, request: web.Request) -> web.Response:
+        body = await self._admin_body(request)
+        kind = self._admin_kind(body.get("kind"))
+        try:
+            seconds = body.get("seconds")
+            self.hold_detail(
+                kind,
+                int(body["id"]),
+                count=int(body.get("count", 1)),
+                seconds=None if seconds is None else float(seconds),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            _error(400, f"hold needs id, and count >= 1 / seconds >= 0: {exc}")
+        return _json({"result": "ok"})
+
+    async def _admin_release(self, request: web.Request) -> web.Response:
+        body = await self._admin_body(request)
+        kind = self._admin_kind(body.get("kind"))
+        try:
+            self.release_detail(kind, int(body["id"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            _error(400, f"release needs an id: {exc}")
         return _json({"result": "ok"})
 
     async def _admin_wait_idle(self, request: web.Request) -> web.Response:

@@ -54,6 +54,12 @@ def iso(value: dt.datetime | None, zone: dt.tzinfo) -> str | None:
     return value.astimezone(zone).isoformat()
 
 
+def last_update(entry: Entry) -> dt.datetime:
+    """When the object last changed at Fonzip: created, refunded or amended (``updated_at``)."""
+    moments = [entry.when, entry.refund_date, entry.extra.get("updated_at")]
+    return max(m for m in moments if m is not None)
+
+
 def _amount(entry: Entry) -> float | None:
     return None if entry.amount is None else float(entry.amount)
 
@@ -558,7 +564,7 @@ def detail(entry: Entry, zone: dt.tzinfo) -> dict[str, Any]:
             "card_info": None,
             "added_by_id": None,
             "added_by__name": None,
-            "last_update_date": iso(entry.refund_date or entry.when, zone),
+            "last_update_date": iso(last_update(entry), zone),
         }
     if entry.kind is Kind.MEMBERSHIP_FEE:
         is_debt = entry.extra["is_debt"]
@@ -685,7 +691,7 @@ def detail(entry: Entry, zone: dt.tzinfo) -> dict[str, Any]:
             "certificate__has_cargo": False,
             "updated_by_id": None,
             "updated_by__name": None,
-            "last_update_date": iso(entry.refund_date or entry.when, zone),
+            "last_update_date": iso(last_update(entry), zone),
         }
     status = entry.extra["campaign_status"]
     return {
