@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from fonzipd import crashpoints
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import SinkSettings
 from fonzipd.retry import RetrySchedule
@@ -224,6 +225,7 @@ class SinkRunner:
                 retry_in=round(delay, 2),
             )
             return delay
+        crashpoints.reached("before_ack")
         await self._store.outbox.acknowledge(self.sink_id, ids)
         self._failures = 0
         self.delivered += len(rows)

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from fonzipd import crashpoints
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import FetcherSettings
 from fonzipd.fonzip.client import FonzipClient
@@ -198,6 +199,7 @@ class Fetcher:
             bound.warning("fetch_failed", error=str(exc), final=False)
             await self._store.inbox.retry_later(row.id, str(exc), self._schedule.wait(row.attempts))
             return
+        crashpoints.reached("mid_fetch")
         try:
             record = normalize(detail, tz=self._tz, source=row.source, fetched_at=self._clock.now())
             applied = await self._store.records.apply_record(row.id, record, self._sink_ids())

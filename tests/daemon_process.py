@@ -59,11 +59,15 @@ class DaemonProcess:
         self.port: int | None = None
         self.log_path: Path | None = None
 
-    async def start(self, within: float = 30.0) -> int:
-        """Start the daemon and wait until its listener is bound; returns the port."""
+    async def start(self, within: float = 30.0, env: Mapping[str, str] | None = None) -> int:
+        """Start the daemon and wait until its listener is bound; returns the port.
+
+        ``env`` adds environment variables for this start only (a crash point, say);
+        a start that reaches its crash point before the listener is up returns 0.
+        """
         self.starts += 1
         self.log_path = self.workdir / f"daemon-{self.starts}.log"
-        self.proc = self._spawn(self.log_path)
+        self.proc = self._spawn(self.log_path, env or {})
         async with asyncio.timeout(within):
             while True:
                 event = self.find("daemon_started")
@@ -71,12 +75,16 @@ class DaemonProcess:
                     self.port = int(str(event["listen"]).split(":")[2].split("/")[0])
                     return self.port
                 if self.proc.poll() is not None:
+                    if env and self.find("crash_point_reached") is not None:
+                        return 0  # killed itself at its crash point while starting
                     raise AssertionError(f"fonzipd exited at start:\n{self.log_text()}")
                 await asyncio.sleep(0.05)
 
-    def _spawn(self, log_path: Path) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def _spawn(self, log_path: Path, extra: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
         env.pop("NOTIFY_SOCKET", None)
+        if "FONZIPD_CRASH_AT" not in extra:
+            env.pop("FONZIPD_CRASH_AT", None)
         with log_path.open("wb") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "fonzipd", "run", "--config", str(self.config)],
@@ -102,6 +110,23 @@ class DaemonProcess:
 
     def find(self, event: str) -> dict[str, Any] | None:
         return next((e for e in self.events() if e.get("event") == event), None)
+
+    async def exited(self, within: float) -> int:
+        """Wait (without blocking the event loop) until the process ends; its return code."""
+        assert self.proc is not None
+        return await asyncio.to_thread(self.proc.wait, within)
+
+    def logs_of(self, start: int) -> list[dict[str, Any]]:
+        """The JSON log lines of an earlier start (1 is the first)."""
+        path = self.workdir / f"daemon-{start}.log"
+        out = []
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
 
     def kill(self) -> None:
         """SIGKILL: no drain, no cleanup, as a crash or the OOM killer would."""

@@ -42,6 +42,7 @@ from typing import ClassVar
 
 import structlog
 
+from fonzipd import crashpoints
 from fonzipd.private_files import create_private_file, make_private_dir, open_private
 from fonzipd.sink import (
     PermanentSinkError,
@@ -395,6 +396,7 @@ class CSVSink(Sink):
                 if committed == 0:
                     data = (_BOM if self._opts.excel_bom else b"") + self._header.encode() + data
                 os.lseek(fd, committed, os.SEEK_SET)
+                crashpoints.reached("csv_torn_line", lambda: os.write(fd, data[: len(data) // 2]))
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import aiosqlite
 import structlog
 
+from fonzipd import crashpoints
 from fonzipd.private_files import create_private_file, make_private_dir
 from fonzipd.sink import Record, Sink, SinkContext, SinkOptions, TransientSinkError
 
@@ -177,6 +178,7 @@ class SQLiteSink(Sink):
                 # be applied in the order they were created.
                 await db.executemany(_UPSERT, [_row(r) for r in batch])
                 await db.executemany(_HISTORY, [_history_row(r) for r in batch])
+                crashpoints.reached("mid_sink_write")
                 await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
