@@ -2,7 +2,11 @@
 
 The oracle knows every event the simulator was asked to send and every answer fonzipd
 gave; at the end it checks that every event answered 200 is in every enabled sink,
-exactly once where the sink promises it, with the latest status Fonzip holds.
+exactly once where the sink promises it, with the latest status Fonzip holds. It counts
+what each sink was actually given (SQLite: triggers count every row the sink is asked
+to write; CSV: rows per key; HTTP: deliveries per webhook-id), and takes the expected
+statuses from literal tables written from the API reference (tests/support.py), never
+from fonzipd's own normalizers.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import base64
 import collections
 import contextlib
 import csv
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -26,11 +29,11 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from aiohttp import web
 
-from fonzipd.fonzip.endpoints import Detail
-from fonzipd.fonzip.normalizer import normalize
 from fonzipd.kinds import Kind
-from fonzipd.records import Source
 from fonzipd.simulator import Simulator
+from fonzipd.sink import SinkContext
+from fonzipd.sinks.sqlite import SQLiteOptions, SQLiteSink
+from tests.support import expected_status
 
 Event = tuple[Kind, int, int]
 """(kind, Fonzip id, webhook status): one notification as Fonzip sends it."""
@@ -70,18 +73,12 @@ class Oracle:
             self.accepted.add(event)
 
     def expected(self) -> dict[tuple[str, int], str]:
-        """(kind, id) -> the status the sinks must show: Fonzip's latest, normalized."""
-        now = dt.datetime.now(dt.UTC)
-        zone = ZoneInfo("Europe/Istanbul")
+        """(kind, id) -> the status the sinks must show: Fonzip's latest (literal tables)."""
         wanted = {(k, fid) for k, fid, _ in self.accepted}
         objects = {(kind, int(obj["id"])): obj for kind in Kind for obj in self.sim.objects(kind)}
-        out: dict[tuple[str, int], str] = {}
-        for kind, fid in wanted:
-            obj = objects[(kind, fid)]
-            detail = Detail(kind=kind, fonzip_id=fid, obj=obj, list_row=None, endpoint="oracle")
-            record = normalize(detail, tz=zone, source=Source.WEBHOOK, fetched_at=now)
-            out[(str(kind), fid)] = record.status
-        return out
+        return {
+            (str(kind), fid): expected_status(kind, objects[(kind, fid)]) for kind, fid in wanted
+        }
 
     def missing(self, workdir: Path) -> set[tuple[str, int]]:
         """Accepted (kind, id) not yet in the SQLite sink with their latest status."""
@@ -89,25 +86,42 @@ class Oracle:
         return {key for key, status in self.expected().items() if rows.get(key) != status}
 
     def check(
-        self, workdir: Path, *, csv_dir: Path | None = None, receiver: Receiver | None = None
+        self,
+        workdir: Path,
+        *,
+        csv_dir: Path | None = None,
+        receiver: Receiver | None = None,
+        redeliveries: int = 0,
     ) -> None:
-        """Assert the guarantee for every enabled sink; AssertionError says what broke."""
+        """Assert the guarantee for every enabled sink; AssertionError says what broke.
+
+        ``redeliveries``: how many versions a sink that is not deduplicated for fonzipd
+        (the SQLite sink's input, the HTTP receiver) may have been given twice. A kill
+        between a sink's write and its acknowledgement sends that batch again (at least
+        once, idempotent by key); a run without kills allows none. The SQLite sink's
+        ``records`` table must in any case take each version at most once: taking one
+        again means it went back to an older state.
+        """
         expected = self.expected()
         assert expected, "no event was accepted: the scenario proved nothing"
-        rows = sqlite_rows(workdir / "fonzip.db")
+        db_path = workdir / "fonzip.db"
+        rows = sqlite_rows(db_path)
         wrong = {k: (rows.get(k), v) for k, v in expected.items() if rows.get(k) != v}
         assert not wrong, f"SQLite sink: missing or stale (got, want): {sorted(wrong.items())[:10]}"
-        with sqlite3.connect(workdir / "fonzip.db") as db:
-            dup = db.execute(
-                "SELECT count(*) FROM (SELECT kind, fonzip_id, version FROM record_history"
-                " GROUP BY 1, 2, 3 HAVING count(*) > 1)"
-            ).fetchone()
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
             latest = {
                 (k, int(i)): v
                 for k, i, v in db.execute("SELECT kind, fonzip_id, version FROM records")
             }
-        assert dup == (0,), "SQLite sink: a version written twice"
+        given, taken = sqlite_counts(db_path)
         latest_keys = {f"{k}:{i}:{latest[(k, i)]}" for k, i in expected}
+        assert not latest_keys - set(given), "SQLite sink: the counting triggers saw no write"
+        twice = sorted(k for k, n in taken.items() if n > 1)
+        assert not twice, f"SQLite sink: records went back to an older version {twice[:5]}"
+        again = sorted(k for k, n in given.items() if n > 1)
+        assert len(again) <= redeliveries, (
+            f"SQLite sink: {len(again)} versions given twice (allowed {redeliveries}): {again[:5]}"
+        )
         if csv_dir is not None:
             keys = csv_keys(csv_dir)
             dups = [k for k, n in collections.Counter(keys).items() if n > 1]
@@ -121,6 +135,47 @@ class Oracle:
                 kind, fid = key.split(":")[:2]
                 assert receiver.messages[key]["status"] == expected[(kind, int(fid))], key
             assert receiver.bad_signatures == 0
+            again = sorted(k for k, n in receiver.counts.items() if n > 1)
+            assert len(again) <= redeliveries, (
+                f"HTTP sink: {len(again)} ids delivered twice (allowed {redeliveries}): {again[:5]}"
+            )
+
+
+async def prepare_sqlite_sink(path: Path) -> None:
+    """Create the SQLite sink's file through the sink itself, plus triggers that count.
+
+    ``sink_given`` gets a row for every history row the sink is asked to write (a BEFORE
+    trigger fires even when INSERT OR IGNORE then ignores it): what the sink received.
+    ``sink_taken`` gets a row each time ``records`` takes a version: what it applied.
+    """
+    context = SinkContext("oracle", path.parent, ZoneInfo("Europe/Istanbul"))
+    sink = SQLiteSink(SQLiteOptions(path=path), context)
+    await sink.open()
+    await sink.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            """
+            CREATE TABLE sink_given (key TEXT NOT NULL);
+            CREATE TABLE sink_taken (key TEXT NOT NULL);
+            CREATE TRIGGER count_given BEFORE INSERT ON record_history BEGIN
+                INSERT INTO sink_given VALUES (new.kind||':'||new.fonzip_id||':'||new.version);
+            END;
+            CREATE TRIGGER count_taken_new AFTER INSERT ON records BEGIN
+                INSERT INTO sink_taken VALUES (new.kind||':'||new.fonzip_id||':'||new.version);
+            END;
+            CREATE TRIGGER count_taken_changed AFTER UPDATE ON records BEGIN
+                INSERT INTO sink_taken VALUES (new.kind||':'||new.fonzip_id||':'||new.version);
+            END;
+            """
+        )
+
+
+def sqlite_counts(path: Path) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """Per record key: how often the SQLite sink was given it, and how often it took it."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        given = collections.Counter(k for (k,) in db.execute("SELECT key FROM sink_given"))
+        taken = collections.Counter(k for (k,) in db.execute("SELECT key FROM sink_taken"))
+    return given, taken
 
 
 def sqlite_rows(path: Path) -> dict[tuple[str, int], str]:
@@ -193,6 +248,8 @@ class Receiver:
     def __init__(self) -> None:
         self.messages: dict[str, dict[str, Any]] = {}
         self.counts: collections.Counter[str] = collections.Counter()
+        self.arrivals: list[dict[str, Any]] = []
+        """Every verified delivery's body, in the order they arrived."""
         self.bad_signatures = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -211,7 +268,8 @@ class Receiver:
             self.bad_signatures += 1
             return web.Response(status=401)
         self.counts[msg_id] += 1
-        self.messages.setdefault(msg_id, json.loads(body))
+        self.arrivals.append(json.loads(body))
+        self.messages.setdefault(msg_id, self.arrivals[-1])
         return web.Response(status=204)
 
     async def start(self) -> None:
