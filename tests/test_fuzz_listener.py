@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from fonzipd.config import ListenerSettings
-from fonzipd.listener import GroupCommitter, PayloadError, build_app, parse_webhook
+from fonzipd.listener import GroupCommitter, build_app
 from fonzipd.state import Store
 
 TOKEN = "fuzz-listener-token-0123456789"
@@ -76,6 +76,15 @@ class Served:
         with contextlib.closing(sqlite3.connect(self.state)) as db:
             return int(db.execute("SELECT count(*) FROM inbox").fetchone()[0])
 
+    def stored(self, kind: str, fonzip_id: int, status: int) -> list[tuple[str, str]]:
+        """(source, state) of the inbox rows holding one webhook event."""
+        with contextlib.closing(sqlite3.connect(self.state)) as db:
+            return db.execute(
+                "SELECT source, state FROM inbox WHERE kind = ? AND fonzip_id = ?"
+                " AND event_status = ?",
+                (kind, fonzip_id, status),
+            ).fetchall()
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
@@ -126,7 +135,19 @@ def encode(value: Any, encoding: str) -> bytes:
         return json.dumps(value).encode(encoding)
 
 
+# Valid notifications, so that the accepted branch (stored as sent) is exercised too.
+valid_webhooks = st.fixed_dictionaries(
+    {
+        "id": st.integers(min_value=0, max_value=2**63 - 1),
+        "webhook_id": st.integers(min_value=0, max_value=2**63 - 1),
+        "operation": st.integers(min_value=0, max_value=7),
+        "status": st.sampled_from([0, 1, 3, 4, 5, 6]),
+    },
+    optional={"extra": json_values},
+)
+
 bodies = st.one_of(
+    valid_webhooks.map(lambda v: json.dumps(v).encode()),
     st.tuples(webhook_like, st.sampled_from(["utf-8", "utf-16", "latin-1"])).map(
         lambda t: encode(t[0], t[1])
     ),
@@ -138,7 +159,7 @@ bodies = st.one_of(
     # The NaN and Infinity JSON extensions Python accepts and strict JSON does not.
     st.sampled_from([b'{"id": NaN}', b'{"id": Infinity, "status": 3}', b"1e999999"]),
 )
-tokens = st.sampled_from([None, TOKEN, "", TOKEN + "x", TOKEN.upper(), "wrong"])
+tokens = st.sampled_from([None, TOKEN, TOKEN, "", TOKEN + "x", TOKEN.upper(), "wrong"])
 methods = st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH"])
 content_types = st.sampled_from(
     [
@@ -154,16 +175,49 @@ content_types = st.sampled_from(
 )
 
 
-def accepted(method: str, token: str | None, ctype: str | None, body: bytes) -> bool:
-    """Whether Fonzip's contract makes this a webhook to store (id 0: a test delivery)."""
+# The oracle, written from the API reference (§4.2, §4.3) and independent of the
+# listener's parser: which requests are webhooks to store, and as what.
+OPERATION_KINDS = {
+    1: "donation",
+    2: "membership_fee",
+    3: "ticket_sale",
+    4: "form_answer",
+    5: "ecard_sale",
+    6: "campaign",
+}
+WEBHOOK_STATUSES = {0, 3, 4, 5}  # 0 campaign created; 3 successful, 4 refunded, 5 error
+
+
+def expected_event(
+    method: str, token: str | None, ctype: str | None, body: bytes
+) -> tuple[str, int, int] | None:
+    """(kind, id, status) a request must be stored as, or None if it must be refused.
+
+    A webhook is a POST with the shared X-FZ-Auth-Token, a JSON content type, a body
+    within the size bound that is a JSON object whose four fields id, webhook_id,
+    operation and status are integers (not booleans) from 0 to 2**63 - 1, operation
+    1 to 6, status 0, 3, 4 or 5. Id 0 is Fonzip's test delivery: answered, not stored.
+    """
     if method != "POST" or token != TOKEN or len(body) > MAX_BODY:
-        return False
+        return None
     if ctype is None or ctype.split(";")[0].strip().lower() != "application/json":
-        return False
+        return None
     try:
-        return parse_webhook(body).id != 0
-    except PayloadError:
-        return False
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    fields = [data.get(name) for name in ("id", "webhook_id", "operation", "status")]
+    if not all(type(v) is int and 0 <= v < 2**63 for v in fields):
+        return None
+    fonzip_id, _, operation, status = fields
+    assert isinstance(fonzip_id, int)
+    assert isinstance(operation, int)
+    assert isinstance(status, int)
+    if operation not in OPERATION_KINDS or status not in WEBHOOK_STATUSES or fonzip_id == 0:
+        return None
+    return OPERATION_KINDS[operation], fonzip_id, status
 
 
 @settings(
@@ -183,8 +237,11 @@ def test_bad_input_is_a_clear_4xx_and_stores_nothing(
     before = served.inbox_rows()
     status, text, answer_type = request(served.port, method, body, headers)
     assert status < 500, (status, text)
-    if accepted(method, token, ctype, body):
-        assert status == 200
+    event = expected_event(method, token, ctype, body)
+    if event is not None:
+        assert status == 200, (status, text)
+        # Answered 200 means stored: the row is there, as the event it was sent as.
+        assert ("webhook", "pending") in served.stored(*event), event
         return
     assert 400 <= status < 500 or (status == 200 and b'"test": true' in text), (status, text)
     assert served.inbox_rows() == before, "a rejected request left a row"
@@ -194,6 +251,35 @@ def test_bad_input_is_a_clear_4xx_and_stores_nothing(
             # Our own refusals say what was wrong, as JSON.
             assert answer_type.startswith("application/json"), (status, text)
             assert json.loads(text)["error"]
+
+
+good_webhooks = st.fixed_dictionaries(
+    {
+        "id": st.integers(min_value=1, max_value=2**63 - 1),
+        "webhook_id": st.integers(min_value=0, max_value=2**63 - 1),
+        "operation": st.integers(min_value=1, max_value=6),
+        "status": st.sampled_from(sorted(WEBHOOK_STATUSES)),
+    },
+    optional={"extra": json_values},
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=good_webhooks, ctype=st.sampled_from(["application/json", "application/JSON"]))
+def test_every_valid_webhook_is_answered_200_and_stored_as_sent(
+    served: Served, payload: dict[str, Any], ctype: str
+) -> None:
+    body = json.dumps(payload).encode()
+    event = expected_event("POST", TOKEN, ctype, body)
+    assert event is not None
+    headers = {"X-FZ-Auth-Token": TOKEN, "Content-Type": ctype}
+    status, text, _ = request(served.port, "POST", body, headers)
+    assert status == 200, (status, text)
+    assert ("webhook", "pending") in served.stored(*event), (event, text)
 
 
 def test_the_listener_still_serves_after_the_fuzz(served: Served) -> None:
