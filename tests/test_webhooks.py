@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.fonzip.token import MemoryTokenStore
 from fonzipd.simulator import EVENT_KEYS, Simulator
-from fonzipd.webhooks import WebhookError, find, register, send_test, webhook_name
+from fonzipd.webhooks import WebhookError, find, last_seen, register, send_test, webhook_name
 
 TOKEN = "webhooks-test-token-0123456789"
 URL = "https://fonzipd.example.org/fonzip/webhook"
@@ -112,8 +113,17 @@ async def test_a_test_delivery_reaches_the_running_daemon(
         assert daemon.store is not None
         url = f"http://127.0.0.1:{daemon.port}/fonzip/webhook"
         reg = await register(client, url, TOKEN)
-        took = await send_test(client, daemon.store, int(reg.webhook["id"]), timeout=10)
-        assert took.total_seconds() >= 0
+        hook_id = int(reg.webhook["id"])
+        assert await last_seen(daemon.store, hook_id) is None
+        before = dt.datetime.now(dt.UTC)
+        took = await send_test(client, daemon.store, hook_id, timeout=10)
+        elapsed = dt.datetime.now(dt.UTC) - before
+        # The daemon recorded the delivery during the call, and the time reported is
+        # part of the call's own duration.
+        seen = await last_seen(daemon.store, hook_id)
+        assert seen is not None
+        assert before - dt.timedelta(seconds=1) <= seen <= before + elapsed
+        assert dt.timedelta(0) <= took <= elapsed
         assert [d.payload["id"] for d in sim.deliveries] == [0]
         assert sim.deliveries[0].ok
         # Nobody listens at this one: the command says so instead of hanging.
