@@ -3,8 +3,10 @@
 Each scenario drives the real daemon (``fonzipd run`` in a subprocess, or the listener
 over a real state database for faults only reachable in-process) with a stream of
 webhooks for objects that exist in the simulator, and ends with the oracle's check of
-every enabled sink (tests/oracle.py). The kill -9 scenario is seeded: the seed is
-printed, and ``FONZIPD_TEST_SEED=<seed>`` replays it.
+every enabled sink (tests/oracle.py). The kill -9 scenario is seeded: CI runs a fixed
+seed, the seed is printed, and ``FONZIPD_TEST_SEED=<seed>`` runs (or replays) another.
+The kills here fall at random moments; tests/test_e2e_crash.py kills inside each named
+crash window and proves it got there.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "reliability-webhook-token-0123"
 KILLS = 10
+KILL_SEED = 161127
 # Fast retries: the scenarios prove recovery, not the production backoff schedule.
 EXTRA = """
 [reconciler]
@@ -120,7 +123,8 @@ async def deliver_all(port: int, events: list[Event], oracle: Oracle, rounds: in
 async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     sim: Simulator, receiver: Receiver, tmp_path: Path
 ) -> None:
-    seed = int(os.environ.get("FONZIPD_TEST_SEED", random.randrange(2**31)))
+    # A fixed seed in CI, so a failure replays; FONZIPD_TEST_SEED=<seed> tries another.
+    seed = int(os.environ.get("FONZIPD_TEST_SEED", KILL_SEED))
     print(f"kill -9 scenario: FONZIPD_TEST_SEED={seed}")
     rng = random.Random(seed)
     events = await make_events(sim, rng, 400)
