@@ -201,7 +201,10 @@ class Fetcher:
             return
         crashpoints.reached("mid_fetch")
         try:
-            record = normalize(detail, tz=self._tz, source=row.source, fetched_at=self._clock.now())
+            # fetched_at is when the request went out: the moment Fonzip held this state,
+            # which is what orders two reads of one object (apply_record).
+            fetched_at = detail.read_at or self._clock.now()
+            record = normalize(detail, tz=self._tz, source=row.source, fetched_at=fetched_at)
             applied = await self._store.records.apply_record(row.id, record, self._sink_ids())
         except (StoreError, sqlite3.OperationalError):
             raise  # the database (locked, full, closed), not the event: waited out above

@@ -66,6 +66,8 @@ class Record:
     person: Person
     source: Source
     fetched_at: dt.datetime
+    """When fonzipd asked Fonzip for this state (the detail request's send time): of two
+    reads of one object, the one sent later saw the later state."""
     version: str
     data: dict[str, Any]
     """The full Fonzip object (detail, completed from the list row where needed)."""

@@ -39,6 +39,7 @@ from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.fonzip.token import FileTokenStore, MemoryTokenStore
 from fonzipd.kinds import Kind
 from fonzipd.simulator import Simulator
+from tests.support import until
 
 IST = ZoneInfo("Europe/Istanbul")
 DAY_START = dt.datetime(2024, 5, 6, tzinfo=IST)
@@ -786,3 +787,31 @@ async def test_the_webhook_token_is_redacted_from_errors_but_may_be_listed(serve
         assert "[redacted]" in str(info.value)
         refuse = False
         assert (await client.create_webhook("fonzipd", "https://x.test/h", hook_token))["id"] == 3
+
+
+async def test_a_detail_carries_when_its_request_was_sent_not_when_it_came_back(
+    serve: Any,
+) -> None:
+    arrived: list[dt.datetime] = []
+    answer = asyncio.Event()
+
+    async def donation(request: web.Request) -> web.Response:
+        arrived.append(dt.datetime.now(dt.UTC))
+        await answer.wait()  # Fonzip answers slowly: this state was read at arrival
+        tx = {"payment_status": 3, "amount": 10, "complete_date": "2024-05-06T10:00:00+03:00"}
+        return web.json_response({"donation": {"id": 7, "transaction": tx}})
+
+    base = await serve({"POST /token": token_ok(), "GET /donation/7": donation})
+    async with client_for(base) as client:
+        fetching = asyncio.create_task(client.fetch_detail(Kind.DONATION, 7))
+
+        async def request_arrived() -> bool:
+            return bool(arrived)
+
+        await until(request_arrived)
+        await asyncio.sleep(0.2)  # the slow answer itself, not a wait for an event
+        answered_at = dt.datetime.now(dt.UTC)
+        answer.set()
+        detail = await fetching
+    assert detail.read_at is not None
+    assert detail.read_at <= arrived[0] < answered_at

@@ -119,6 +119,8 @@ class MemoryFormIdCache:
 class _Answer:
     status: int
     body: bytes
+    sent_at: dt.datetime
+    """When the request that got this answer was sent (after the rate limiter's wait)."""
 
 
 class FonzipClient:
@@ -293,6 +295,7 @@ class FonzipClient:
                 token = await self.tokens.get(wait=self._token_wait)
                 self._keep_secret(token, rotating=True)
                 headers["Authorization"] = f"Bearer {token}"
+            sent_at = self._clock.now()
             try:
                 async with session.request(
                     method,
@@ -342,7 +345,7 @@ class FonzipClient:
                     status=status,
                 )
             if 200 <= status < 300 or status in passthrough:
-                return _Answer(status, body)
+                return _Answer(status, body, sent_at)
             text = self._error_text(body)
             if status == 401 and auth:
                 if not refreshed and not self.tokens.fixed:
@@ -514,14 +517,14 @@ class FonzipClient:
             return await self._fetch_form_answer(fonzip_id, priority, list_row)
         path = spec.detail_path.format(id=fonzip_id)
         try:
-            obj = await self._get_detail(
+            obj, read_at = await self._get_detail(
                 path, spec.detail_path, spec.detail_key, fonzip_id, priority
             )
         except FonzipNotFound:
             if spec.fallback_detail_path is None:
                 raise
             path = spec.fallback_detail_path.format(id=fonzip_id)
-            obj = await self._get_detail(
+            obj, read_at = await self._get_detail(
                 path, spec.fallback_detail_path, spec.detail_key, fonzip_id, priority
             )
         if kind is Kind.ECARD_SALE:
@@ -534,13 +537,22 @@ class FonzipClient:
                 )
             else:
                 obj = {**obj, **{k: list_row[k] for k in ECARD_FIELDS_FROM_LIST if k in list_row}}
-        return Detail(kind=kind, fonzip_id=fonzip_id, obj=obj, list_row=list_row, endpoint=path)
+        return Detail(
+            kind=kind,
+            fonzip_id=fonzip_id,
+            obj=obj,
+            list_row=list_row,
+            endpoint=path,
+            read_at=read_at,
+        )
 
     async def _get_detail(
         self, path: str, template: str, key: str, fonzip_id: int, priority: Priority
-    ) -> dict[str, Any]:
-        body = await self._get_json(path, f"GET {template}", priority=priority)
-        return validate_detail(f"GET {path}", body, key, fonzip_id)
+    ) -> tuple[dict[str, Any], dt.datetime]:
+        """The detail object, and when the request that read it was sent."""
+        answer = await self._send("GET", path, f"GET {template}", priority=priority)
+        body = self._parse_json(f"GET {path}", answer)
+        return validate_detail(f"GET {path}", body, key, fonzip_id), answer.sent_at
 
     async def _fetch_form_answer(
         self, answer_id: int, priority: Priority, list_row: dict[str, Any] | None
@@ -558,7 +570,7 @@ class FonzipClient:
         for candidate in candidates:
             path = spec.detail_path.format(form_id=candidate, id=answer_id)
             try:
-                obj = await self._get_detail(
+                obj, read_at = await self._get_detail(
                     path, spec.detail_path, spec.detail_key, answer_id, priority
                 )
             except FonzipNotFound:
@@ -566,7 +578,9 @@ class FonzipClient:
                     raise
                 continue  # the wrong form: try the next
             await self.form_ids.put_many([(answer_id, candidate)])
-            return Detail(Kind.FORM_ANSWER, answer_id, obj, list_row, endpoint=path)
+            return Detail(
+                Kind.FORM_ANSWER, answer_id, obj, list_row, endpoint=path, read_at=read_at
+            )
         raise FonzipNotFound(
             f"GET /form/{{form_id}}/answer/{answer_id}",
             f"no form holds answer {answer_id} (searched the last {SEARCH_DAYS_BACK} days of "

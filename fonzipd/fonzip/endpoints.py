@@ -24,6 +24,8 @@ class Detail:
     ``transaction__currency__iso_code`` are copied into ``obj`` from the list row.
     ``list_row`` is the list row the object was found through, when there was one.
     ``endpoint`` is the path that answered (``/subscription/5`` or ``/debt/5``).
+    ``read_at`` is when the request that read ``obj`` was sent: Fonzip held this state
+    then (or a newer one), which orders two reads of one object (None: not known).
     """
 
     kind: Kind
@@ -31,6 +33,7 @@ class Detail:
     obj: dict[str, Any]
     list_row: dict[str, Any] | None
     endpoint: str
+    read_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
