@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+
+import pytest
+
 from fonzipd.kinds import Kind
+from fonzipd.records import Record
 from fonzipd.state import Store
+from fonzipd.state.records import is_newer
 from tests.support import hook, make_record
 
 
@@ -38,3 +45,85 @@ async def test_apply_record_finishes_the_inbox_row_in_the_same_transaction(store
     assert row is not None
     await store.records.apply_record(row.id, make_record(1), ["a"])
     assert await store.inbox.counts() == {"done": 1}
+
+
+T0 = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
+
+
+def state(
+    status: str = "succeeded",
+    *,
+    name: str = "Ayşe Yılmaz",
+    read: float = 0.0,
+    updated: str | None = None,
+) -> Record:
+    """Donation 1 in one state, read ``read`` seconds after T0, with a last_update_date."""
+    base = make_record(1, status=status, name=name)
+    data = dict(base.data)
+    if updated is not None:
+        data["last_update_date"] = updated
+    return dataclasses.replace(
+        base,
+        fetched_at=T0 + dt.timedelta(seconds=read),
+        data=data,
+        version=f"{status}-{name}-{updated}-{read}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("candidate", "stored", "newer"),
+    [
+        # 1. Status rank decides first, whatever the other rules would say.
+        (state("refunded", read=0), state("succeeded", read=5), True),
+        (state("succeeded", read=5), state("refunded", read=0), False),
+        (
+            state("succeeded", updated="2026-11-27T12:00:00+03:00"),
+            state("refunded", updated="2026-11-27T10:00:00+03:00"),
+            False,
+        ),
+        # 2. Equal rank: Fonzip's last_update_date, when both have one and they differ.
+        (
+            state("failed", read=0, updated="2026-11-27T12:00:01+03:00"),
+            state("succeeded", read=5, updated="2026-11-27T12:00:00+03:00"),
+            True,
+        ),
+        (
+            state("succeeded", read=5, updated="2026-11-27T12:00:00+03:00"),
+            state("failed", read=0, updated="2026-11-27T12:00:01+03:00"),
+            False,
+        ),
+        # The same instant written in two zones is equal: the read order decides.
+        (
+            state(name="B", read=5, updated="2026-11-27T09:00:00Z"),
+            state(name="A", read=0, updated="2026-11-27T12:00:00+03:00"),
+            True,
+        ),
+        # 3. Otherwise the read sent later wins (one side lacks the date, or it is junk).
+        (state(name="B", read=5), state(name="A", read=0), True),
+        (state(name="B", read=0), state(name="A", read=5), False),
+        (state(name="B", read=0, updated="2026-11-28T00:00:00Z"), state(name="A", read=5), False),
+        (state(name="B", read=5, updated="not a date"), state(name="A", read=0), True),
+        (state(name="B", read=0, updated="not a date"), state(name="A", read=5), False),
+        # Equal read times keep the newcomer.
+        (state(name="B", read=1), state(name="A", read=1), True),
+    ],
+)
+def test_two_states_are_ordered_by_rank_then_last_update_then_read_time(
+    candidate: Record, stored: Record, newer: bool
+) -> None:
+    assert is_newer(candidate, stored) is newer
+
+
+async def test_an_equal_rank_read_sent_earlier_is_stale_a_later_one_wins(store: Store) -> None:
+    await store.records.apply_record(None, state(name="Düzeltilmiş", read=5), ["a"])
+    late = await store.records.apply_record(None, state(name="Ayşe", read=1), ["a"])
+    assert (late.outcome, late.enqueued) == ("stale", 0)
+    newer = await store.records.apply_record(None, state("failed", read=9), ["a"])
+    assert (newer.outcome, newer.enqueued) == ("changed", 1)
+    stored = await store.records.get(Kind.DONATION, 1)
+    assert stored is not None
+    assert (stored.status, stored.fetched_at) == ("failed", T0 + dt.timedelta(seconds=9))
+    assert [r.record.person.name for r in await store.outbox.batch("a", 10)] == [
+        "Düzeltilmiş",
+        "Ayşe Yılmaz",
+    ]

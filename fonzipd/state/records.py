@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import zoneinfo
 from collections.abc import Iterable
 from typing import Any
 
 from fonzipd.kinds import Kind
-from fonzipd.records import Record
+from fonzipd.records import Record, parse_fonzip_datetime
 from fonzipd.state.connection import Connection, ts
+
+_UTC = zoneinfo.ZoneInfo("UTC")
 
 # Higher ranks are later in an object's life: a fetch whose state ranks lower than
 # the stored one is stale (it raced a newer fetch) and never overwrites it.
@@ -36,6 +39,38 @@ def status_rank(status: str) -> int:
     return _STATUS_RANK.get(status, 1)
 
 
+def _last_update(record: Record) -> dt.datetime | None:
+    """Fonzip's own ``last_update_date`` of the object, where its kind has one."""
+    try:
+        # Naive values are read alike on both sides of a comparison, so any zone will do.
+        return parse_fonzip_datetime(record.data.get("last_update_date"), _UTC)
+    except ValueError:
+        return None  # unreadable: the next rule decides
+
+
+def is_newer(candidate: Record, stored: Record) -> bool:
+    """Whether ``candidate`` is a later state of its object than ``stored``.
+
+    Two states of one object are ordered by, in turn:
+    1. status rank: a state later in the object's life wins (refunded after succeeded);
+    2. Fonzip's ``last_update_date``, when both states carry one and they differ
+       (donations and e-card sales have it);
+    3. when each was read from Fonzip (``fetched_at``: when the request went out): a
+       read sent later saw Fonzip's state at a later moment. Equal times keep the
+       newcomer, as before.
+    The transaction's dates are not used: they say when money moved, not when the
+    object changed (a name correction moves none of them). Nor is the webhooks'
+    order: Fonzip sends them out of order and a fetch reads the current state anyway.
+    """
+    ranks = status_rank(candidate.status), status_rank(stored.status)
+    if ranks[0] != ranks[1]:
+        return ranks[0] > ranks[1]
+    updates = _last_update(candidate), _last_update(stored)
+    if updates[0] is not None and updates[1] is not None and updates[0] != updates[1]:
+        return updates[0] > updates[1]
+    return candidate.fetched_at >= stored.fetched_at
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Applied:
     """What storing a fetched record did."""
@@ -55,25 +90,29 @@ class Records:
     ) -> Applied:
         """Store a fetched record and queue it for every sink, in one transaction.
 
-        The record is stored and queued only when its version is new and its status
-        is not older than the stored one. The inbox row (if any) is finished in the
-        same transaction, so a crash leaves either all of it or none.
+        The record is stored and queued only when its version is new and it is a
+        later state than the stored one (:func:`is_newer`); otherwise the outcome is
+        "stale" and nothing changes. The inbox row (if any) is finished in the same
+        transaction, so a crash leaves either all of it or none.
         """
         now = ts(self._conn.clock.now())
         rank = status_rank(record.status)
         sinks = list(sink_ids)
         async with self._conn.transaction() as tx:
             async with tx.execute(
-                "SELECT version, status_rank FROM records WHERE kind = ? AND fonzip_id = ?",
+                "SELECT version, record FROM records WHERE kind = ? AND fonzip_id = ?",
                 (str(record.kind), record.fonzip_id),
             ) as cur:
                 current = await cur.fetchone()
-            if current is not None and current[0] == record.version:
+            # Decided inside the transaction: no other fetch can land in between.
+            if current is None:
+                outcome = "new"
+            elif current[0] == record.version:
                 outcome = "unchanged"
-            elif current is not None and rank < current[1]:
+            elif not is_newer(record, Record.from_json_dict(json.loads(current[1]))):
                 outcome = "stale"
             else:
-                outcome = "new" if current is None else "changed"
+                outcome = "changed"
             enqueued = 0
             if outcome in ("new", "changed"):
                 payload = json.dumps(record.to_json_dict(), ensure_ascii=False)
