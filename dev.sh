@@ -8,6 +8,8 @@
 #                        PostgreSQL, MariaDB, NATS on 127.0.0.1 - is missing fails
 #                        instead of skipping: FONZIPD_REQUIRE_SERVICES=1)
 #   ./dev.sh run ARGS    run fonzipd ARGS inside the venv
+#   ./dev.sh mutate      mutation testing of the spine (mutmut; not part of CI), then
+#                        the score per module; MUTATE_JOBS (2), MUTATE_TIMEOUT (3600 s)
 set -eu
 cd "$(dirname "$0")"
 VENV="${FONZIPD_VENV:-.venv}"
@@ -40,5 +42,14 @@ case "$cmd" in
         ;;
     ci) export FONZIPD_REQUIRE_SERVICES="${FONZIPD_REQUIRE_SERVICES:-1}"; "$0" lint; "$0" test "$@" ;;
     run) setup; exec "$VENV/bin/fonzipd" "$@" ;;
-    *) echo "usage: $0 demo|test|lint|ci|run [ARGS]" >&2; exit 2 ;;
+    mutate)
+        setup
+        [ -x "$VENV/bin/mutmut" ] || "$VENV/bin/python" -m pip install -q "mutmut==3.8.1"
+        rm -rf mutants
+        # Bounded: a run that outlives MUTATE_TIMEOUT is stopped and reports what it has.
+        timeout "${MUTATE_TIMEOUT:-3600}" "$VENV/bin/mutmut" run \
+            --max-children "${MUTATE_JOBS:-2}" "$@" || echo "mutmut stopped: $?" >&2
+        exec "$VENV/bin/python" -m tests.mutation_report
+        ;;
+    *) echo "usage: $0 demo|test|lint|ci|run|mutate [ARGS]" >&2; exit 2 ;;
 esac
