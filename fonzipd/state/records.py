@@ -9,8 +9,9 @@ import zoneinfo
 from collections.abc import Iterable
 from typing import Any
 
+from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.kinds import Kind
-from fonzipd.records import Record, parse_fonzip_datetime
+from fonzipd.records import Record
 from fonzipd.state.connection import Connection, ts
 
 _UTC = zoneinfo.ZoneInfo("UTC")
