@@ -28,6 +28,7 @@ from fonzipd.reconciler import Reconciler
 from fonzipd.registry import SinkConfigError, build_sinks
 from fonzipd.scheduler import ReconcileScheduler
 from fonzipd.state import Store, StoreError
+from fonzipd.supervisor import Supervisor
 from fonzipd.webhooks import DeliveryLog
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,8 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier if notifier is not None else Notifier.from_environ()
         self.metrics = Metrics()
+        # Every long-lived task is watched: one that dies stops the daemon (exit 70).
+        self.supervisor = Supervisor(self._component_died)
         self.metrics_port: int | None = None
         self._health_runner: web.AppRunner | None = None
         self._status_task: asyncio.Task[None] | None = None
@@ -137,8 +140,8 @@ class Daemon:
             on_record=self.dispatcher.wake,
             clock=self.clock,
         )
-        self.dispatcher.start()
-        self.fetcher.start()
+        for task in [*self.dispatcher.start(), *self.fetcher.start()]:
+            self.supervisor.watch(task)
         self.reconciler = Reconciler(
             store,
             self.client,
@@ -152,12 +155,15 @@ class Daemon:
             self.scheduler = ReconcileScheduler(
                 self.reconciler, store, tz=s.fonzip.tz, clock=self.clock
             )
-            self.scheduler.start()
+            self.supervisor.watch(self.scheduler.start())
         if not self.listen:
             return
 
         self.committer = GroupCommitter(
-            store, max_batch=s.listener.commit_max_batch, on_commit=self.fetcher.wake
+            store,
+            max_batch=s.listener.commit_max_batch,
+            on_commit=self.fetcher.wake,
+            watch=self.supervisor.watch,
         )
         separate = s.metrics.port is not None
         app = build_app(
@@ -183,8 +189,12 @@ class Daemon:
             self.metrics_port = self.port
         # Listener bound, state database open: tell systemd (Type=notify).
         self.notifier.ready(await self._status_line())
-        self._status_task = asyncio.create_task(self._report_status(), name="notify-status")
-        self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        self._status_task = self.supervisor.watch(
+            asyncio.create_task(self._report_status(), name="notify-status")
+        )
+        self._housekeeping_task = self.supervisor.watch(
+            asyncio.create_task(self._housekeeping(), name="housekeeping")
+        )
         if s.listener.auth_token is None:
             log.warning(
                 "listener_unauthenticated",
@@ -250,6 +260,11 @@ class Daemon:
         store = self.store
         if store is None:
             return False, {"database": "closed"}
+        if self.supervisor.failed:
+            ok = False
+            details["components"] = {
+                name: f"died: {error}" for name, error in self.supervisor.failed.items()
+            }
         try:
             await store.meta.check_writable()
             details["database"] = "writable"
@@ -283,6 +298,20 @@ class Daemon:
         """Ask the daemon to shut down (what SIGTERM and SIGINT do)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for (a signal, or a component that died)."""
+        return self._stop.is_set()
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """The components that died (name -> error): the daemon then exits non-zero."""
+        return self.supervisor.failed
+
+    def _component_died(self, name: str) -> None:
+        self.notifier.status(f"{name} died; stopping")
+        self.request_stop()
+
     async def run(self) -> None:
         """Start, serve until SIGTERM or SIGINT, then drain and stop."""
         loop = asyncio.get_running_loop()
@@ -292,7 +321,10 @@ class Daemon:
         try:
             await self.start()
             await self._stop.wait()
-            log.info("shutdown_requested")
+            if self.failed:
+                log.error("shutdown_requested", reason="component died", died=sorted(self.failed))
+            else:
+                log.info("shutdown_requested")
         finally:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -352,7 +384,7 @@ class Daemon:
                 sid, b.sink, b.settings, store, batch_size=b.batch_size, clock=self.clock
             )
             dispatcher.runners[sid] = runner
-            runner.start()
+            self.supervisor.watch(runner.start())
         logging_changed = old.logging != new.logging
         if logging_changed:
             logs.configure(new.logging.level, new.logging.format)
@@ -383,7 +415,8 @@ class Daemon:
         for task in (self._status_task, self._housekeeping_task):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # One that died has been reported by the supervisor already.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._status_task = self._housekeeping_task = None
         if self.scheduler is not None:

@@ -27,6 +27,7 @@ from fonzipd.state import Store, StoreError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a component of the daemon died; systemd restarts it
 EXIT_CONFIG = 78
 
 
@@ -192,11 +193,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     logs.configure(settings.logging.level, settings.logging.format)
+    daemon = Daemon(settings, config_path=_config_path(args))
     try:
-        asyncio.run(Daemon(settings, config_path=_config_path(args)).run())
+        asyncio.run(daemon.run())
     except SinkConfigError as exc:
         print(f"fonzipd: {_in_file(args, exc)}", file=sys.stderr)
         return EXIT_CONFIG
+    if daemon.failed:
+        print(f"fonzipd: died: {', '.join(sorted(daemon.failed))}", file=sys.stderr)
+        return EXIT_SOFTWARE
     return EXIT_OK
 
 

@@ -85,12 +85,25 @@ def parse_webhook(body: bytes) -> Webhook:
 
 
 class GroupCommitter:
-    """Commits inbox events in groups: whatever arrived during the last commit."""
+    """Commits inbox events in groups: whatever arrived during the last commit.
 
-    def __init__(self, store: Store, *, max_batch: int, on_commit: Callable[[], None]) -> None:
+    If the committer task dies (a bug: SQLite errors are answered 503 and it goes on),
+    the requests of its batch, those queued and those arriving later get 503 at once:
+    no webhook waits forever. ``watch`` hands the task to the daemon's supervisor.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int,
+        on_commit: Callable[[], None],
+        watch: Callable[[asyncio.Task[None]], object] | None = None,
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._on_commit = on_commit
+        self._watch = watch
         self._queue: asyncio.Queue[tuple[InboxEvent, asyncio.Future[bool]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
@@ -98,22 +111,36 @@ class GroupCommitter:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-committer")
+        self._task.add_done_callback(self._refuse_queued)
+        if self._watch is not None:
+            self._watch(self._task)
 
     async def stop(self) -> None:
         """Commit what is queued, then stop."""
         if self._task is None:
             return
-        await self._queue.join()
+        if not self._task.done():
+            await self._queue.join()
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # A committer that died has been reported by the daemon's supervisor already.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
         self._task = None
 
     async def submit(self, event: InboxEvent) -> bool:
         """Wait until the event is committed; True when it was new, False for a duplicate."""
+        if self._task is None or self._task.done():
+            raise StoreError("the group committer is not running")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await self._queue.put((event, fut))
         return await fut
+
+    def _refuse_queued(self, _task: asyncio.Task[None]) -> None:
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(StoreError("the group committer is not running"))
+            self._queue.task_done()
 
     async def _run(self) -> None:
         while True:
@@ -128,6 +155,12 @@ class GroupCommitter:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(StoreError(str(exc)))
+            except BaseException:
+                # A bug or a cancellation: the batch is answered 503, the task ends.
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreError("the event could not be stored"))
+                raise
             else:
                 self.commits += 1
                 self.committed += len(batch)

@@ -1,23 +1,33 @@
-"""Tests of the daemon: start order, readiness, one daemon per database, SIGHUP reload."""
+"""Tests of the daemon: start order, readiness, one daemon per database, SIGHUP reload,
+supervision of its tasks."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+import structlog.testing
 
 from fonzipd.app import Daemon
 from fonzipd.config import load_config
 from fonzipd.kinds import Kind
 from fonzipd.notify import Notifier
+from fonzipd.scheduler import ReconcileScheduler
 from fonzipd.simulator import Simulator
 from fonzipd.state import StoreError
+from fonzipd.state.inbox import Inbox
+from tests.daemon_process import write_config as write_daemon_config
+from tests.support import until
 
 TOKEN = "reload-test-token-0123456789"
 
@@ -175,3 +185,144 @@ async def test_a_second_daemon_on_the_same_state_database_is_refused(tmp_path: P
                 await second.start()
         finally:
             await first.stop()
+
+
+# -- supervision: a component that dies stops the daemon, loudly ----------------------------
+
+
+class Injected(Exception):
+    """The fault a test injects into one component."""
+
+
+def once(real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``real``, except that its first call raises :class:`Injected`."""
+    calls = 0
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Injected("injected fault")
+        return await real(*args, **kwargs)
+
+    return call
+
+
+async def raising(*_: Any, **__: Any) -> None:
+    raise Injected("injected fault")
+
+
+async def post_webhook(port: int, fid: int) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with asyncio.timeout(10):  # a hanging request fails the test
+            resp = await session.post(
+                f"http://127.0.0.1:{port}/fonzip/webhook",
+                json={"id": fid, "webhook_id": 1, "operation": 1, "status": 3},
+                headers={"X-FZ-Auth-Token": TOKEN},
+            )
+            return resp.status
+
+
+@pytest.mark.parametrize(
+    "component",
+    ["fetcher", "sink-archive", "group-committer", "reconciler", "notify-status", "housekeeping"],
+)
+async def test_a_component_that_dies_is_logged_once_fails_readiness_and_stops_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, component: str
+) -> None:
+    if component == "reconciler":
+        monkeypatch.setattr(ReconcileScheduler, "run", raising)
+    if component == "notify-status":
+        monkeypatch.setattr(Daemon, "_report_status", raising)
+    async with Simulator(seed=1, days=1, per_day=5) as sim:
+        cfg = tmp_path / "config.toml"
+        write_config(cfg, await sim.start(), ARCHIVE)
+        daemon = Daemon(load_config(cfg), notifier=Notifier(None))
+        with structlog.testing.capture_logs() as logs:
+            if component == "housekeeping":
+                monkeypatch.setattr(Inbox, "prune", raising)
+            await daemon.start()
+            try:
+                assert daemon.store is not None
+                assert daemon.port is not None
+                if component == "fetcher":
+                    store = daemon.store.inbox
+                    monkeypatch.setattr(store, "claim", once(store.claim))
+                    assert daemon.fetcher is not None
+                    daemon.fetcher.wake()
+                if component == "sink-archive":
+                    outbox = daemon.store.outbox
+                    monkeypatch.setattr(outbox, "batch", once(outbox.batch))
+                    assert daemon.dispatcher is not None
+                    daemon.dispatcher.wake()
+                if component == "group-committer":
+                    inbox = daemon.store.inbox
+                    monkeypatch.setattr(inbox, "add_events", once(inbox.add_events))
+                    # The request in the batch that killed the committer, and every
+                    # later one, gets 503 at once: none waits forever.
+                    assert await post_webhook(daemon.port, 101) == 503
+                    assert await post_webhook(daemon.port, 102) == 503
+
+                async def dead() -> bool:
+                    return bool(daemon.failed)
+
+                await until(dead)
+                [(name, error)] = daemon.failed.items()
+                assert name.startswith(component)
+                assert error == "Injected: injected fault"
+                assert daemon.stopping  # run() drains and exits 70 from here
+                async with aiohttp.ClientSession() as session:
+                    resp = await session.get(f"http://127.0.0.1:{daemon.port}/readyz")
+                    assert resp.status == 503
+                    body = await resp.json()
+                assert body["components"] == {name: "died: Injected: injected fault"}
+            finally:
+                await daemon.stop()
+    died = [e for e in logs if e["event"] == "component_died"]
+    assert len(died) == 1, died
+    assert died[0]["component"] == name
+    assert died[0]["log_level"] == "error"
+    assert "Injected: injected fault" in died[0]["traceback"]
+    assert "Traceback (most recent call last)" in died[0]["traceback"]
+
+
+WRAPPER = """
+import sys
+from fonzipd.cli import main
+from fonzipd.state.inbox import Inbox
+
+async def claim(self):
+    raise RuntimeError("injected fault")
+
+Inbox.claim = claim
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+async def test_the_real_daemon_exits_70_when_a_component_dies(tmp_path: Path) -> None:
+    async with Simulator(seed=1, days=1, per_day=5) as sim:
+        cfg = write_daemon_config(tmp_path / "config.toml", base_url=await sim.start(), token=TOKEN)
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WRAPPER,
+            str(cfg),
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    assert proc.returncode == 70, (out, err)
+    # The log goes to stderr, one JSON object a line, as journald receives it.
+    events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    died = [e for e in events if e["event"] == "component_died"]
+    # Every fetch worker claims at once: each dies of it and is reported once.
+    assert sorted(e["component"] for e in died) == [f"fetcher-{n}" for n in range(4)]
+    assert all("RuntimeError: injected fault" in e["traceback"] for e in died)
+    stop = next(e for e in events if e["event"] == "shutdown_requested")
+    assert stop["reason"] == "component died"
+    assert events[-1]["event"] == "daemon_stopped"
+    assert "fonzipd: died: fetcher-0, fetcher-1, fetcher-2, fetcher-3" in err.decode()
