@@ -62,7 +62,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 ENTRY_POINT_GROUP = "fonzipd.sinks"
-_SENSITIVE = re.compile(r"secret|token|password|passwd|key|auth|header|credential", re.I)
+# A dsn may carry a password (the database sinks refuse one, and must not echo it).
+_SENSITIVE = re.compile(r"secret|token|password|passwd|key|auth|header|credential|dsn", re.I)
 
 
 @dataclass(frozen=True)

@@ -335,3 +335,18 @@ async def _until_accepting() -> None:
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await asyncio.sleep(0.1)
+
+
+def test_a_password_in_the_dsn_is_refused_and_never_echoed(tmp_path: Path) -> None:
+    from fonzipd.config import settings_from_dict
+    from fonzipd.registry import build_sinks
+
+    settings = settings_from_dict(
+        {"sinks": {"pg": {"type": "postgresql", "dsn": "postgresql://u:hunter2@db/x"}}},
+        base_dir=tmp_path,
+        origin="config.toml",
+    )
+    with pytest.raises(SinkConfigError) as caught:
+        build_sinks(settings, state_dir=tmp_path)
+    assert "sinks.pg.dsn: Value error, holds a password" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
