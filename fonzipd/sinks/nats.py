@@ -170,6 +170,8 @@ class NATSSink(Sink):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._lost = asyncio.Event()
+        self._closing = False
+        """True while this sink closes a connection itself (not a disconnect to report)."""
         self._closed = False
         self._log = log.bind(
             sink_id=context.sink_id,
@@ -191,8 +193,7 @@ class NATSSink(Sink):
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             try:
-                async with asyncio.timeout(5):
-                    await nc.close()
+                await self._close_client(nc, within=5)
             except Exception as exc:
                 self._log.warning("sink_close_failed", error=f"{type(exc).__name__}: {exc}")
             self._log.info("sink_closed")
@@ -283,10 +284,19 @@ class NATSSink(Sink):
         for future in pending:
             future.cancel()  # gives back their slots among JetStream's pending acks
         nc, self._nc, self._js = self._nc, None, None
-        if nc is not None and not nc.is_closed:
+        if nc is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await nc.close()
+                await self._close_client(nc, within=2)
+
+    async def _close_client(self, nc: Client, *, within: float) -> None:
+        if nc.is_closed:
+            return
+        self._closing = True
+        try:
+            async with asyncio.timeout(within):
+                await nc.close()
+        finally:
+            self._closing = False
 
     async def _connect(self, *, at_open: bool) -> None:
         """Connect to the first server that answers, log in, and check the stream.
@@ -315,13 +325,13 @@ class NATSSink(Sink):
 
         async def on_disconnect() -> None:
             lost.set()
-            if not self._closed:
+            if not self._closing:
                 log_.warning("nats_disconnected")
 
         old, self._nc, self._js = self._nc, None, None
-        if old is not None and not old.is_closed:
+        if old is not None:
             with contextlib.suppress(Exception):
-                await old.close()
+                await self._close_client(old, within=2)
         errors: list[str] = []
         for server in self._opts.servers:
             nc = Client()
@@ -338,7 +348,7 @@ class NATSSink(Sink):
                     )
             except (TimeoutError, OSError, nats.errors.Error) as exc:
                 with contextlib.suppress(Exception):
-                    await nc.close()
+                    await self._close_client(nc, within=2)
                 text = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 if _is_auth_error(exc):
                     message = f"{self._where}: NATS refused the login: {text}"
@@ -356,7 +366,7 @@ class NATSSink(Sink):
                 await self._ensure_stream(js)
         except BaseException:
             with contextlib.suppress(Exception):
-                await nc.close()
+                await self._close_client(nc, within=2)
             raise
         self._nc, self._js, self._lost = nc, js, lost
 
