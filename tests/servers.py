@@ -15,8 +15,10 @@ import os
 import secrets
 import socket
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,16 +49,31 @@ def need(driver: str, extra: str, host: str, port: int, what: str) -> None:
         _unavailable(f"no {what} at {host}:{port} ({exc.strerror or exc})")
 
 
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+def mysql_args(database: str | None = None) -> dict[str, Any]:
+    """asyncmy.connect() keywords for the test server (of MYSQL_DSN, no password)."""
+    host, port = _address(MYSQL_DSN, 3306)
+    parsed = urllib.parse.urlsplit(MYSQL_DSN)
+    if database is None:
+        database = parsed.path.strip("/") or None
+    user = parsed.username or "root"
+    return {"host": host, "port": port, "user": user, "password": "", "database": database}
+
+
 def need_postgresql() -> None:
-    need("asyncpg", "postgresql", "127.0.0.1", 5432, "PostgreSQL")
+    need("asyncpg", "postgresql", *_address(PG_DSN, 5432), "PostgreSQL")
 
 
 def need_mysql() -> None:
-    need("asyncmy", "mysql", "127.0.0.1", 3306, "MariaDB/MySQL")
+    need("asyncmy", "mysql", *_address(MYSQL_DSN, 3306), "MariaDB/MySQL")
 
 
 def need_nats() -> None:
-    need("nats", "nats", "127.0.0.1", 4222, "NATS")
+    need("nats", "nats", *_address(NATS_URL, 4222), "NATS")
 
 
 def need_restartable() -> None:

@@ -42,14 +42,14 @@ async def places() -> AsyncIterator[dict[str, str]]:
     import nats
 
     name = servers.unique("fz_e2e")
-    my = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="")
+    my = await asyncmy.connect(**servers.mysql_args())
     async with my.cursor() as cur:
         await cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     try:
         yield {"schema": name, "database": name, "stream": name.upper(), "prefix": name}
     finally:
         my.close()
-        my = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="")
+        my = await asyncmy.connect(**servers.mysql_args())
         async with my.cursor() as cur:  # a new connection: the server may have restarted
             await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         my.close()
@@ -82,9 +82,7 @@ async def mysql_rows(database: str) -> tuple[dict[tuple[str, int], str], list[st
     import asyncmy
     from asyncmy.errors import ProgrammingError
 
-    conn = await asyncmy.connect(
-        host="127.0.0.1", port=3306, user="root", password="", database=database, autocommit=True
-    )
+    conn = await asyncmy.connect(**servers.mysql_args(database), autocommit=True)
     try:
         async with conn.cursor() as cur:
             try:

@@ -32,18 +32,10 @@ def _mysql() -> None:
     servers.need_mysql()
 
 
-async def _query(sql: str, args: Any = None, *, database: str | None = "test") -> list[Any]:
+async def _query(sql: str, args: Any = None, *, database: str | None = None) -> list[Any]:
     import asyncmy
 
-    conn = await asyncmy.connect(
-        host="127.0.0.1",
-        port=3306,
-        user="root",
-        password="",
-        database=database,
-        charset="utf8mb4",
-        autocommit=True,
-    )
+    conn = await asyncmy.connect(**servers.mysql_args(database), charset="utf8mb4", autocommit=True)
     try:
         async with conn.cursor() as cur:
             await cur.execute(sql, args)
@@ -269,9 +261,7 @@ async def test_a_server_restarted_mid_batch_is_retried_then_delivered(
     await sink.write(recs[:50])
     # Another session locks a row the batch reads FOR UPDATE, so that the batch stops
     # inside its transaction until the server goes down under it.
-    blocker = await asyncmy.connect(
-        host="127.0.0.1", port=3306, user="root", password="", database=database
-    )
+    blocker = await asyncmy.connect(**servers.mysql_args(database))
     changed = dataclasses.replace(
         recs[40],
         fetched_at=recs[40].fetched_at + dt.timedelta(1),
