@@ -42,6 +42,7 @@ from fonzipd.reconciler import (
     run_key_now,
 )
 from fonzipd.records import Source
+from fonzipd.scheduler import HEARTBEAT_EVERY, HEARTBEAT_KEY
 from fonzipd.state import Store
 
 DEFAULT_WAIT = 600.0
@@ -181,8 +182,19 @@ async def reconcile_now(
         # Dry runs too: the daemon lists under its own rate limiter, so the two never
         # exceed Fonzip's limit together.
         try:
+            # The daemon refreshes its heartbeat at least this often while it lives.
+            beat = max(HEARTBEAT_EVERY, settings.reconciler.poll_interval)
             reports = await _through_daemon(
-                store, days, chosen, source, rate, progress_out, clock, wait, dry_run=dry_run
+                store,
+                days,
+                chosen,
+                source,
+                rate,
+                progress_out,
+                clock,
+                wait,
+                dry_run=dry_run,
+                silent_after=2 * beat + HANDOFF_GRACE,
             )
         finally:
             await store.close()
@@ -286,8 +298,15 @@ async def _through_daemon(
     wait: float | None,
     *,
     dry_run: bool = False,
+    silent_after: float = 150.0,
     poll: float = 0.2,
 ) -> list[DayReport]:
+    """Hand the run to the daemon and follow it; the reports it writes back.
+
+    The command stops following, and reports every day open with why, when its
+    ``wait`` (plus a grace) has passed, or when the daemon's heartbeat is older than
+    ``silent_after`` seconds (the daemon died: a backfill has no ``wait``).
+    """
     deadline_at = None if wait is None else clock.now() + dt.timedelta(seconds=wait)
     request_id = await store.books.add_request(
         days, kinds, source, dry_run=dry_run, deadline_at=deadline_at
@@ -303,9 +322,10 @@ async def _through_daemon(
             row = await store.books.request(request_id)
             if row is not None and row["finished_at"] is not None:
                 break
-            if give_up is not None and clock.monotonic() >= give_up:
+            late = give_up is not None and clock.monotonic() >= give_up
+            if late or await _silent(store, clock, silent_after):
                 reports = [] if dry_run else await reports_from_store(store, days, kinds)
-                reason = _unfinished(request_id, row)
+                reason = _unfinished(request_id, row, silent=not late)
                 if not reports:
                     return [DayReport(d, False, reason, []) for d in sorted(set(days))]
                 return [dataclasses.replace(r, closed=False, reason=reason) for r in reports]
@@ -327,12 +347,26 @@ async def _through_daemon(
     return await reports_from_store(store, days, kinds)
 
 
-def _unfinished(request_id: int, row: Mapping[str, Any] | None) -> str:
+def _unfinished(request_id: int, row: Mapping[str, Any] | None, *, silent: bool) -> str:
     state = "claimed" if row and row["started_at"] else "not claimed"
+    if silent:
+        return (
+            f"the daemon stopped (no heartbeat) before finishing request {request_id} "
+            f"({state}): the next daemon to start runs it"
+        )
     return (
-        f"the daemon did not report request {request_id} in time ({state}): it runs it when "
-        "it can (a daemon that died runs it again at its next start)"
+        f"the daemon did not finish request {request_id} within --wait ({state}): it goes "
+        "on with it, and a daemon that died runs it again at its next start"
     )
+
+
+async def _silent(store: Store, clock: Clock, silent_after: float) -> bool:
+    """Whether the daemon's heartbeat is older than ``silent_after`` seconds."""
+    raw = await store.meta.get(HEARTBEAT_KEY)
+    if raw is None:
+        return False  # a daemon that has not beaten yet is starting
+    age = (clock.now() - dt.datetime.fromisoformat(raw)).total_seconds()
+    return age > silent_after
 
 
 async def reports_from_store(

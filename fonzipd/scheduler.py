@@ -24,6 +24,8 @@ log = structlog.get_logger(__name__)
 
 LAST_NIGHT_KEY = "reconcile_last_night"
 HEARTBEAT_KEY = "heartbeat"
+HEARTBEAT_EVERY = 60.0
+"""Seconds between heartbeats (``fonzipd reconcile`` reads them to tell a dead daemon)."""
 
 T = TypeVar("T")
 
@@ -64,7 +66,7 @@ class ReconcileScheduler:
         *,
         tz: ZoneInfo,
         clock: Clock = SYSTEM_CLOCK,
-        heartbeat_every: float = 60.0,
+        heartbeat_every: float = HEARTBEAT_EVERY,
     ) -> None:
         self._reconciler = reconciler
         self._store = store

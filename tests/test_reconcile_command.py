@@ -245,7 +245,7 @@ async def test_a_daemon_killed_mid_request_bounds_the_wait_and_the_next_daemon_r
     code, out, err, took = await command
     assert code == 1, out + err
     assert took < wait + 20, took
-    assert "did not report request 1 in time (claimed)" in out
+    assert "the daemon did not finish request 1 within --wait (claimed)" in out
     assert request_rows(tmp_path)[0]["finished_at"] is None
 
     # The next daemon claims it again and runs it (Fonzip answers by now).
@@ -254,6 +254,37 @@ async def test_a_daemon_killed_mid_request_bounds_the_wait_and_the_next_daemon_r
     await wait_for(lambda: request_rows(tmp_path)[0]["finished_at"] is not None, within=30)
     assert daemon.find("reconcile_requests_reclaimed") is not None
     assert request_rows(tmp_path)[0]["outcome"] == "closed"
+
+
+async def test_a_backfill_stops_following_a_daemon_whose_heartbeat_stopped(
+    tmp_path: Path, sim: Simulator, daemon: DaemonProcess
+) -> None:
+    # A backfill has no --wait: the daemon's heartbeat is what tells it is gone.
+    day = sim.end_date - dt.timedelta(days=1)
+    stuck = paid_ids(sim, day)[0]
+    sim.faults.failing_details = [f"donation:{stuck}"]  # keeps the run going
+    command = asyncio.create_task(
+        fonzipd(
+            "backfill",
+            "--config",
+            str(daemon.config),
+            "--from",
+            day.isoformat(),
+            "--to",
+            day.isoformat(),
+            cwd=tmp_path,
+            within=60,
+        )
+    )
+    await wait_for(lambda: bool(request_rows(tmp_path)) and request_rows(tmp_path)[0]["started_at"])
+    daemon.kill()
+    # What the dead daemon's heartbeat looks like once its time is up (2 x 60 s + 10 s).
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=131)).isoformat()
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db, db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", (old,))
+    code, out, err, _ = await command
+    assert code == 1, out + err
+    assert "the daemon stopped (no heartbeat) before finishing request 1 (claimed)" in out
 
 
 async def test_ctrl_c_withdraws_the_request(
@@ -334,3 +365,16 @@ async def test_a_dry_run_is_handed_to_the_daemon_and_lists_under_its_rate_limit(
     with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
         assert db.execute("SELECT count(*) FROM reconcile_runs").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM inbox").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf"])
+async def test_a_wait_that_is_not_a_positive_number_is_refused(
+    tmp_path: Path, sim: Simulator, value: str
+) -> None:
+    path = config(tmp_path, sim)
+    code, out, err, _ = await fonzipd(
+        "reconcile", "--config", str(path), f"--wait={value}", cwd=tmp_path
+    )
+    assert code == 2, out + err
+    assert f"--wait: not a positive number of seconds: {value!r}" in err
+    assert not (tmp_path / "state.db").exists()  # refused before anything was opened
