@@ -4,8 +4,11 @@ Run: ``.venv/bin/python bench/bench_sinks.py [--records 20000]``. Each sink writ
 same records in batches of its default size into a temporary directory; a no-op sink
 measured in the same run is the baseline. The HTTP forwarder posts to a no-op aiohttp
 receiver on 127.0.0.1 in the same process (so the figure includes the receiver's work).
-Then a child process writes CSV batches in a loop and is killed with SIGKILL; a new
-sink re-writes everything, and the script reports torn bytes cut and duplicate rows.
+Then a child process writes CSV batches in a loop and is killed with SIGKILL, half of
+the rounds inside a write (the ``csv_torn_line`` crash point of fonzipd/crashpoints.py
+kills it with half a batch's bytes on disk, the rest just after a batch was
+acknowledged); a new sink re-writes everything, and the script reports torn bytes cut
+and duplicate rows.
 
 Then the database and bus sinks (PostgreSQL, MySQL/MariaDB, NATS JetStream on
 127.0.0.1, each skipped with its reason when its server or driver is missing) write the
@@ -272,34 +275,49 @@ asyncio.run(main())
 """
 
 
-def _write_and_kill(out: Path, n: int, after: int) -> int:
-    """Run a child writing to ``out``; SIGKILL it once ``after`` records are acknowledged."""
+def _write_and_kill(out: Path, n: int, after: int, *, mid_write: bool) -> int:
+    """Run a child writing to ``out``; SIGKILL it once ``after`` records are acknowledged,
+    or (``mid_write``) let it kill itself halfway through the write of the next batch."""
     code = CHILD.format(bench=str(Path(__file__).parent), out=str(out), n=n)
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "FONZIPD_CRASH_AT"}
+    if mid_write:
+        # One CSV file per kind and date: each batch appends to one or two files.
+        env["FONZIPD_CRASH_AT"] = f"csv_torn_line:{after // 50 + 1}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert child.stdout is not None
     acknowledged = 0
     for line in child.stdout:
         acknowledged = int(line)
-        if acknowledged >= after:
+        if acknowledged >= after and not mid_write:
             break
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
+    if not mid_write:
+        os.kill(child.pid, signal.SIGKILL)
+    code_ = child.wait()
     child.stdout.close()
+    if code_ != -signal.SIGKILL:
+        raise SystemExit(f"the CSV child was not killed (exit {code_}): raise --records?")
     return acknowledged
 
 
 async def crash(n: int, rounds: int) -> None:
     """Kill a writing child ``rounds`` times at different points; recover and count."""
-    totals = {"beyond_ack": 0, "torn": 0, "dups": 0, "missing": 0}
+    totals = {"beyond_ack": 0, "torn": 0, "dups": 0, "missing": 0, "torn_kills": 0}
     for round_ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp_name:
             out = Path(tmp_name) / "csv"
-            acknowledged = _write_and_kill(out, n, n * (round_ + 1) // (rounds + 2))
+            mid_write = round_ % 2 == 0
+            acknowledged = _write_and_kill(
+                out, n, n * (round_ + 1) // (rounds + 2), mid_write=mid_write
+            )
             before = sum(p.stat().st_size for p in out.glob("*/*.csv"))
             on_disk = len(_rows(out, strict=False))
             sink = CSVSink(CSVOptions(directory=out), context_for_tests(out.parent))
             await sink.open()
-            totals["torn"] += before - sum(p.stat().st_size for p in out.glob("*/*.csv"))
+            cut = before - sum(p.stat().st_size for p in out.glob("*/*.csv"))
+            totals["torn"] += cut
+            totals["torn_kills"] += mid_write and cut > 0
             totals["beyond_ack"] += on_disk - acknowledged
             recs = records(n)  # the dispatcher re-sends all that was not acknowledged
             for i in range(0, len(recs), 500):
@@ -309,8 +327,9 @@ async def crash(n: int, rounds: int) -> None:
             totals["dups"] += len(keys) - len(set(keys))
             totals["missing"] += len({r.key for r in recs} - set(keys))
     print(
-        f"\nCSV across kill -9 ({rounds} kills while writing {n} records in batches of 50): "
-        f"{totals['beyond_ack']} rows were on disk beyond what was acknowledged, "
+        f"\nCSV across kill -9 ({rounds} kills while writing {n} records in batches of 50, "
+        f"{(rounds + 1) // 2} of them inside a write: {totals['torn_kills']} left a torn "
+        f"tail): {totals['beyond_ack']} rows were on disk beyond what was acknowledged, "
         f"{totals['torn']} bytes cut back at open; after re-sending everything: "
         f"{totals['dups']} duplicate rows, {totals['missing']} missing"
     )
@@ -340,7 +359,11 @@ def main() -> None:
     parser.add_argument("--single-records", type=int, default=2_000, help="batch size 1")
     parser.add_argument("--rounds", type=int, default=3, help="server sink rounds")
     parser.add_argument("--only-servers", action="store_true", help="the server sinks only")
+    parser.add_argument("--only-csv-crash", action="store_true", help="the CSV kill -9 part only")
     args = parser.parse_args()
+    if args.only_csv_crash:
+        asyncio.run(crash(5_000, rounds=8))
+        return
     if not args.only_servers:
         asyncio.run(bench(args.records, args.http_records))
         asyncio.run(crash(5_000, rounds=8))
