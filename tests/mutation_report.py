@@ -24,6 +24,9 @@ def main(root: Path = Path("mutants")) -> int:
         module = str(meta.relative_to(root)).removesuffix(".meta")
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         for key, code in codes.items():
+            if code is None:
+                totals[module]["unchecked"] += 1  # the run was stopped before it
+                continue
             if code in SKIPPED:
                 continue
             totals[module]["total"] += 1
@@ -38,9 +41,12 @@ def main(root: Path = Path("mutants")) -> int:
     for module, n in sorted(totals.items()):
         all_killed += n["killed"]
         all_total += n["total"]
-        share = n["killed"] / n["total"]
-        print(f"{module:32} {n['killed']:5} / {n['total']:5} killed  {share:6.1%}")
-    print(f"{'all':32} {all_killed:5} / {all_total:5} killed  {all_killed / all_total:6.1%}")
+        share = n["killed"] / n["total"] if n["total"] else 0.0
+        unchecked = f"  ({n['unchecked']} not checked)" if n["unchecked"] else ""
+        print(f"{module:32} {n['killed']:5} / {n['total']:5} killed  {share:6.1%}{unchecked}")
+    print(
+        f"{'all':32} {all_killed:5} / {all_total:5} killed  {all_killed / max(all_total, 1):6.1%}"
+    )
     (root / "survivors.txt").write_text("\n".join(survivors) + "\n")
     print(f"{len(survivors)} survivors listed in {root / 'survivors.txt'}")
     return 0
