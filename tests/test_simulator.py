@@ -672,6 +672,48 @@ async def test_fault_knobs(api: Api, sim: Simulator, clock: FakeClock) -> None:
             await response.json()
 
 
+async def test_the_knobs_that_keep_a_reconcile_from_verifying_a_day(
+    api: Api, sim: Simulator
+) -> None:
+    first, second = (o["id"] for o in sim.objects(Kind.DONATION)[:2])
+    window = {
+        "start_date": f"{sim.end_date - dt.timedelta(days=5)}T00:00:00+03:00",
+        "end_date": f"{sim.end_date + dt.timedelta(days=1)}T00:00:00+03:00",
+        "start_page": "1",
+        "how_many": "100",
+    }
+    sim.faults.failing_details = [f"donation:{first}"]
+    assert (await api.get(f"/donation/{first}"))[0] == 503
+    assert (await api.get(f"/donation/{second}"))[0] == 200
+
+    status, body = await api.get("/donations", {**window, "status": "paid"})
+    assert status == 200
+    sim.faults.list_total_offset = 1
+    assert (await api.get("/donations", {**window, "status": "paid"}))[1]["total"] == (
+        body["total"] + 1
+    )
+    sim.faults.list_total_offset = 0
+
+    sim.faults.failing_lists = ["donation:refund"]
+    assert (await api.get("/donations", {**window, "status": "refund"}))[0] == 500
+    assert (await api.get("/donations", {**window, "status": "paid"}))[0] == 200
+    sim.faults.failing_lists = []
+
+    sim.faults.down_after = 1
+    assert [(await api.get("/me"))[0] for _ in range(3)] == [200, 503, 503]
+    sim.faults.update({"down_after": None})
+    assert (await api.get("/me"))[0] == 200
+
+    for name, bad in (
+        ("failing_details", ["donation"]),
+        ("failing_details", ["nokind:1"]),
+        ("failing_lists", "donation:paid"),
+        ("down_after", "soon"),
+    ):
+        with pytest.raises(ValueError, match=f"fault '{name}': bad value"):
+            sim.faults.update({name: bad})
+
+
 async def test_dropped_webhooks_are_never_sent(sim: Simulator) -> None:
     sim.faults.drop_webhooks = 1.0
     async with Receiver() as receiver:
