@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from fonzipd import __version__, logs
 from fonzipd.clock import SYSTEM_CLOCK, Clock
-from fonzipd.config import ConfigError, Settings, load_config
+from fonzipd.config import ConfigError, Settings, listener_problems, load_config
 from fonzipd.dispatcher import Dispatcher, SinkRunner
 from fonzipd.fetcher import Fetcher
 from fonzipd.fonzip.client import FonzipClient
@@ -91,6 +91,9 @@ class Daemon:
     async def start(self) -> None:
         """Bring everything up; when this returns the listener accepts webhooks."""
         s = self.settings
+        if self.listen and (problems := listener_problems(s)):
+            # `fonzipd run` refuses these before it gets here; this guards other callers.
+            raise ConfigError("; ".join(problems))
         store = await Store.open(s.state.path, clock=self.clock)
         self.store = store
         if not store.acquire_worker_lock():
@@ -198,7 +201,7 @@ class Daemon:
         if s.listener.auth_token is None:
             log.warning(
                 "listener_unauthenticated",
-                hint="anyone who can reach the listener can enqueue events; set auth_token",
+                hint="allow_unauthenticated: anyone on this machine can enqueue events",
             )
         log.info(
             "daemon_started",

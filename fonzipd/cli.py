@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from fonzipd import __version__
-from fonzipd.config import ConfigError, ConfigWarning, Settings, default_config_path, load_config
+from fonzipd.config import (
+    ConfigError,
+    ConfigWarning,
+    Settings,
+    default_config_path,
+    listener_problems,
+    load_config,
+)
 from fonzipd.kinds import Kind
 from fonzipd.state import Store, StoreError
 
@@ -186,12 +193,22 @@ def _load(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _unsafe(args: argparse.Namespace, settings: Settings) -> bool:
+    """Print each reason this configuration must not serve webhooks; True if any."""
+    problems = listener_problems(settings)
+    for problem in problems:
+        print(f"fonzipd: {_in_file(args, Exception(problem))}", file=sys.stderr)
+    return bool(problems)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from fonzipd import logs
     from fonzipd.app import Daemon
     from fonzipd.registry import SinkConfigError
 
     settings = _load(args)
+    if _unsafe(args, settings):
+        return EXIT_CONFIG
     logs.configure(settings.logging.level, settings.logging.format)
     daemon = Daemon(settings, config_path=_config_path(args))
     try:
@@ -209,6 +226,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from fonzipd.registry import SinkConfigError, build_sinks
 
     settings = _load(args)
+    if _unsafe(args, settings):
+        return EXIT_CONFIG
     try:
         # Builds (imports, validates) every enabled sink without opening any.
         build_sinks(settings, state_dir=settings.state.path.parent)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fonzipd.kinds import Kind
@@ -127,7 +127,12 @@ class ConfigWarning(UserWarning):
 
 
 class ListenerSettings(_Section):
-    """``[listener]``: the webhook endpoint Fonzip POSTs to."""
+    """``[listener]``: the webhook endpoint Fonzip POSTs to.
+
+    Without ``auth_token`` the listener does not start (``fonzipd run`` and ``check``
+    exit 78) unless ``allow_unauthenticated = true`` on a loopback host: see
+    ``listener_problems``.
+    """
 
     host: str = "127.0.0.1"
     """Address to bind; keep 127.0.0.1 behind a TLS reverse proxy."""
@@ -136,13 +141,27 @@ class ListenerSettings(_Section):
     path: str = "/fonzip/webhook"
     """URL path of the webhook."""
     auth_token: SecretStr | None = None
-    """The webhook's ``auth_token``; compared with ``X-FZ-Auth-Token``. Prefer the environment."""
+    """The webhook's ``auth_token``; compared with ``X-FZ-Auth-Token``. Required (16+
+    characters): set ``FONZIPD_LISTENER__AUTH_TOKEN`` or the systemd credential
+    ``listener.auth_token``."""
     allow_unauthenticated: bool = False
-    """Accept webhooks without a token. Never on a public address."""
+    """Accept webhooks without a token, for local testing only: refused unless ``host``
+    is a loopback address. Never implied by a missing token."""
     max_body_bytes: int = Field(default=4096, ge=256, le=1_048_576)
     """Largest webhook body accepted; Fonzip's are under 100 bytes."""
     commit_max_batch: int = Field(default=512, ge=1)
     """Most webhooks committed in one group commit."""
+    header_timeout: float = Field(default=10, gt=0, le=300)
+    """Seconds a client has, from connecting (or from its previous answer), to send a
+    request's complete headers; a slower connection is closed."""
+    body_timeout: float = Field(default=10, gt=0, le=300)
+    """Seconds a client has to send a request's body once its headers arrived; a slower
+    one is answered 408 and closed."""
+    keepalive_timeout: float = Field(default=5, gt=0, le=300)
+    """Seconds an idle keep-alive connection stays open after an answer."""
+    max_connections: int = Field(default=1024, ge=8, le=65536)
+    """Connections open at once. At the cap, a new connection closes the one that has
+    waited longest without sending a complete request; if none is waiting, it is refused."""
 
     @field_validator("path")
     @classmethod
@@ -151,16 +170,12 @@ class ListenerSettings(_Section):
             raise ValueError("must start with '/'")
         return value
 
-    @model_validator(mode="after")
-    def _token_or_explicit_opt_out(self) -> ListenerSettings:
-        if self.auth_token is None and not self.allow_unauthenticated:
-            raise ValueError(
-                "auth_token is required (set FONZIPD_LISTENER__AUTH_TOKEN); "
-                "to run without one, set allow_unauthenticated = true"
-            )
-        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 16:
-            raise ValueError("auth_token must be at least 16 characters")
-        return self
+    @field_validator("auth_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (openssl rand -hex 24 makes one)")
+        return value
 
 
 class StateSettings(_Section):
@@ -297,9 +312,7 @@ class Settings(BaseSettings):
     )
 
     fonzip: FonzipSettings = FonzipSettings()
-    listener: ListenerSettings = Field(
-        default_factory=lambda: ListenerSettings(allow_unauthenticated=True)
-    )
+    listener: ListenerSettings = ListenerSettings()
     state: StateSettings = StateSettings()
     fetcher: FetcherSettings = FetcherSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
@@ -326,6 +339,47 @@ class Settings(BaseSettings):
     def enabled_sinks(self) -> dict[str, SinkSettings]:
         """The sinks that receive records, by id."""
         return {sid: s for sid, s in self.sinks.items() if s.enabled}
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # A name other than localhost may resolve anywhere; "" and "0.0.0.0" mean all.
+        return False
+
+
+def listener_problems(settings: Settings) -> list[str]:
+    """What makes this configuration unsafe to serve webhooks with, one line each.
+
+    ``fonzipd check`` fails on them and ``fonzipd run`` refuses to start (exit 78):
+    a listener without a token by omission, the opt-out on a non-loopback address,
+    and the metrics server on the listener's port.
+    """
+    lis, problems = settings.listener, []
+    if lis.allow_unauthenticated and not is_loopback(lis.host):
+        problems.append(
+            f"listener.allow_unauthenticated = true is refused with listener.host = "
+            f"{lis.host!r}: only a loopback host may run without a token; remove "
+            "allow_unauthenticated and set the token (environment variable "
+            "FONZIPD_LISTENER__AUTH_TOKEN or systemd credential listener.auth_token)"
+        )
+    elif lis.auth_token is None and not lis.allow_unauthenticated:
+        problems.append(
+            "listener.auth_token is not set: set the environment variable "
+            "FONZIPD_LISTENER__AUTH_TOKEN or the systemd credential listener.auth_token "
+            "(openssl rand -hex 24 makes one); for local testing only, "
+            "[listener] allow_unauthenticated = true on a loopback host"
+        )
+    if settings.metrics.port and settings.metrics.port == lis.port:
+        problems.append(
+            f"metrics.port = {settings.metrics.port} is also listener.port: give [metrics] "
+            "its own port (e.g. 9787, on 127.0.0.1) or remove metrics.port"
+        )
+    return problems
 
 
 def default_config_path() -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,63 @@ def test_check_names_the_bad_key_and_exits_78(
     err = capsys.readouterr().err
     assert str(path) in err
     assert "colour" in err
+
+
+UNSAFE = {
+    "no-listener-table": ("", "listener.auth_token is not set"),
+    "no-token": ("[listener]\nport = 8787\n", "listener.auth_token is not set"),
+    "opt-out-on-a-public-host": (
+        '[listener]\nhost = "0.0.0.0"\nallow_unauthenticated = true\n',
+        "listener.allow_unauthenticated = true is refused",
+    ),
+    "metrics-on-the-listener-port": (
+        f'[listener]\nport = 8787\nauth_token = "{TOKEN}"\n[metrics]\nport = 8787\n',
+        "metrics.port = 8787 is also listener.port",
+    ),
+}
+
+
+def unsafe_config(tmp_path: Path, listener: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'{listener}\n[fonzip]\nclient_id = "id"\nclient_secret = "secret"\n'
+        '[state]\npath = "state.db"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize("case", UNSAFE)
+def test_check_fails_on_an_insecure_listener(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    listener, message = UNSAFE[case]
+    path = unsafe_config(tmp_path, listener)
+    assert main(["check", "--config", str(path)]) == EXIT_CONFIG
+    out = capsys.readouterr()
+    assert "configuration OK" not in out.out
+    # One line: the file, the key and the fix.
+    assert out.err == f"fonzipd: {path}: {message}" + out.err.split(message, 1)[1]
+    assert out.err.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no-listener-table", "opt-out-on-a-public-host"])
+def test_run_refuses_an_insecure_listener_at_once_with_exit_78(tmp_path: Path, case: str) -> None:
+    listener, message = UNSAFE[case]
+    path = unsafe_config(tmp_path, listener)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fonzipd", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == EXIT_CONFIG
+    assert proc.stderr.startswith(f"fonzipd: {path}: {message}")
+    assert proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "state.db").exists(), "nothing may start"
 
 
 def test_check_wants_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

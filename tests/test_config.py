@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from fonzipd.config import ConfigError, ConfigWarning, load_config
+from fonzipd.config import ConfigError, ConfigWarning, listener_problems, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "a-long-enough-webhook-token"
@@ -116,11 +117,72 @@ def test_secrets_are_not_echoed_in_errors(tmp_path: Path) -> None:
     assert "short" not in str(err.value)
 
 
-def test_listener_needs_a_token_or_an_explicit_opt_out(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="auth_token is required"):
-        load_config(write(tmp_path, "[listener]\nport = 8787\n"))
-    s = load_config(write(tmp_path, "[listener]\nallow_unauthenticated = true\n"))
+def test_secrets_too_short_name_a_real_environment_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, '[listener]\nauth_token = "short"\n'))
+    assert "listener.auth_token: Value error, must be at least 16" in str(err.value)
+    assert "FONZIPD_LISTENER__AUTH_TOKEN" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "[listener]\nport = 8787\n", "[listener]\nallow_unauthenticated = false\n"],
+    ids=["no-listener-table", "table-without-token", "opt-out-false"],
+)
+def test_no_token_by_omission_is_a_listener_problem(tmp_path: Path, text: str) -> None:
+    # Today's config accepted these and ran an open listener; they must not serve.
+    settings = load_config(write(tmp_path, text))
+    problems = listener_problems(settings)
+    assert len(problems) == 1
+    assert problems[0].startswith("listener.auth_token is not set")
+    assert "\n" not in problems[0]
+
+
+def test_the_fixes_named_in_the_message_really_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "")
+    (problem,) = listener_problems(load_config(path))
+    # Every environment variable and credential the message names sets the token.
+    names = re.findall(r"FONZIPD_[A-Z_]+", problem)
+    assert names == ["FONZIPD_LISTENER__AUTH_TOKEN"]
+    monkeypatch.setenv(names[0], TOKEN)
+    assert listener_problems(load_config(path)) == []
+    monkeypatch.delenv(names[0])
+    (credential,) = re.findall(r"systemd credential (\S+)", problem)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / credential).write_text(TOKEN)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert listener_problems(load_config(path)) == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_explicit_opt_out_is_allowed_on_loopback_only(tmp_path: Path, host: str) -> None:
+    s = load_config(write(tmp_path, f'[listener]\nhost = "{host}"\nallow_unauthenticated = true\n'))
     assert s.listener.auth_token is None
+    assert listener_problems(s) == []
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.0.2.10", "fonzipd.example.org"])
+def test_opt_out_on_a_public_host_is_refused_even_with_a_token(tmp_path: Path, host: str) -> None:
+    for token in ("", f'auth_token = "{TOKEN}"\n'):
+        s = load_config(
+            write(tmp_path, f'[listener]\nhost = "{host}"\nallow_unauthenticated = true\n{token}')
+        )
+        (problem,) = listener_problems(s)
+        assert problem.startswith("listener.allow_unauthenticated = true is refused")
+        assert repr(host) in problem
+
+
+def test_metrics_on_the_listener_port_is_a_problem(tmp_path: Path) -> None:
+    base = f'[listener]\nport = 8787\nauth_token = "{TOKEN}"\n[metrics]\n'
+    (problem,) = listener_problems(load_config(write(tmp_path, base + "port = 8787\n")))
+    assert problem.startswith("metrics.port = 8787 is also listener.port")
+    assert listener_problems(load_config(write(tmp_path, base + "port = 9787\n"))) == []
+    # Port 0 twice means two free ports, not one.
+    zero = f'[listener]\nport = 0\nauth_token = "{TOKEN}"\n[metrics]\nport = 0\n'
+    assert listener_problems(load_config(write(tmp_path, zero))) == []
 
 
 def test_rate_above_fonzips_limit_is_accepted_with_a_warning(tmp_path: Path) -> None:
