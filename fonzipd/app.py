@@ -21,7 +21,7 @@ from fonzipd.dispatcher import Dispatcher, SinkRunner
 from fonzipd.fetcher import Fetcher
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
-from fonzipd.listener import GroupCommitter, build_app
+from fonzipd.listener import GUARD_KEY, GroupCommitter, GuardedSite, build_app, listener_runner
 from fonzipd.metrics import MeteredClient, Metrics, build_health_app, store_reconcile_figures
 from fonzipd.notify import Notifier
 from fonzipd.reconciler import Reconciler
@@ -176,17 +176,18 @@ class Daemon:
             extra_routes=None if separate else [web.get("/metrics", self.metrics.handle)],
             observer=self.metrics.observe_webhook,
             seen=DeliveryLog(store, clock=self.clock).seen,
+            clock=self.clock,
         )
+        self.metrics.bind_listener(app[GUARD_KEY])
         if separate:
             health = web.AppRunner(build_health_app(self.metrics, self.readiness), access_log=None)
             await health.setup()
             await web.TCPSite(health, s.metrics.host, s.metrics.port).start()
             self._health_runner = health
             self.metrics_port = _bound_port(health)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        self._runner = listener_runner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.listener.host, s.listener.port)
-        await site.start()
+        await GuardedSite(self._runner, s.listener.host, s.listener.port).start()
         self.port = self._bound_port()
         if not separate:
             self.metrics_port = self.port

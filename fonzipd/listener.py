@@ -3,23 +3,35 @@
 A webhook is answered 200 only once its inbox row is committed. Commits are
 grouped: one writer task commits every event that arrived while the previous
 commit was running, in one transaction, then answers them all.
+
+The listener faces the internet, so every client is bounded: a connection gets
+``header_timeout`` seconds to send its request's headers (ConnectionGuard, in front
+of aiohttp's protocol), ``body_timeout`` for the body, ``keepalive_timeout`` idle;
+at most ``max_connections`` are open. Rejections are counted and logged at most once
+per reason per minute (RejectionLog), so a flood of bad requests is not a flood of
+log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hmac
 import json
+import logging
 import sqlite3
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from fonzipd import logs
+from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import ListenerSettings
 from fonzipd.kinds import WEBHOOK_STATUSES, Kind
 from fonzipd.records import Source
@@ -56,6 +68,9 @@ def parse_webhook(body: bytes) -> Webhook:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # json's C scanner recurses per nesting level; a notification is flat.
+        raise PayloadError("body is nested too deeply") from None
     if not isinstance(data, dict):
         raise PayloadError(f"body must be a JSON object, got {type(data).__name__}")
     values: dict[str, int] = {}
@@ -173,6 +188,218 @@ class GroupCommitter:
                     self._queue.task_done()
 
 
+REJECTION_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about one kind of rejected request."""
+
+
+class RejectionLog:
+    """Rejected requests and closed connections, counted by outcome, logged sparingly.
+
+    The first rejection of an outcome logs a line at once (a wrong token shows up
+    in the journal immediately); later ones within ``interval`` seconds are only
+    counted, and the next line (or ``flush``) carries how many there were. So an
+    unauthenticated flood costs at most a few lines a minute, and the counts stay
+    exact in ``totals`` (read by /metrics).
+    """
+
+    def __init__(self, *, interval: float = REJECTION_LOG_INTERVAL, clock: Clock = SYSTEM_CLOCK):
+        self._interval = interval
+        self._clock = clock
+        self.totals: collections.Counter[str] = collections.Counter()
+        """Every rejection since start, by outcome."""
+        self._unlogged: collections.Counter[str] = collections.Counter()
+        self._quiet_until: dict[str, float] = {}
+
+    def note(self, outcome: str, reason: str, *, level: int = logging.WARNING) -> None:
+        """Count one rejection; log it unless a line about ``outcome`` is recent."""
+        self.totals[outcome] += 1
+        self._unlogged[outcome] += 1
+        if self._clock.monotonic() >= self._quiet_until.get(outcome, float("-inf")):
+            self._line(outcome, reason, level)
+
+    def flush(self, *, force: bool = False) -> None:
+        """Log the counts that waited out their quiet period (all of them with ``force``)."""
+        now = self._clock.monotonic()
+        for outcome in sorted(self._unlogged):
+            if self._unlogged[outcome] and (
+                force or now >= self._quiet_until.get(outcome, float("-inf"))
+            ):
+                self._line(outcome, None, logging.WARNING)
+
+    async def run(self) -> None:
+        """Flush every ``interval`` seconds, until cancelled."""
+        while True:
+            # Real time, like the daemon's other housekeeping: a test's fake clock
+            # would make this loop spin.
+            await asyncio.sleep(self._interval)
+            self.flush()
+
+    def _line(self, outcome: str, reason: str | None, level: int) -> None:
+        count = self._unlogged.pop(outcome)
+        self._quiet_until[outcome] = self._clock.monotonic() + self._interval
+        fields: dict[str, Any] = {"outcome": outcome, "count": count}
+        if reason is not None:
+            fields["reason"] = reason[:200]
+        if count > 1 or reason is None:
+            fields["note"] = f"{count} such since the last line; next line in {self._interval:g} s"
+        log.log(level, "webhook_rejected", **fields)
+
+
+class _AiohttpErrors(logging.Handler):
+    """aiohttp's own error lines (malformed HTTP, a client gone mid-answer) as rejections.
+
+    aiohttp logs every request it cannot parse with a traceback at ERROR: a flood of
+    garbage would be a flood of tracebacks. They are counted and logged sparingly.
+    """
+
+    def __init__(self, rejections: RejectionLog) -> None:
+        super().__init__(logging.DEBUG)
+        self._rejections = rejections
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        # Only the exception's type and text: the remote address and request line
+        # in aiohttp's message are the client's, not ours to keep.
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "malformed request"
+        self._rejections.note("malformed_http", reason)
+
+
+def aiohttp_error_logger(rejections: RejectionLog) -> logging.Logger:
+    """A logger, outside the logging tree, that feeds aiohttp's error lines to ``rejections``."""
+    logger = logging.Logger("fonzipd.listener.http", logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(_AiohttpErrors(rejections))
+    return logger
+
+
+class _GuardedConnection(asyncio.Protocol):
+    """One client connection: aiohttp's protocol inside, the guard's deadline around it."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.waiting_since: float | None = None
+        """Loop time since which a complete request is awaited (None: one is handled)."""
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- the guard's side ---------------------------------------------------------
+    def expect_request(self) -> None:
+        """From now, the next request's headers must arrive within header_timeout."""
+        loop = asyncio.get_running_loop()
+        self.waiting_since = loop.time()
+        self._cancel_deadline()
+        self._deadline = loop.call_later(self._guard.header_timeout, self._expired)
+
+    def request_started(self) -> None:
+        self.waiting_since = None
+        self._cancel_deadline()
+
+    def close(self, outcome: str, reason: str) -> None:
+        self._guard.rejections_log.note(outcome, reason)
+        if self.transport is not None:
+            # abort, not close: nothing is owed to this client, and the socket is freed now.
+            self.transport.abort()
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self.close("slow_headers", f"no complete request within {self._guard.header_timeout:g} s")
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    # -- asyncio.Protocol, delegated ----------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if not self._guard.admit(self, transport):
+            self._guard.rejections_log.note(
+                "refused", f"{self._guard.max_connections} connections open, none idle"
+            )
+            transport.abort()
+            return
+        self.transport = transport
+        self._inner.connection_made(transport)
+        self.expect_request()
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        if self.transport is None:
+            return  # refused: aiohttp never saw it
+        self._guard.forget(self)
+        self.transport = None
+        self._inner.connection_lost(exc)
+
+
+class ConnectionGuard:
+    """Bounds the listener's connections: how many, and how long a request may take to arrive.
+
+    aiohttp has no header-read timeout: a client that sends half a request line and
+    then a byte a minute holds a socket (and a file descriptor) as long as it likes.
+    The guard wraps aiohttp's protocol for each connection (GuardedSite) and keeps
+    one deadline per connection: ``header_timeout`` seconds from connecting, or
+    from the previous answer, to a complete request's headers (the ``guard_middleware``
+    says when a request reaches the application). A connection past its deadline is
+    aborted. At ``max_connections`` a new connection evicts the one that has waited
+    longest for its request; if every connection is busy with a request, the new
+    one is refused. The body is bounded by the handler (``body_timeout``), and a body
+    the application never reads by aiohttp's lingering time.
+    """
+
+    def __init__(
+        self, *, header_timeout: float, max_connections: int, rejections: RejectionLog
+    ) -> None:
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.rejections_log = rejections
+        self._open: dict[asyncio.BaseTransport, _GuardedConnection] = {}
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    @property
+    def rejections(self) -> collections.Counter[str]:
+        """Rejections since start by outcome (the RejectionLog's totals)."""
+        return self.rejections_log.totals
+
+    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], Any]:
+        """Wrap aiohttp's protocol factory (the runner's server) for ``create_server``."""
+        return lambda: _GuardedConnection(self, inner())
+
+    def admit(self, conn: _GuardedConnection, transport: asyncio.BaseTransport) -> bool:
+        """Take a new connection, making room at the cap; False: refuse it."""
+        if len(self._open) >= self.max_connections:
+            waiting = [c for c in self._open.values() if c.waiting_since is not None]
+            if not waiting:
+                return False
+            oldest = min(waiting, key=lambda c: c.waiting_since or 0.0)
+            self.forget(oldest)
+            oldest.close("evicted", "connection cap reached: closed the longest-waiting client")
+        self._open[transport] = conn
+        return True
+
+    def forget(self, conn: _GuardedConnection) -> None:
+        if conn.transport is not None:
+            self._open.pop(conn.transport, None)
+
+    def connection(self, request: web.Request) -> _GuardedConnection | None:
+        return self._open.get(request.transport) if request.transport is not None else None
+
+
 ReadinessProbe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 WebhookObserver = Callable[[int | None, int | None, str], None]
 """Called once per webhook request with (operation, status, outcome), for metrics."""
@@ -184,6 +411,8 @@ COMMITTER_KEY = web.AppKey("committer", GroupCommitter)
 READINESS_KEY: web.AppKey[ReadinessProbe] = web.AppKey("readiness")
 OBSERVER_KEY: web.AppKey[WebhookObserver] = web.AppKey("webhook_observer")
 SEEN_KEY: web.AppKey[DeliverySeen] = web.AppKey("delivery_seen")
+GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
+REJECTIONS_KEY = web.AppKey("rejections", RejectionLog)
 
 
 def _observe(request: web.Request, hook: Webhook | None, outcome: str) -> None:
@@ -208,35 +437,54 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _authorized(settings: ListenerSettings, given: str | None) -> bool:
+    token = settings.auth_token
+    if token is None:
+        # Only the explicit opt-out opens the listener; a missing token never does.
+        return settings.allow_unauthenticated
+    if given is None:
+        return False
+    try:
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: back to the bytes.
+        sent = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(sent, token.get_secret_value().encode())
+
+
 async def handle_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
-    token = settings.auth_token
-    if token is not None:
-        given = request.headers.get(AUTH_HEADER)
-        expected = token.get_secret_value().encode()
-        if given is None or not hmac.compare_digest(given.encode(), expected):
-            log.warning(
-                "webhook_rejected",
-                reason="missing token" if given is None else "wrong token",
-                remote=request.remote,
-            )
-            _observe(request, None, "unauthorized")
-            return _error(401, f"missing or wrong {AUTH_HEADER} header")
+    rejections = request.app[REJECTIONS_KEY]
+    given = request.headers.get(AUTH_HEADER)
+    if not _authorized(settings, given):
+        rejections.note("unauthorized", "missing token" if given is None else "wrong token")
+        _observe(request, None, "unauthorized")
+        return _error(401, f"missing or wrong {AUTH_HEADER} header")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        rejections.note("too_large", f"Content-Length {request.content_length}")
         _observe(request, None, "too_large")
         return _error(413, f"body larger than {settings.max_body_bytes} bytes")
     if request.content_type != "application/json":
+        rejections.note("unsupported_media_type", f"Content-Type {request.content_type[:40]!r}")
         _observe(request, None, "unsupported_media_type")
         return _error(415, f"Content-Type must be application/json, got {request.content_type!r}")
     try:
-        body = await request.read()
+        async with asyncio.timeout(settings.body_timeout):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
+        rejections.note("too_large", "body over the limit")
         _observe(request, None, "too_large")
         return _error(413, f"body larger than {settings.max_body_bytes} bytes")
+    except TimeoutError:
+        rejections.note("slow_body", f"body not received within {settings.body_timeout:g} s")
+        _observe(request, None, "slow_body")
+        slow = _error(408, f"body not received within {settings.body_timeout:g} s")
+        slow.force_close()
+        return slow
     try:
         hook = parse_webhook(body)
     except PayloadError as exc:
-        log.warning("webhook_rejected", reason=str(exc), remote=request.remote)
+        rejections.note("invalid", str(exc))
         _observe(request, None, "invalid")
         return _error(422, str(exc))
     fields = {
@@ -279,6 +527,34 @@ async def handle_readyz(request: web.Request) -> web.Response:
     )
 
 
+@web.middleware
+async def guard_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the connection guard a request arrived and was answered; contains bugs."""
+    conn = request.app[GUARD_KEY].connection(request)
+    if conn is not None:
+        conn.request_started()
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        # A bug: answered 500, logged sparingly (type and place only: no locals, no
+        # request data), so that a request that triggers it cannot flood the log.
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        request.app[REJECTIONS_KEY].note(
+            "error",
+            f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}",
+            level=logging.ERROR,
+        )
+        _observe(request, None, "error")
+        return _error(500, "internal error")
+    finally:
+        if conn is not None and conn.transport is not None:
+            conn.expect_request()
+
+
 def build_app(
     settings: ListenerSettings,
     committer: GroupCommitter,
@@ -287,14 +563,24 @@ def build_app(
     extra_routes: list[web.RouteDef] | None = None,
     observer: WebhookObserver | None = None,
     seen: DeliverySeen | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> web.Application:
-    """The listener's aiohttp application.
+    """The listener's aiohttp application; serve it with ``listener_runner``.
 
     ``observer`` counts every webhook request by outcome; ``seen`` hears of every
     authenticated, valid one once it is answered.
     """
+    if settings.auth_token is None and not settings.allow_unauthenticated:
+        raise ValueError("listener.auth_token is not set and allow_unauthenticated is false")
     # client_max_size bounds what aiohttp reads even without a Content-Length.
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard_middleware])
+    rejections = RejectionLog(clock=clock)
+    app[REJECTIONS_KEY] = rejections
+    app[GUARD_KEY] = ConnectionGuard(
+        header_timeout=settings.header_timeout,
+        max_connections=settings.max_connections,
+        rejections=rejections,
+    )
     app[SETTINGS_KEY] = settings
     app[COMMITTER_KEY] = committer
     app[READINESS_KEY] = readiness
@@ -310,8 +596,60 @@ def build_app(
 
     async def committer_ctx(app: web.Application) -> AsyncIterator[None]:
         app[COMMITTER_KEY].start()
+        summaries = asyncio.create_task(rejections.run(), name="rejection-log")
         yield
         await app[COMMITTER_KEY].stop()
+        summaries.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await summaries
+        rejections.flush(force=True)
 
     app.cleanup_ctx.append(committer_ctx)
     return app
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections pass through the app's ConnectionGuard."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, backlog: int = 1024):
+        # A deep accept queue: under a connection flood the kernel keeps completed
+        # handshakes for us rather than dropping them (Linux caps it at somaxconn).
+        super().__init__(runner, backlog=backlog)
+        self._guarded_runner = runner
+        self._host = host
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._guarded_runner.server
+        assert server is not None
+        guard = self._guarded_runner.app[GUARD_KEY]
+        self._server = await asyncio.get_running_loop().create_server(
+            guard.protocol_factory(server),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
+
+
+def listener_runner(app: web.Application) -> web.AppRunner:
+    """The runner of a ``build_app`` application, with its slow-client bounds.
+
+    Serve it with ``GuardedSite``: the header deadline and the connection cap live
+    there; the keep-alive and lingering times are aiohttp's own.
+    """
+    settings = app[SETTINGS_KEY]
+    return web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=5.0,
+        keepalive_timeout=settings.keepalive_timeout,
+        # A body the application does not read (a 401, a 404) is drained this long at most.
+        lingering_time=settings.body_timeout,
+        logger=aiohttp_error_logger(app[REJECTIONS_KEY]),
+    )

@@ -53,8 +53,20 @@ WEBHOOK_OUTCOMES = (
     "too_large",
     "unsupported_media_type",
     "not_stored",
+    "slow_body",
+    "error",
 )
 """The ``outcome`` label of ``fonzipd_webhooks_received_total``."""
+
+
+class ListenerFigures(Protocol):
+    """What the listener counts about its clients (fonzipd.listener)."""
+
+    @property
+    def open_connections(self) -> int: ...
+
+    @property
+    def rejections(self) -> Mapping[str, int]: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,6 +174,7 @@ class Metrics:
         self._runners: Callable[[], Mapping[str, SinkRunner]] = dict
         self._sink_ids: Callable[[], Iterable[str]] = tuple
         self._reconcile: ReconcileSource | None = None
+        self._listener: ListenerFigures | None = None
         self._snapshot = _Snapshot()
         self._lock = asyncio.Lock()
         self.registry.register(_StateCollector(self))
@@ -181,6 +194,10 @@ class Metrics:
         self._runners = runners
         self._sink_ids = sink_ids
         self._reconcile = reconcile
+
+    def bind_listener(self, listener: ListenerFigures) -> None:
+        """Read the listener's connection and rejection counts at scrape time."""
+        self._listener = listener
 
     def observe_webhook(self, operation: int | None, status: int | None, outcome: str) -> None:
         """Count one webhook request; operation and status are None when unreadable."""
@@ -237,6 +254,7 @@ class _StateCollector(Collector):
         info.add_metric([__version__], 1)
         yield info
         yield from self._inbox(snap)
+        yield from self._listener(m._listener)
         yield from self._fonzip(m._client)
         yield from self._sinks(snap, m._runners())
         yield from self._reconcile(snap.reconcile)
@@ -256,6 +274,25 @@ class _StateCollector(Collector):
         for state in ("pending", "claimed", "done", "failed"):
             rows.add_metric([state], snap.inbox_rows.get(state, 0))
         yield rows
+
+    def _listener(self, listener: ListenerFigures | None) -> Iterator[Metric]:
+        if listener is None:
+            return
+        yield GaugeMetricFamily(
+            "fonzipd_listener_connections_open",
+            "Client connections open on the webhook listener.",
+            value=listener.open_connections,
+        )
+        rejected = CounterMetricFamily(
+            "fonzipd_listener_rejected",
+            "Requests and connections the listener turned away, by outcome: the webhook "
+            "outcomes, and slow_headers, evicted, refused (connections) and "
+            "malformed_http (not HTTP).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(listener.rejections.items()):
+            rejected.add_metric([outcome], n)
+        yield rejected
 
     def _fonzip(self, client: FonzipClient | None) -> Iterator[Metric]:
         calls = CounterMetricFamily(

@@ -1,31 +1,57 @@
-"""Tests of the webhook listener: authentication, strict validation, and commit before 200."""
+"""Tests of the webhook listener: authentication, strict validation, commit before 200,
+and hostile clients (slow, malformed, flooding) over real loopback sockets."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
+from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import ListenerSettings
-from fonzipd.listener import GroupCommitter, PayloadError, build_app, parse_webhook
+from fonzipd.listener import (
+    GUARD_KEY,
+    REJECTIONS_KEY,
+    GroupCommitter,
+    GuardedSite,
+    PayloadError,
+    build_app,
+    listener_runner,
+    parse_webhook,
+)
 from fonzipd.state import Store
+from tests.support import FakeClock
 
 TOKEN = "a-long-enough-webhook-token"
 PATH = "/fonzip/webhook"
 
 
 class Harness:
-    def __init__(self, client: TestClient[Any, Any], store: Store, committer: GroupCommitter):
+    """The listener as the daemon serves it (runner, guarded site) on 127.0.0.1."""
+
+    def __init__(
+        self,
+        client: aiohttp.ClientSession,
+        store: Store,
+        committer: GroupCommitter,
+        app: web.Application,
+        port: int,
+    ):
         self.client = client
         self.store = store
         self.committer = committer
-        self.commits_signalled = 0
+        self.app = app
+        self.port = port
 
     async def post(
         self,
@@ -42,25 +68,48 @@ class Harness:
         async with self.client.post(PATH, data=data, headers=headers) as resp:
             return resp.status, await resp.json()
 
+    async def raw(self, request: bytes) -> bytes:
+        """Send bytes over a fresh socket; what the server answered until it closed."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
 
-async def make_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[Harness]:
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, *, clock: Clock = SYSTEM_CLOCK, token: str | None = TOKEN, **settings: Any
+) -> AsyncIterator[Harness]:
     store = await Store.open(tmp_path / "state.db")
-    listener = ListenerSettings(auth_token=SecretStr(TOKEN), **settings)
-    signalled: list[int] = []
-    committer = GroupCommitter(store, max_batch=512, on_commit=lambda: signalled.append(1))
+    secret = None if token is None else SecretStr(token)
+    listener = ListenerSettings(auth_token=secret, **settings)
+    committer = GroupCommitter(store, max_batch=512, on_commit=lambda: None)
 
     async def ready() -> tuple[bool, dict[str, Any]]:
         depth, _ = await store.inbox.depth()
         return True, {"inbox": {"pending": depth}}
 
-    app = build_app(listener, committer, ready)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
+    app = build_app(listener, committer, ready, clock=clock)
+    runner = listener_runner(app)
+    await runner.setup()
+    await GuardedSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
     try:
-        yield Harness(client, store, committer)
+        yield Harness(client, store, committer, app, port)
     finally:
         await client.close()
+        await runner.cleanup()
         await store.close()
+
+
+async def make_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[Harness]:
+    """``serving`` as an async generator (the fixtures here and in test_reliability)."""
+    async with serving(tmp_path, **settings) as harness:
+        yield harness
 
 
 @pytest.fixture
@@ -178,17 +227,20 @@ async def test_health_and_readiness(h: Harness) -> None:
 
 
 async def test_unauthenticated_mode_needs_the_explicit_opt_out(tmp_path: Path) -> None:
+    async with serving(tmp_path, token=None, allow_unauthenticated=True) as h:
+        assert (await h.post(hook(), token=None))[0] == 200
+
+
+async def test_no_token_without_the_opt_out_never_serves(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "s.db")
     try:
-        settings = ListenerSettings(allow_unauthenticated=True)
         committer = GroupCommitter(store, max_batch=8, on_commit=lambda: None)
 
         async def ready() -> tuple[bool, dict[str, Any]]:
             return True, {}
 
-        client = TestClient(TestServer(build_app(settings, committer, ready)))
-        async with client, client.post(PATH, json=hook()) as resp:
-            assert resp.status == 200
+        with pytest.raises(ValueError, match="auth_token is not set"):
+            build_app(ListenerSettings(), committer, ready)
     finally:
         await store.close()
 
@@ -197,3 +249,188 @@ def test_parse_webhook_ignores_unknown_extra_keys() -> None:
     assert parse_webhook(json.dumps({**hook(), "extra": "x"}).encode()).id == 101
     with pytest.raises(PayloadError, match="id: missing; status: missing"):
         parse_webhook(b'{"webhook_id": 1, "operation": 1}')
+
+
+# -- hostile clients ------------------------------------------------------------------
+
+
+def raw_post(body: bytes, *, token: bytes = TOKEN.encode(), length: int | None = None) -> bytes:
+    head = (
+        b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: fonzipd\r\n"
+        b"X-FZ-Auth-Token: " + token + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body) if length is None else length).encode() + b"\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    return head + body
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), answer[:80]
+    return int(answer.split(b" ", 2)[1])
+
+
+DEEP = b"[" * 2000 + b"]" * 2000
+
+
+async def test_a_token_of_invalid_bytes_is_401_not_500(h: Harness) -> None:
+    # Before: the header's surrogates raised UnicodeEncodeError before the comparison.
+    with capture_logs() as lines:
+        answer = await h.raw(raw_post(json.dumps(hook()).encode(), token=b"\xff\xfe"))
+    assert status_of(answer) == 401
+    assert not [ln for ln in lines if ln["log_level"] in ("error", "critical")]
+    assert (await h.store.inbox_depth())[0] == 0
+    # The right token still works over the same raw path.
+    assert status_of(await h.raw(raw_post(json.dumps(hook()).encode()))) == 200
+
+
+async def test_an_authenticated_body_nested_2000_deep_is_422_not_500(h: Harness) -> None:
+    assert len(DEEP) <= 4096  # inside max_body_bytes: it reaches the parser
+    answer = await h.raw(raw_post(DEEP))
+    assert status_of(answer) == 422
+    assert b"nested too deeply" in answer
+
+
+async def test_a_flood_of_bad_requests_is_counted_not_logged_line_by_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    async with serving(tmp_path, clock=clock) as h:
+        floods: dict[str, bytes] = {
+            "unauthorized": raw_post(json.dumps(hook()).encode(), token=b"\xff\xfe"),
+            "invalid": raw_post(DEEP),
+            # Not HTTP at all: aiohttp itself logs each of these with a traceback.
+            "malformed_http": b"GET /\x00\x01 HTTP/1.1\r\nHost: \xff\r\n\r\n",
+        }
+        with capture_logs() as lines:
+            for request in floods.values():
+                answers = await asyncio.gather(*(h.raw(request) for _ in range(100)))
+                assert all(400 <= status_of(a) < 500 for a in answers)
+        totals = h.app[REJECTIONS_KEY].totals
+        assert {k: totals[k] for k in floods} == dict.fromkeys(floods, 100)
+        # One line per kind of rejection, at once; the other 99 wait for the summary.
+        rejected = [ln for ln in lines if ln["event"] == "webhook_rejected"]
+        assert sorted(ln["outcome"] for ln in rejected) == sorted(floods)
+        assert all(ln["count"] == 1 for ln in rejected)
+        assert not [r for r in caplog.records if r.levelno >= 30], "aiohttp logged on its own"
+        with capture_logs() as lines:
+            clock.advance(61)
+            h.app[REJECTIONS_KEY].flush()
+        assert {ln["outcome"]: ln["count"] for ln in lines} == dict.fromkeys(floods, 99)
+        assert (await h.store.inbox_depth())[0] == 0
+
+
+class SlowClient:
+    """One slow-loris connection: what it sends, a byte at a time, and when it was cut."""
+
+    def __init__(self, port: int, opening: bytes, trickle: bytes) -> None:
+        self.port, self.opening, self.trickle = port, opening, trickle
+        self.closed_after: float | None = None
+
+    async def run(self, within: float) -> None:
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(self.opening)
+
+            # Trickle a byte every 50 ms until the server hangs up (or our bound ends).
+            async def trickle() -> None:
+                for i in range(int(within / 0.05)):
+                    writer.write(self.trickle[i % len(self.trickle) : i % len(self.trickle) + 1])
+                    await asyncio.sleep(0.05)
+
+            feeding = asyncio.create_task(trickle() if self.trickle else asyncio.sleep(0))
+            try:
+                # Returns at EOF; raises at a reset (the server aborts slow clients).
+                await asyncio.wait_for(reader.read(), within)
+            except TimeoutError:
+                return  # still open at the end of our bound
+            except ConnectionError:
+                pass
+            finally:
+                feeding.cancel()
+            self.closed_after = time.monotonic() - started
+        except ConnectionError:
+            self.closed_after = time.monotonic() - started
+        finally:
+            writer.close()
+
+
+def slow_clients(port: int, count: int) -> list[SlowClient]:
+    head = b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: fonzipd\r\n"
+    body_head = raw_post(b"", length=400).replace(b"Connection: close\r\n", b"")
+    wrong = raw_post(b"", token=b"wrong-wrong-wrong-wrong", length=400)  # answered 401 at once
+    kinds = [
+        (head, b"X-Padding: aaaaaaaa\r\n"),  # headers that never end
+        (body_head, b'{"id": 1, '),  # a valid token, then a body a byte at a time
+        (wrong, b"x"),  # refused, then a body that never ends
+        (b"", b""),  # connects, says nothing
+    ]
+    return [SlowClient(port, *kinds[i % len(kinds)]) for i in range(count)]
+
+
+async def test_slow_clients_are_cut_off_while_webhooks_keep_landing(tmp_path: Path) -> None:
+    timeout = 2.0
+    async with serving(
+        tmp_path, header_timeout=timeout, body_timeout=timeout, keepalive_timeout=timeout
+    ) as h:
+        clients = slow_clients(h.port, 300)
+        attack = asyncio.gather(*(c.run(within=timeout + 4.0) for c in clients))
+        guard = h.app[GUARD_KEY]
+
+        async def connected() -> None:
+            deadline = time.monotonic() + 10
+            while guard.open_connections < 250:
+                assert time.monotonic() < deadline, "the slow clients did not connect"
+                await asyncio.sleep(0.01)
+
+        await connected()
+        # Valid webhooks, each on a fresh connection, while the slow ones hold theirs.
+        latencies = []
+        for fid in range(1, 21):
+            started = time.monotonic()
+            async with (
+                aiohttp.ClientSession() as fresh,
+                fresh.post(
+                    f"http://127.0.0.1:{h.port}{PATH}",
+                    json=hook(fid),
+                    headers={"X-FZ-Auth-Token": TOKEN},
+                ) as resp,
+            ):
+                assert resp.status == 200
+            latencies.append(time.monotonic() - started)
+        await attack
+        assert (await h.store.inbox_depth())[0] == 20
+        assert max(latencies) < 1.0, latencies
+        # Every slow connection was cut, each within its bound (plus scheduling slack).
+        cut = [c.closed_after for c in clients]
+        never = sorted({i % 4 for i, c in enumerate(cut) if c is None})
+        assert None not in cut, f"{cut.count(None)} slow connections never closed, kinds {never}"
+        assert max(c for c in cut if c is not None) < 2 * timeout + 1.5, max(cut)  # type: ignore[type-var]
+        assert guard.open_connections == 0
+        totals = h.app[REJECTIONS_KEY].totals
+        assert totals["slow_headers"] >= 150  # the header and silent clients
+        assert totals["slow_body"] == 75
+
+
+async def test_at_the_connection_cap_idle_clients_make_room_for_webhooks(tmp_path: Path) -> None:
+    # A long header deadline: only the cap stands between the attacker and the limit.
+    async with serving(tmp_path, header_timeout=60, max_connections=32) as h:
+        guard = h.app[GUARD_KEY]
+        idle = [await asyncio.open_connection("127.0.0.1", h.port) for _ in range(200)]
+        try:
+
+            async def settled() -> None:
+                deadline = time.monotonic() + 10
+                while h.app[REJECTIONS_KEY].totals["evicted"] < 200 - 32:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+
+            await settled()
+            assert guard.open_connections <= 32
+            for fid in range(1, 11):
+                assert (await h.post(hook(fid)))[0] == 200
+            assert (await h.store.inbox_depth())[0] == 10
+            assert guard.open_connections <= 32
+        finally:
+            for _, writer in idle:
+                writer.close()

@@ -123,6 +123,9 @@ async def test_a_webhook_shows_up_in_every_stage_of_the_metrics(
     assert get("fonzipd_outbox_dead_letters", sink="archive") == 0
     assert get("fonzipd_sink_failing_seconds", sink="archive") == 0
     assert get("fonzipd_reconcile_open_days") == 0
+    # The listener's own count of what it turned away, for floods the log only sums up.
+    assert get("fonzipd_listener_rejected_total", outcome="unauthorized") == 1
+    assert get("fonzipd_listener_connections_open") >= 1  # the scrape's own
 
 
 async def test_separate_metrics_port_serves_health_and_the_listener_does_not_serve_metrics(
