@@ -34,6 +34,10 @@ from fonzipd.webhooks import DeliveryLog
 log = structlog.get_logger(__name__)
 
 INBOX_RETENTION = dt.timedelta(days=7)
+READINESS_PROBE_INTERVAL = 10.0
+"""Seconds a successful group commit (or write probe) vouches for the database."""
+READINESS_READ_INTERVAL = 1.0
+"""Seconds /readyz reuses its database reads (inbox depth, sinks) across calls."""
 
 
 class Daemon:
@@ -85,6 +89,12 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.committer: GroupCommitter | None = None
         self._runner: web.AppRunner | None = None
+        self.readiness_probe_interval = READINESS_PROBE_INTERVAL
+        self._last_commit: float | None = None
+        self._probed_at: float | None = None
+        self._probe_error: str | None = None
+        self._health_read: tuple[float, dict[str, Any]] | None = None
+        self._readiness_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self.port: int | None = None
 
@@ -162,10 +172,17 @@ class Daemon:
         if not self.listen:
             return
 
+        fetcher = self.fetcher
+
+        def committed() -> None:
+            # A group commit is a write that reached the disk: /readyz trusts it.
+            self._last_commit = self.clock.monotonic()
+            fetcher.wake()
+
         self.committer = GroupCommitter(
             store,
             max_batch=s.listener.commit_max_batch,
-            on_commit=self.fetcher.wake,
+            on_commit=committed,
             watch=self.supervisor.watch,
         )
         separate = s.metrics.port is not None
@@ -258,45 +275,71 @@ class Daemon:
             await asyncio.sleep(3600)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when the state database takes writes; with the inbox depth."""
-        details: dict[str, Any] = {}
-        ok = True
+        """Ready when the state database takes writes; with the inbox depth.
+
+        Cheap enough to be called in a loop: the database's writability comes from the
+        last group commit, or a write probe at most every ``readiness_probe_interval``
+        seconds when no webhook arrived; the inbox and sink figures are read at most
+        once a second, and concurrent calls share that read.
+        """
         store = self.store
         if store is None:
             return False, {"database": "closed"}
+        async with self._readiness_lock:
+            now = self.clock.monotonic()
+            if self._health_read is None or now - self._health_read[0] >= READINESS_READ_INTERVAL:
+                self._health_read = (now, await self._read_health(store, now))
+            details = dict(self._health_read[1])
+        ok = details.pop("ok")
         if self.supervisor.failed:
             ok = False
             details["components"] = {
                 name: f"died: {error}" for name, error in self.supervisor.failed.items()
             }
-        try:
-            await store.meta.check_writable()
-            details["database"] = "writable"
-        except (sqlite3.Error, StoreError) as exc:
-            ok = False
-            details["database"] = f"not writable: {exc}"
-        depth, age = await store.inbox.depth()
-        details["inbox"] = {"pending": depth, "oldest_age_s": age}
         if self.client is not None:
             # A 409 lock delays fetching, not accepting: it does not fail readiness.
             details["fonzip_token"] = self.client.tokens.describe()
         if isinstance(self.client, MeteredClient) and self.client.credentials_error:
             ok = False
             details["fonzip"] = f"credentials rejected: {self.client.credentials_error}"
+        return ok, details
+
+    async def _database_error(self, store: Store, now: float) -> str | None:
+        """Why the state database cannot be written (None: it can), probing rarely."""
+        interval = self.readiness_probe_interval
+        if self._last_commit is not None and now - self._last_commit < interval:
+            return None
+        if self._probed_at is None or now - self._probed_at >= interval:
+            self._probed_at = now
+            try:
+                await store.meta.check_writable()
+                self._probe_error = None
+            except (sqlite3.Error, StoreError) as exc:
+                self._probe_error = str(exc)
+        return self._probe_error
+
+    async def _read_health(self, store: Store, now: float) -> dict[str, Any]:
+        error = await self._database_error(store, now)
+        details: dict[str, Any] = {
+            "ok": error is None,
+            "database": "writable" if error is None else f"not writable: {error}",
+        }
+        depth, age = await store.inbox.depth()
+        details["inbox"] = {"pending": depth, "oldest_age_s": age}
         limit = self.settings.health.sink_failing_after
         sinks = await store.outbox.sink_status(self.settings.enabled_sinks)
-        now = self.clock.now()
+        wall = self.clock.now()
         for sid, st in sinks.items():
             since = st["failing_since"]
             failing_for = (
-                0.0 if since is None else (now - dt.datetime.fromisoformat(since)).total_seconds()
+                0.0 if since is None else (wall - dt.datetime.fromisoformat(since)).total_seconds()
             )
             if limit > 0 and failing_for > limit:
-                ok = False
+                details["ok"] = False
                 details.setdefault("sinks", {})[sid] = (
                     f"failing for {failing_for:.0f} s: {st['last_error']}"
                 )
-        return ok, details
+        return details
 
     def request_stop(self) -> None:
         """Ask the daemon to shut down (what SIGTERM and SIGINT do)."""
