@@ -21,6 +21,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import resource
 import sqlite3
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -608,6 +609,31 @@ def build_app(
     return app
 
 
+FD_RESERVE = 128
+"""File descriptors kept for everything but client connections (databases, sinks, Fonzip)."""
+
+
+def fit_to_file_limit(guard: ConnectionGuard) -> None:
+    """Lower the connection cap to fit the process's file limit (``ulimit -n``).
+
+    Past the limit ``accept`` fails with EMFILE and every client is refused, valid
+    webhooks too; under the cap the guard evicts idle clients instead.
+    """
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except OSError:
+        return  # a system-call filter that refuses even reading the limit: trust the unit's
+    room = soft - FD_RESERVE
+    if soft != resource.RLIM_INFINITY and guard.max_connections > room:
+        log.warning(
+            "listener_connections_capped",
+            max_connections=max(8, room),
+            file_limit=soft,
+            hint="raise the file limit (LimitNOFILE=, ulimit -n) or lower max_connections",
+        )
+        guard.max_connections = max(8, room)
+
+
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through the app's ConnectionGuard."""
 
@@ -628,6 +654,7 @@ class GuardedSite(web.BaseSite):
         server = self._guarded_runner.server
         assert server is not None
         guard = self._guarded_runner.app[GUARD_KEY]
+        fit_to_file_limit(guard)
         self._server = await asyncio.get_running_loop().create_server(
             guard.protocol_factory(server),
             self._host,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -434,3 +435,16 @@ async def test_at_the_connection_cap_idle_clients_make_room_for_webhooks(tmp_pat
         finally:
             for _, writer in idle:
                 writer.close()
+
+
+async def test_the_connection_cap_fits_under_the_file_limit(tmp_path: Path) -> None:
+    # Outside systemd the soft limit is often 1024: accept() would fail with EMFILE
+    # before a cap of 1024 is reached, refusing valid webhooks with the rest.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        async with serving(tmp_path, max_connections=1024) as h:
+            assert h.app[GUARD_KEY].max_connections == 512 - 128
+            assert (await h.post(hook()))[0] == 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fonzipd.config import ListenerSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ("fonzipd.service", "fonzipd@.service")
 ANALYZE = shutil.which("systemd-analyze")
@@ -66,6 +68,9 @@ def test_unit_is_a_hardened_notify_service(name: str) -> None:
     assert one["CapabilityBoundingSet"] == ""
     assert set(one["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
     assert "@system-service" in svc["SystemCallFilter"]
+    # Slow clients hold descriptors: the limit leaves room beyond the connection cap.
+    cap = ListenerSettings.model_fields["max_connections"].default
+    assert int(one["LimitNOFILE"]) >= 2 * cap
 
 
 def test_template_keeps_each_account_apart() -> None:
