@@ -341,17 +341,6 @@ class Settings(BaseSettings):
         return {sid: s for sid, s in self.sinks.items() if s.enabled}
 
 
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        # A name other than localhost may resolve anywhere; "" and "0.0.0.0" mean all.
-        return False
-
-
 def listener_problems(settings: Settings) -> list[str]:
     """What makes this configuration unsafe to serve webhooks with, one line each.
 

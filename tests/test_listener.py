@@ -279,7 +279,7 @@ async def test_a_token_of_invalid_bytes_is_401_not_500(h: Harness) -> None:
         answer = await h.raw(raw_post(json.dumps(hook()).encode(), token=b"\xff\xfe"))
     assert status_of(answer) == 401
     assert not [ln for ln in lines if ln["log_level"] in ("error", "critical")]
-    assert (await h.store.inbox_depth())[0] == 0
+    assert (await h.store.inbox.depth())[0] == 0
     # The right token still works over the same raw path.
     assert status_of(await h.raw(raw_post(json.dumps(hook()).encode()))) == 200
 
@@ -317,7 +317,7 @@ async def test_a_flood_of_bad_requests_is_counted_not_logged_line_by_line(
             clock.advance(61)
             h.app[REJECTIONS_KEY].flush()
         assert {ln["outcome"]: ln["count"] for ln in lines} == dict.fromkeys(floods, 99)
-        assert (await h.store.inbox_depth())[0] == 0
+        assert (await h.store.inbox.depth())[0] == 0
 
 
 class SlowClient:
@@ -400,7 +400,7 @@ async def test_slow_clients_are_cut_off_while_webhooks_keep_landing(tmp_path: Pa
                 assert resp.status == 200
             latencies.append(time.monotonic() - started)
         await attack
-        assert (await h.store.inbox_depth())[0] == 20
+        assert (await h.store.inbox.depth())[0] == 20
         assert max(latencies) < 1.0, latencies
         # Every slow connection was cut, each within its bound (plus scheduling slack).
         cut = [c.closed_after for c in clients]
@@ -430,7 +430,7 @@ async def test_at_the_connection_cap_idle_clients_make_room_for_webhooks(tmp_pat
             assert guard.open_connections <= 32
             for fid in range(1, 11):
                 assert (await h.post(hook(fid)))[0] == 200
-            assert (await h.store.inbox_depth())[0] == 10
+            assert (await h.store.inbox.depth())[0] == 10
             assert guard.open_connections <= 32
         finally:
             for _, writer in idle:
