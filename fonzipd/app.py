@@ -24,6 +24,7 @@ from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.listener import GUARD_KEY, GroupCommitter, GuardedSite, build_app, listener_runner
 from fonzipd.metrics import MeteredClient, Metrics, build_health_app, store_reconcile_figures
 from fonzipd.notify import Notifier
+from fonzipd.privacy import SinkPolicy, policies
 from fonzipd.reconciler import Reconciler
 from fonzipd.registry import SinkConfigError, build_sinks
 from fonzipd.scheduler import ReconcileScheduler
@@ -81,6 +82,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.scheduler: ReconcileScheduler | None = None
         self.settings = settings
+        self._policies: tuple[Settings | None, dict[str, SinkPolicy]] = (None, {})
         self.clock = clock
         self.drain_timeout = drain_timeout
         self.store: Store | None = None
@@ -147,8 +149,9 @@ class Daemon:
             self.client,
             s.fetcher,
             # Read on every record, from the settings rather than the running tasks: a
-            # sink being swapped by a reload keeps getting its records queued.
-            sink_ids=lambda: tuple(self.settings.enabled_sinks),
+            # sink being swapped by a reload keeps getting its records queued, through
+            # its filters and redaction (`privacy.SinkPolicy`).
+            sink_ids=self._sink_policies,
             tz=s.fonzip.tz,
             on_record=self.dispatcher.wake,
             clock=self.clock,
@@ -230,6 +233,12 @@ class Daemon:
             state=str(s.state.path),
         )
 
+    def _sink_policies(self) -> dict[str, SinkPolicy]:
+        """Each enabled sink's filters and redaction, rebuilt when a reload changes them."""
+        if self._policies[0] is not self.settings:
+            self._policies = (self.settings, policies(self.settings))
+        return self._policies[1]
+
     def _bound_port(self) -> int:
         assert self._runner is not None
         return _bound_port(self._runner)
@@ -262,17 +271,34 @@ class Daemon:
                     self.notifier.status(f"state database error: {exc}")
 
     async def _housekeeping(self) -> None:
-        """Forget finished inbox rows after a week; failed ones stay for ``status``."""
+        """Every hour: :meth:`housekeep`."""
         while True:
-            if self.store is not None:
-                try:
-                    pruned = await self.store.inbox.prune(INBOX_RETENTION)
-                except (sqlite3.Error, StoreError) as exc:
-                    log.warning("inbox_prune_failed", error=str(exc))
-                else:
-                    if pruned:
-                        log.info("inbox_pruned", rows=pruned)
+            await self.housekeep()
             await asyncio.sleep(3600)
+
+    async def housekeep(self) -> None:
+        """Forget finished inbox rows after a week (failed ones stay for ``status``), and
+        drop the Fonzip object of records older than ``state.keep_data_days``."""
+        store = self.store
+        if store is None:
+            return
+        try:
+            pruned = await store.inbox.prune(INBOX_RETENTION)
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("inbox_prune_failed", error=str(exc))
+        else:
+            if pruned:
+                log.info("inbox_pruned", rows=pruned)
+        days = self.settings.state.keep_data_days
+        if days is None:
+            return
+        try:
+            dropped = await store.erasures.drop_old_data(dt.timedelta(days=days))
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("record_data_drop_failed", error=str(exc))
+        else:
+            if dropped:
+                log.info("record_data_dropped", records=dropped, keep_data_days=days)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the state database takes writes; with the inbox depth.

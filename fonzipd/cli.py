@@ -1,4 +1,5 @@
-"""The command line: run | check | status | replay | reconcile | backfill | sinks | simulate | demo.
+"""The command line: run | check | status | replay | forget | reconcile | backfill | sinks |
+simulate | demo.
 
 Exit codes: 0 success; 1 the command ran and found a problem (or failed at run
 time; for ``check --online``: Fonzip refused the credentials or could not be
@@ -87,6 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--since", type=dt.date.fromisoformat, help="business date YYYY-MM-DD")
     rp.add_argument("--kind", type=Kind, choices=list(Kind), help="one kind only")
     rp.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    fg = with_config(
+        sub.add_parser(
+            "forget",
+            help="erase a person's data from the state database and every sink (daemon stopped)",
+        )
+    )
+    whom = fg.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--email", help="the person's e-mail address")
+    whom.add_argument("--fonzip-user-id", type=int, help="the person's Fonzip user id")
+    fg.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
     sk = sub.add_parser("sinks", help="list the available sink types and where each comes from")
     sk.add_argument("--config", type=Path, default=None, help="to include its plugins_dir")
     sim = sub.add_parser("simulate", help="run a fake Fonzip to try fonzipd against")
@@ -459,6 +470,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from fonzipd.privacy import SinkPolicy
+
     settings = _load(args)
     if args.sink not in settings.sinks:
         known = ", ".join(settings.sinks) or "none"
@@ -471,7 +484,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         store = await Store.open(settings.state.path)
         try:
             return await store.outbox.requeue(
-                args.sink, dead=args.dead, since=args.since, kind=args.kind, dry_run=args.dry_run
+                args.sink,
+                dead=args.dead,
+                since=args.since,
+                kind=args.kind,
+                dry_run=args.dry_run,
+                policy=SinkPolicy.from_settings(settings.sinks[args.sink]),
             )
         finally:
             await store.close()
@@ -481,6 +499,25 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     verb = "would requeue" if args.dry_run else "requeued"
     print(f"{verb} {count} {what} for sink {args.sink}")
     return EXIT_OK
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from fonzipd.forget_command import forget_now
+    from fonzipd.registry import SinkConfigError
+
+    settings = _load(args)
+    try:
+        return asyncio.run(
+            forget_now(
+                settings,
+                email=args.email,
+                fonzip_user_id=args.fonzip_user_id,
+                dry_run=args.dry_run,
+            )
+        )
+    except SinkConfigError as exc:
+        print(f"fonzipd: {_in_file(args, exc)}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _cmd_sinks(args: argparse.Namespace) -> int:
@@ -573,6 +610,7 @@ _COMMANDS = {
     "check": _cmd_check,
     "status": _cmd_status,
     "replay": _cmd_replay,
+    "forget": _cmd_forget,
     "sinks": _cmd_sinks,
     "simulate": _cmd_simulate,
     "demo": _cmd_demo,

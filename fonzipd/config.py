@@ -183,6 +183,10 @@ class StateSettings(_Section):
 
     path: Path = Path("/var/lib/fonzipd/state.db")
     """SQLite file (WAL mode) that only fonzipd writes; relative paths are to the config file."""
+    keep_data_days: int | None = Field(default=None, ge=1)
+    """Days after which a stored record's full Fonzip object (``data``) is dropped from
+    the state database by the hourly housekeeping; the normalized fields stay, so
+    reconciling still works. Unset: kept as long as the record."""
 
 
 class FetcherSettings(_Section):
@@ -224,6 +228,46 @@ class SinkSettings(BaseModel):
     """Seconds before the first retry; doubles each attempt, with jitter."""
     retry_max: float = Field(default=300, gt=0)
     """Longest wait between retries, in seconds."""
+    redact: tuple[str, ...] = ()
+    """Fonzip field names removed from ``data`` at any depth before a record is queued
+    for this sink; ``person_name``, ``person_email``, ``person_phone`` empty those
+    record fields; ``"sensitive"`` stands for identity numbers, card data, IP
+    addresses, birthdays and addresses (the README lists the fields)."""
+    kinds: tuple[Kind, ...] | None = None
+    """Only records of these kinds reach this sink (unset: all six)."""
+    statuses: tuple[str, ...] | None = None
+    """Only records in these normalized statuses reach this sink (unset: all)."""
+
+    @field_validator("redact")
+    @classmethod
+    def _known_redactions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from fonzipd.privacy import check_redact
+
+        return check_redact(value)
+
+    @field_validator("kinds")
+    @classmethod
+    def _some_kinds(cls, value: tuple[Kind, ...] | None) -> tuple[Kind, ...] | None:
+        if value is not None and not value:
+            raise ValueError("names no kind: list at least one, or set enabled = false")
+        return value
+
+    @field_validator("statuses")
+    @classmethod
+    def _known_statuses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from fonzipd.privacy import known_statuses
+
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("names no status: list at least one, or set enabled = false")
+        known = known_statuses()
+        unknown = [s for s in value if s not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown status {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            )
+        return value
 
     @property
     def options(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -23,6 +23,7 @@ from fonzipd.fonzip.errors import (
 )
 from fonzipd.fonzip.limiter import Priority
 from fonzipd.fonzip.normalizer import NormalizeError, normalize
+from fonzipd.privacy import SinkPolicy
 from fonzipd.records import DELETED, Record, with_status
 from fonzipd.retry import RetrySchedule
 from fonzipd.state import Applied, InboxRow, Store, StoreError
@@ -52,7 +53,7 @@ class Fetcher:
         client: FonzipClient,
         settings: FetcherSettings,
         *,
-        sink_ids: Callable[[], Sequence[str]],
+        sink_ids: Callable[[], Mapping[str, SinkPolicy] | Sequence[str]],
         tz: ZoneInfo,
         on_record: Callable[[], None],
         clock: Clock = SYSTEM_CLOCK,

@@ -41,6 +41,18 @@ work with this configuration, e.g. an environment variable it reads is missing).
 ``close`` must be idempotent, and ``write`` after ``close`` must raise (a
 ``RuntimeError`` is right: it is a caller's bug).
 
+Erasure (optional)
+------------------
+``fonzipd forget`` (a person's right to erasure) opens every enabled sink and calls
+``forget(erasure)`` when the sink overrides it: remove the person's data from the
+records ``erasure.records`` names (``(kind, fonzip_id)`` pairs), everywhere the
+destination keeps them (history tables, old rows). Keep the accounting facts (kind,
+id, status, amount, currency, dates) or delete the rows, as the destination needs.
+Return how many stored items changed; be idempotent (the command may be run again
+after a crash); raise :class:`TransientSinkError` when the destination cannot be
+reached. A sink that does not override ``forget`` is reported as one that cannot
+delete, and the user erases the person there by hand.
+
 Check your sink with :func:`fonzipd.testing.check_sink`.
 """
 
@@ -59,9 +71,11 @@ from pydantic import ConfigDict
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import ConfigError
 from fonzipd.kinds import Kind
+from fonzipd.privacy import Erasure
 from fonzipd.records import Person, Record, Source
 
 __all__ = [
+    "Erasure",
     "Kind",
     "PermanentSinkError",
     "Person",
@@ -135,6 +149,20 @@ class Sink(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - a sink without resources needs no close
         """Release resources. Idempotent; ``write`` after ``close`` raises."""
+
+    async def forget(self, erasure: Erasure) -> int | None:
+        """Remove a person's data from the records ``erasure.records`` names (optional).
+
+        Called after ``open``, by ``fonzipd forget``. Return how many stored items
+        changed (0 when there was nothing left to remove: it must be idempotent).
+        The default returns None: this sink cannot delete.
+        """
+        return None
+
+    @property
+    def can_forget(self) -> bool:
+        """True when this sink implements :meth:`forget`."""
+        return type(self).forget is not Sink.forget
 
 
 class SinkError(Exception):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fonzipd.kinds import Kind
+from fonzipd.privacy import Erasure
 from fonzipd.records import Person, Record, Source, content_version
 from fonzipd.sink import Sink, SinkContext, SinkOptions
 
@@ -207,6 +208,7 @@ async def check_sink(
     read_back: Callable[[], Awaitable[Collection[str]]],
     *,
     records: Sequence[Record] | None = None,
+    contains: Callable[[str], Awaitable[bool]] | None = None,
 ) -> None:
     """Run the conformance suite against a sink; AssertionError names what failed.
 
@@ -226,6 +228,12 @@ async def check_sink(
     and ``write`` after it raises; a new instance re-writing everything, as after a
     crash between a write and its acknowledgement, adds nothing, nor does a batch
     holding the same record twice; versions of one record are stored in order.
+
+    A sink that implements the optional ``forget`` is checked too: on a new instance,
+    forgetting the person of the first record returns a count >= 1, keeps every other
+    record, and can be repeated. ``contains(text)``, when given, says whether the
+    destination holds ``text`` anywhere: then the person's e-mail must be gone after
+    ``forget`` and another person's must stay.
     """
     recs = list(sample_records() if records is None else records)
     if len(recs) < 2:
@@ -284,6 +292,54 @@ async def check_sink(
     returned = await read_back()
     if isinstance(returned, Sequence):
         _check_order(list(returned), recs)
+    if second.can_forget:
+        await _check_forget(factory, read_back, recs, contains)
+
+
+async def _check_forget(
+    factory: Callable[[], Sink],
+    read_back: Callable[[], Awaitable[Collection[str]]],
+    recs: Sequence[Record],
+    contains: Callable[[str], Awaitable[bool]] | None,
+) -> None:
+    """``forget`` removes one person's data, keeps everyone else's, and is idempotent."""
+    email = next((r.person.email for r in recs if r.person.email), None)
+    if email is None:
+        raise ValueError("check_sink needs a record with a person's e-mail to check forget")
+    mine = sorted({(r.kind, r.fonzip_id) for r in recs if r.person.email == email})
+    others = [r for r in recs if (r.kind, r.fonzip_id) not in set(mine)]
+    other_email = next((r.person.email for r in others if r.person.email), None)
+    erasure = Erasure(tuple(mine), email=email)
+    sink = factory()
+    await sink.open()
+    try:
+        if contains is not None and not await contains(email):
+            raise _fail("forget", "contains() does not find the e-mail of a record written")
+        try:
+            changed = await sink.forget(erasure)
+        except Exception as exc:
+            raise _fail("forget", f"forget() raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(changed, int) or changed < 1:
+            raise _fail("forget", f"forget() of stored records returned {changed!r}, not >= 1")
+        if contains is not None:
+            if await contains(email):
+                raise _fail("forget", "the person's e-mail is still in the destination")
+            if other_email is not None and not await contains(other_email):
+                raise _fail("forget", "forget() removed another person's data too")
+        kept = set(await _read(read_back))
+        lost = [r.key for r in others if r.key not in kept]
+        if lost:
+            raise _fail("forget", f"other people's records went missing, e.g. {lost[:3]}")
+        try:
+            again = await sink.forget(erasure)
+        except Exception as exc:
+            raise _fail(
+                "forget", f"forget() a second time raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(again, int) or again < 0:
+            raise _fail("forget", f"forget() a second time returned {again!r}")
+    finally:
+        await sink.close()
 
 
 def _check_order(stored: list[str], recs: Sequence[Record]) -> None:

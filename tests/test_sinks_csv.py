@@ -23,6 +23,7 @@ from fonzipd.sinks.csv import (
     CSVSink,
     ledger_path,
     relative_path,
+    text_cell,
 )
 from fonzipd.testing import check_sink, context_for_tests, sample_records
 
@@ -54,7 +55,12 @@ async def test_passes_the_conformance_suite(tmp_path: Path) -> None:
     async def read_back() -> list[str]:
         return [row["key"] for row in _rows(out)]
 
-    await check_sink(lambda: _sink(tmp_path, out, include_data=True), read_back)
+    async def contains(text: str) -> bool:
+        return any(text.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+    await check_sink(
+        lambda: _sink(tmp_path, out, include_data=True), read_back, contains=contains
+    )
 
 
 async def test_one_file_per_kind_and_business_date_with_a_header(tmp_path: Path) -> None:
@@ -324,3 +330,77 @@ async def test_a_move_interrupted_after_the_copy_finishes_at_the_next_open(
     await _write_all(_sink(tmp_path, out), recs)
     assert not (out / OLD_LEDGER_NAME).exists()
     assert len(_rows(out)) == 4
+
+
+async def _forget_first_person(tmp_path: Path, out: Path) -> tuple[list[Record], dict[Path, bytes]]:
+    """Write sample records (BOM, data column), forget the first record's person."""
+    from fonzipd.privacy import Erasure
+
+    recs = sample_records(12)
+    await _write_all(_sink(tmp_path, out, include_data=True, excel_bom=True), recs)
+    before = {p: p.read_bytes() for p in sorted(out.glob("*/*.csv"))}
+    email = recs[0].person.email
+    mine = tuple(sorted({(r.kind, r.fonzip_id) for r in recs if r.person.email == email}))
+    sink = _sink(tmp_path, out, include_data=True, excel_bom=True)
+    await sink.open()
+    try:
+        assert await sink.forget(Erasure(mine, email=email)) == 4  # 3 records, one refunded
+        assert await sink.forget(Erasure(mine, email=email)) == 0  # nothing left to remove
+    finally:
+        await sink.close()
+    return recs, before
+
+
+async def test_forget_rewrites_the_persons_rows_and_keeps_every_other_byte(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "csv"
+    recs, before = await _forget_first_person(tmp_path, out)
+    email = recs[0].person.email
+    assert email is not None
+    mine = {r.key for r in recs if r.person.email == email}
+    for path, old in before.items():
+        new = path.read_bytes()
+        assert new.startswith(b"\xef\xbb\xbf")  # the BOM stays
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert email.encode() not in new
+        old_lines = old.split(b"\r\n")
+        new_lines = new.split(b"\r\n")
+        # Rows about other people are the same bytes: totals and layout do not move.
+        kept = [o for o in old_lines if not any(k.encode() in o for k in mine)]
+        assert kept == [n for n in new_lines if not any(k.encode() in n for k in mine)]
+    rows = {row["key"]: row for row in _rows(out)}
+    assert set(rows) == {r.key for r in recs}
+    for record in recs:
+        row = rows[record.key]
+        if record.key in mine:
+            assert (row["person_name"], row["person_email"], row["person_phone"]) == ("", "", "")
+            assert (row["fonzip_user_id"], row["data"]) == ("", "{}")
+            assert row["amount"] == str(record.amount or "")  # the accounting stays
+        else:
+            assert row["person_name"] == text_cell(record.person.name)
+
+
+async def test_forget_then_a_crash_before_the_ledger_update_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    out = tmp_path / "csv"
+    recs, before = await _forget_first_person(tmp_path, out)
+    # Put back the sizes the ledger had before the rewrite: as if fonzipd died after the
+    # rename and before the ledger's update.
+    ledger = sqlite3.connect(ledger_path(tmp_path, out))
+    with ledger:
+        for path, old in before.items():
+            ledger.execute(
+                "UPDATE files SET size = ? WHERE path = ?",
+                (len(old), str(path.relative_to(out))),
+            )
+    ledger.close()
+    more = sample_records(6, first_id=5000)
+    await _write_all(_sink(tmp_path, out, include_data=True, excel_bom=True), more, recs)
+    rows = _rows(out)
+    assert sorted(row["key"] for row in rows) == sorted({r.key for r in recs + more})
+    forgotten = {r.key for r in recs if r.person.email == recs[0].person.email}
+    assert {row["person_email"] for row in rows if row["key"] in forgotten} == {""}

@@ -108,7 +108,9 @@ async def test_passes_the_conformance_suite(tmp_path: Path, receiver: Receiver) 
 async def test_batch_mode_passes_the_conformance_suite(tmp_path: Path, receiver: Receiver) -> None:
     async def keys() -> list[str]:
         return list(
-            dict.fromkeys(r["key"] for m in receiver.messages.values() for r in m["records"])
+            dict.fromkeys(
+                r["key"] for m in receiver.messages.values() for r in m.get("records", ())
+            )
         )
 
     await check_sink(lambda: _sink(tmp_path, receiver, batch_mode=True), keys)
@@ -352,3 +354,51 @@ async def test_a_150_mb_answer_is_not_read(tmp_path: Path, status: int) -> None:
         await runner.cleanup()
     assert peak < 4 * 1024 * 1024
     assert sent < 32 * 1024 * 1024  # the connection was dropped, not drained
+
+
+async def test_forget_posts_a_signed_erasure_event_with_a_stable_id(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    from fonzipd.privacy import Erasure
+    from fonzipd.records import Kind
+
+    erasure = Erasure(
+        ((Kind.DONATION, 7), (Kind.TICKET_SALE, 3)), email="ayse@example.org", requested_at=NOW
+    )
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    assert await sink.forget(erasure) == 1
+    # Run again (after a crash, say): the same webhook-id, so the receiver drops it.
+    assert await sink.forget(erasure) == 1
+    await sink.close()
+    assert receiver.bad_signatures == 0
+    assert [h["webhook-id"] for h in receiver.headers] == [erasure.id, erasure.id]
+    assert receiver.messages == {
+        erasure.id: {
+            "type": "person.erased",
+            "timestamp": NOW.isoformat(),
+            "data": {
+                "erasure_id": erasure.id,
+                "email": "ayse@example.org",
+                "fonzip_user_id": None,
+                "records": [
+                    {"kind": "donation", "fonzip_id": 7},
+                    {"kind": "ticket_sale", "fonzip_id": 3},
+                ],
+            },
+        }
+    }
+
+
+async def test_forget_refused_by_the_receiver_is_an_error(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    from fonzipd.privacy import Erasure
+    from fonzipd.records import Kind
+
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    receiver.answers.append((503, {}, "down"))
+    with pytest.raises(TransientSinkError):
+        await sink.forget(Erasure(((Kind.DONATION, 7),), fonzip_user_id=12))
+    await sink.close()

@@ -23,6 +23,13 @@ the rows; fsync the files (and the directories of new files); then record the ke
 and new sizes in one ledger transaction. A crash before that commit leaves rows the
 next write cuts away and writes again; a crash after it leaves keys the next write
 skips.
+
+``forget`` (``fonzipd forget``) finds the files holding a person's records through the
+ledger and rewrites each one: the person cells and ``data`` of those rows emptied, every
+other row kept byte for byte, written to a temporary file in the same folder, fsynced
+and renamed over the old one. A crash leaves the old file or the new one, never half
+of one; emptied cells only make a file shorter, and a file shorter than its ledger size
+is continued at its end, so the ledger's size may be updated after the rename.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import structlog
 from fonzipd import crashpoints
 from fonzipd.private_files import create_private_file, make_private_dir, open_private
 from fonzipd.sink import (
+    Erasure,
     PermanentSinkError,
     Record,
     Sink,
@@ -217,7 +225,66 @@ class CSVSink(Sink):
         if ledger is not None:
             self._log.info("sink_closed")
 
+    async def forget(self, erasure: Erasure) -> int:
+        """Empty the person cells (and ``data``) of the rows about a person, file by file."""
+        if self._ledger is None:
+            raise RuntimeError(f"CSV sink {self.context.sink_id!r} is not open")
+        rows, files = await asyncio.to_thread(self._forget, erasure)
+        self._log.info("person_forgotten", records=len(erasure.records), rows=rows, files=files)
+        return rows
+
     # The rest runs in a worker thread: fsync blocks.
+
+    def _forget(self, erasure: Erasure) -> tuple[int, int]:
+        assert self._ledger is not None
+        ledger = self._ledger
+        by_file: dict[str, set[str]] = {}
+        with self._os_errors(f"read its ledger in {self._dir}"):
+            for kind, fid in erasure.records:
+                prefix = f"{kind}:{fid}:"
+                for key, rel in ledger.execute(
+                    "SELECT key, path FROM keys WHERE substr(key, 1, ?) = ?",
+                    (len(prefix), prefix),
+                ):
+                    by_file.setdefault(rel, set()).add(key)
+            sizes = dict(ledger.execute("SELECT path, size FROM files").fetchall())
+        rows = files = 0
+        for rel, keys in sorted(by_file.items()):
+            changed = self._rewrite(rel, keys, sizes.get(rel))
+            rows += changed
+            files += 1 if changed else 0
+        return rows, files
+
+    def _rewrite(self, rel: str, keys: set[str], committed: int | None) -> int:
+        """Rewrite one file with the person cells of ``keys``' rows emptied; rows changed."""
+        path = self._dir / rel
+        with self._os_errors(f"rewrite {path}"):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                return 0
+            if committed is not None:
+                raw = raw[:committed]  # a torn tail is no committed row: it goes
+            text, changed = erase_rows(raw, keys)
+            if not changed:
+                return 0
+            tmp = path.with_name(f".{path.name}.forget")
+            tmp.unlink(missing_ok=True)
+            fd, _ = open_private(tmp, os.O_WRONLY)
+            try:
+                view = memoryview(text)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            assert self._ledger is not None
+            # Emptied cells make the file shorter: the ledger's size is updated after
+            # the rename (a longer file would need it before; see the module docstring).
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            self._ledger.execute("UPDATE files SET size = ? WHERE path = ?", (len(text), rel))
+        return changed
 
     @contextlib.contextmanager
     def _os_errors(self, doing: str) -> Iterator[None]:
@@ -408,3 +475,54 @@ class CSVSink(Sink):
             if created_dir:
                 _fsync_dir(path.parent.parent)
             return committed + len(data)
+
+
+_PERSON_COLUMNS = ("person_name", "person_email", "person_phone", "fonzip_user_id")
+
+
+def erase_rows(raw: bytes, keys: set[str]) -> tuple[bytes, int]:
+    """The file ``raw`` with the person cells and ``data`` of the rows whose ``key`` is
+    in ``keys`` emptied, every other byte kept; and how many rows changed.
+
+    The separator is read from the header (the character after ``key``), so files
+    written with another one are rewritten with theirs.
+    """
+    bom = _BOM if raw.startswith(_BOM) else b""
+    lines = raw[len(bom) :].decode("utf-8").splitlines(keepends=True)
+    consumed: list[str] = []
+
+    def feed() -> Iterator[str]:
+        for line in lines:
+            consumed.append(line)
+            yield line
+
+    header_line = lines[0] if lines else ""
+    delimiter = header_line[3] if header_line.startswith("key") and len(header_line) > 3 else ","
+    reader = csv.reader(feed(), delimiter=delimiter)
+    out: list[str] = []
+    changed = 0
+    header: list[str] | None = None
+    for cells in reader:
+        text = "".join(consumed)
+        consumed.clear()
+        if header is None:
+            header = cells
+            out.append(text)
+            continue
+        if "key" not in header or cells[header.index("key")] not in keys:
+            out.append(text)
+            continue
+        blank = [header.index(c) for c in (*_PERSON_COLUMNS, "data") if c in header]
+        new = list(cells)
+        for i in blank:
+            if i < len(new):
+                new[i] = "{}" if header[i] == "data" else ""
+        ending = "\r\n" if text.endswith("\r\n") else "\n"
+        buffer = io.StringIO()
+        csv.writer(buffer, delimiter=delimiter, lineterminator=ending).writerow(new)
+        rewritten = buffer.getvalue()
+        if new != cells:
+            changed += 1
+        out.append(rewritten if new != cells else text)
+    out.append("".join(consumed))
+    return bom + "".join(out).encode(), changed

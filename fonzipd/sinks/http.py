@@ -22,6 +22,18 @@ though some receivers answer it for a duplicate they already hold: such a receiv
 should answer 2xx for a duplicate instead, or the record retries until dead. Any other
 status (other 4xx, 3xx: redirects are not followed) is permanent. ``Retry-After`` is
 read by :func:`fonzipd.retry_after.parse_retry_after`: a malformed one is ignored.
+
+Erasure (``fonzipd forget``): one POST, signed like every delivery, with
+``webhook-id`` = the erasure's stable id (the same person and records, the same id, so
+a repeated command is dropped as a duplicate) and the body::
+
+    {"type": "person.erased", "timestamp": "<ISO-8601 UTC>",
+     "data": {"erasure_id": "erasure_...", "email": "<as asked>" | null,
+              "fonzip_user_id": <as asked> | null,
+              "records": [{"kind": "donation", "fonzip_id": 123}, ...]}}
+
+The receiver removes the person's data from those records (and any copy it made);
+a 2xx answer is taken as done.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -47,6 +60,7 @@ from fonzipd import logs
 from fonzipd.config import require_https
 from fonzipd.retry_after import parse_retry_after
 from fonzipd.sink import (
+    Erasure,
     PermanentSinkError,
     Record,
     Sink,
@@ -191,6 +205,24 @@ class HTTPSink(Sink):
         if session is not None:
             await session.close()
             self._log.info("sink_closed")
+
+    async def forget(self, erasure: Erasure) -> int:
+        """POST the erasure event (see the module docstring); 1 once the receiver took it."""
+        if self._session is None:
+            raise RuntimeError(f"HTTP sink {self.context.sink_id!r} is not open")
+        payload = {
+            "type": "person.erased",
+            "timestamp": self.context.clock.now().astimezone(dt.UTC).isoformat(),
+            "data": {
+                "erasure_id": erasure.id,
+                "email": erasure.email,
+                "fonzip_user_id": erasure.fonzip_user_id,
+                "records": [{"kind": str(k), "fonzip_id": i} for k, i in erasure.records],
+            },
+        }
+        await self._post(self._session, erasure.id, payload, failed_keys=None)
+        self._log.info("person_forgotten", webhook_id=erasure.id, records=len(erasure.records))
+        return 1
 
     async def write(self, batch: Sequence[Record]) -> None:
         if self._session is None:

@@ -8,6 +8,9 @@ so ``write`` returns only once the batch is on disk, and writing it again change
 The file holds personal data: fonzipd creates it 0600 (and its missing directories
 0700) whatever the umask, before SQLite opens it; SQLite gives the ``-wal`` and
 ``-shm`` files the database file's mode.
+
+``forget`` (``fonzipd forget``) empties the person columns and ``data`` of the records
+about a person in both tables, keeping amounts, statuses and dates.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import structlog
 
 from fonzipd import crashpoints
 from fonzipd.private_files import create_private_file, make_private_dir
-from fonzipd.sink import Record, Sink, SinkContext, SinkOptions, TransientSinkError
+from fonzipd.sink import Erasure, Record, Sink, SinkContext, SinkOptions, TransientSinkError
 
 log = structlog.get_logger(__name__)
 
@@ -189,6 +192,47 @@ class SQLiteSink(Sink):
             # then the sink is down until someone repairs it, and this message says why.
             raise TransientSinkError(f"SQLite sink {self._path}: {exc}") from exc
         self._log.debug("batch_written", records=len(batch))
+
+    async def forget(self, erasure: Erasure) -> int:
+        """Empty the person columns and the ``data`` of the records about a person, in
+        ``records`` and ``record_history`` (amounts, statuses and dates stay), with
+        ``secure_delete`` on and the WAL truncated after, so no copy lingers."""
+        if self._db is None:
+            raise RuntimeError(f"SQLite sink {self.context.sink_id!r} is not open")
+        db = self._db
+        idents = [(str(kind), fid) for kind, fid in erasure.records]
+        try:
+            await db.execute("PRAGMA secure_delete = ON")
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = 0
+                for kind, fid in idents:
+                    cur = await db.execute(
+                        "UPDATE records SET person_name = NULL, person_email = NULL,"
+                        " person_phone = NULL, fonzip_user_id = NULL, data = '{}'"
+                        " WHERE kind = ? AND fonzip_id = ? AND (data <> '{}'"
+                        " OR coalesce(person_name, person_email, person_phone,"
+                        " fonzip_user_id) IS NOT NULL)",
+                        (kind, fid),
+                    )
+                    changed += cur.rowcount
+                    cur = await db.execute(
+                        "UPDATE record_history SET data = '{}'"
+                        " WHERE kind = ? AND fonzip_id = ? AND data <> '{}'",
+                        (kind, fid),
+                    )
+                    changed += cur.rowcount
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await db.execute("PRAGMA secure_delete = OFF")
+        except sqlite3.Error as exc:
+            raise TransientSinkError(f"SQLite sink {self._path}: {exc}") from exc
+        self._log.info("person_forgotten", records=len(idents), rows=changed)
+        return changed
 
     async def close(self) -> None:
         db, self._db = self._db, None

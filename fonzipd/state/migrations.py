@@ -8,7 +8,7 @@ from fonzipd.state.connection import Connection, StoreError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -143,6 +143,18 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE reconcile_requests ADD COLUMN deadline_at REAL;
     ALTER TABLE reconcile_requests ADD COLUMN result TEXT
+    """,
+    # 4: erasure (`fonzipd forget`) and retention (`state.keep_data_days`): the objects
+    # whose person was erased (no personal data: kind and id), and when a record's
+    # Fonzip object was dropped.
+    """
+    CREATE TABLE forgotten (
+        kind TEXT NOT NULL,
+        fonzip_id INTEGER NOT NULL,
+        forgotten_at REAL NOT NULL,
+        PRIMARY KEY (kind, fonzip_id)
+    );
+    ALTER TABLE records ADD COLUMN data_dropped_at REAL
     """,
 ]
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fonzipd.kinds import Kind
+from fonzipd.privacy import NO_POLICY, SinkPolicy
 from fonzipd.records import Record
 from fonzipd.state.connection import Connection, iso, ts
 
@@ -123,11 +124,13 @@ class Outbox:
         since: dt.date | None = None,
         kind: Kind | None = None,
         dry_run: bool = False,
+        policy: SinkPolicy = NO_POLICY,
     ) -> int:
         """Queue records for one sink again; returns how many.
 
-        ``dead``: the sink's dead letters. Otherwise: the latest version of every
-        stored record (optionally since a business date, of one kind), through the same
+        ``dead``: the sink's dead letters (queued redacted already). Otherwise: the
+        latest version of every stored record (optionally since a business date, of one
+        kind) that the sink's ``policy`` admits, redacted by it, through the same
         idempotent path as any delivery.
         """
         now = ts(self._conn.clock.now())
@@ -152,6 +155,8 @@ class Outbox:
                     params,
                 )
                 return cur.rowcount
+            if policy != NO_POLICY:
+                return await self._requeue_with(tx, sink_id, policy, clause, params, now, dry_run)
             if dry_run:
                 async with tx.execute(f"SELECT count(*) FROM records{clause}", params) as cur:
                     row = await cur.fetchone()
@@ -164,6 +169,39 @@ class Outbox:
                 (sink_id, now, *params),
             )
             return cur.rowcount
+
+    @staticmethod
+    async def _requeue_with(
+        tx: Any,
+        sink_id: str,
+        policy: SinkPolicy,
+        clause: str,
+        params: list[Any],
+        now: float,
+        dry_run: bool,
+    ) -> int:
+        """``requeue`` of stored records through a sink's filters and redaction."""
+        count = 0
+        async with tx.execute(
+            f"SELECT record FROM records{clause} ORDER BY updated_at", params
+        ) as cur:
+            rows = [r[0] async for r in cur]
+        for raw in rows:
+            record = Record.from_json_dict(json.loads(raw))
+            if not policy.admits(record):
+                continue
+            if dry_run:
+                count += 1
+                continue
+            bdate = None if record.business_date is None else record.business_date.isoformat()
+            payload = json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
+            done = await tx.execute(
+                "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind, business_date,"
+                " record, state, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                (sink_id, record.key, str(record.kind), bdate, payload, now),
+            )
+            count += done.rowcount
+        return count
 
     async def sink_status(self, sink_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Per sink: pending, dead, delivered, last error, last success, failing since."""

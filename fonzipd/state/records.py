@@ -6,11 +6,12 @@ import dataclasses
 import datetime as dt
 import json
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.kinds import Kind
+from fonzipd.privacy import NO_POLICY, SinkPolicy, anonymized
 from fonzipd.records import Record
 from fonzipd.state.connection import Connection, ts
 
@@ -87,7 +88,10 @@ class Records:
         self._conn = conn
 
     async def apply_record(
-        self, row_id: int | None, record: Record, sink_ids: Iterable[str]
+        self,
+        row_id: int | None,
+        record: Record,
+        sink_ids: Mapping[str, SinkPolicy] | Iterable[str],
     ) -> Applied:
         """Store a fetched record and queue it for every sink, in one transaction.
 
@@ -95,11 +99,24 @@ class Records:
         later state than the stored one (:func:`is_newer`); otherwise the outcome is
         "stale" and nothing changes. The inbox row (if any) is finished in the same
         transaction, so a crash leaves either all of it or none.
+
+        ``sink_ids`` maps each sink to its :class:`~fonzipd.privacy.SinkPolicy` (a
+        plain list of ids: every record, unchanged): a sink gets the records its
+        filters admit, redacted before they are queued. An object whose person was
+        erased (``fonzipd forget``) is stored and queued anonymized.
         """
         now = ts(self._conn.clock.now())
-        rank = status_rank(record.status)
-        sinks = list(sink_ids)
+        sinks: dict[str, SinkPolicy] = (
+            dict(sink_ids) if isinstance(sink_ids, Mapping) else dict.fromkeys(sink_ids, NO_POLICY)
+        )
         async with self._conn.transaction() as tx:
+            async with tx.execute(
+                "SELECT 1 FROM forgotten WHERE kind = ? AND fonzip_id = ?",
+                (str(record.kind), record.fonzip_id),
+            ) as cur:
+                if await cur.fetchone() is not None:
+                    record = anonymized(record)
+            rank = status_rank(record.status)
             async with tx.execute(
                 "SELECT version, record FROM records WHERE kind = ? AND fonzip_id = ?",
                 (str(record.kind), record.fonzip_id),
@@ -125,7 +142,7 @@ class Records:
                     " ON CONFLICT (kind, fonzip_id) DO UPDATE SET status = excluded.status,"
                     " status_rank = excluded.status_rank, version = excluded.version,"
                     " business_date = excluded.business_date, record = excluded.record,"
-                    " updated_at = excluded.updated_at",
+                    " updated_at = excluded.updated_at, data_dropped_at = NULL",
                     (
                         str(record.kind),
                         record.fonzip_id,
@@ -139,12 +156,19 @@ class Records:
                         now,
                     ),
                 )
-                for sink_id in sinks:
+                for sink_id, policy in sinks.items():
+                    if not policy.admits(record):
+                        continue
+                    queued = (
+                        json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
+                        if policy.redacts
+                        else payload
+                    )
                     cur2 = await tx.execute(
                         "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
                         " business_date, record, state, created_at)"
                         " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                        (sink_id, record.key, str(record.kind), bdate, payload, now),
+                        (sink_id, record.key, str(record.kind), bdate, queued, now),
                     )
                     enqueued += cur2.rowcount
             if row_id is not None:

@@ -10,6 +10,7 @@ import aiosqlite
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.state.books import ReconcileBooks
 from fonzipd.state.connection import Connection, StoreError
+from fonzipd.state.erasures import Erasures
 from fonzipd.state.form_ids import FormIdTable
 from fonzipd.state.inbox import Inbox
 from fonzipd.state.meta import Meta
@@ -24,7 +25,8 @@ class Store:
 
     Its parts share one :class:`~fonzipd.state.connection.Connection`: ``inbox``,
     ``records``, ``outbox`` (with sink state), ``books`` (the reconciler's),
-    ``tokens`` (a TokenStore), ``form_ids`` (a FormIdCache) and ``meta``.
+    ``tokens`` (a TokenStore), ``form_ids`` (a FormIdCache), ``meta`` and ``erasures``
+    (erasure and retention).
     """
 
     def __init__(self, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> None:
@@ -37,6 +39,7 @@ class Store:
         self.tokens = TokenTable(self.connection)
         self.form_ids = FormIdTable(self.connection)
         self.meta = Meta(self.connection)
+        self.erasures = Erasures(self.connection)
 
     @classmethod
     async def open(cls, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> Store:
