@@ -58,9 +58,7 @@ async def test_passes_the_conformance_suite(tmp_path: Path) -> None:
     async def contains(text: str) -> bool:
         return any(text.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
-    await check_sink(
-        lambda: _sink(tmp_path, out, include_data=True), read_back, contains=contains
-    )
+    await check_sink(lambda: _sink(tmp_path, out, include_data=True), read_back, contains=contains)
 
 
 async def test_one_file_per_kind_and_business_date_with_a_header(tmp_path: Path) -> None:
@@ -332,13 +330,17 @@ async def test_a_move_interrupted_after_the_copy_finishes_at_the_next_open(
     assert len(_rows(out)) == 4
 
 
+def _file_bytes(out: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(out.glob("*/*.csv"))}
+
+
 async def _forget_first_person(tmp_path: Path, out: Path) -> tuple[list[Record], dict[Path, bytes]]:
     """Write sample records (BOM, data column), forget the first record's person."""
     from fonzipd.privacy import Erasure
 
     recs = sample_records(12)
     await _write_all(_sink(tmp_path, out, include_data=True, excel_bom=True), recs)
-    before = {p: p.read_bytes() for p in sorted(out.glob("*/*.csv"))}
+    before = _file_bytes(out)
     email = recs[0].person.email
     mine = tuple(sorted({(r.kind, r.fonzip_id) for r in recs if r.person.email == email}))
     sink = _sink(tmp_path, out, include_data=True, excel_bom=True)

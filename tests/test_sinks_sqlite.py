@@ -158,5 +158,5 @@ async def test_forget_empties_the_person_and_data_and_keeps_the_accounting(
     assert rows == [("refund", str(gone.amount), None, None, None, None, "{}")]
     history = _query(db, f"SELECT data FROM record_history WHERE fonzip_id = {gone.fonzip_id}")
     assert history == [("{}",), ("{}",)]
-    others = _query(db, f"SELECT count(*) FROM records WHERE person_email IS NOT NULL")
+    others = _query(db, "SELECT count(*) FROM records WHERE person_email IS NOT NULL")
     assert others == [(sum(1 for r in recs[1:-1] if r.person.email),)]
