@@ -360,7 +360,7 @@ async def test_forget_posts_a_signed_erasure_event_with_a_stable_id(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     from fonzipd.privacy import Erasure
-    from fonzipd.records import Kind
+    from fonzipd.kinds import Kind
 
     erasure = Erasure(
         ((Kind.DONATION, 7), (Kind.TICKET_SALE, 3)), email="ayse@example.org", requested_at=NOW
@@ -394,7 +394,7 @@ async def test_forget_refused_by_the_receiver_is_an_error(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     from fonzipd.privacy import Erasure
-    from fonzipd.records import Kind
+    from fonzipd.kinds import Kind
 
     sink = _sink(tmp_path, receiver)
     await sink.open()
