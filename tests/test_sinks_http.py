@@ -359,8 +359,8 @@ async def test_a_150_mb_answer_is_not_read(tmp_path: Path, status: int) -> None:
 async def test_forget_posts_a_signed_erasure_event_with_a_stable_id(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    from fonzipd.privacy import Erasure
     from fonzipd.kinds import Kind
+    from fonzipd.privacy import Erasure
 
     erasure = Erasure(
         ((Kind.DONATION, 7), (Kind.TICKET_SALE, 3)), email="ayse@example.org", requested_at=NOW
@@ -393,8 +393,8 @@ async def test_forget_posts_a_signed_erasure_event_with_a_stable_id(
 async def test_forget_refused_by_the_receiver_is_an_error(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    from fonzipd.privacy import Erasure
     from fonzipd.kinds import Kind
+    from fonzipd.privacy import Erasure
 
     sink = _sink(tmp_path, receiver)
     await sink.open()
