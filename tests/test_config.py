@@ -229,3 +229,39 @@ def test_systemd_credentials_set_keys_and_the_environment_still_wins(
     assert settings.listener.auth_token.get_secret_value() == "a-long-credential-token"
     assert settings.fonzip.client_id is not None
     assert settings.fonzip.client_id.get_secret_value() == "env-id"
+
+
+def test_sink_redaction_and_filters_are_validated_with_the_key_named(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f'[listener]\nauth_token = "{TOKEN}"\n'
+        '[sinks.crm]\ntype = "http"\nredact = ["sensitive", "tc-no"]\n'
+        'kinds = ["donation", "donations"]\nstatuses = ["succeeded", "paid"]\n',
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "sinks.crm.redact" in text
+    assert "'tc-no' is neither a Fonzip field name" in text
+    assert "sinks.crm.kinds" in text
+    assert "donations" in text
+    assert "sinks.crm.statuses" in text
+    assert "unknown status 'paid'; known: " in text
+    assert "succeeded" in text
+
+
+def test_sink_filters_and_redaction_are_shared_keys_not_sink_options(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f'[listener]\nauth_token = "{TOKEN}"\n[state]\nkeep_data_days = 90\n'
+        '[sinks.crm]\ntype = "sqlite"\npath = "x.db"\nredact = ["sensitive", "person_phone"]\n'
+        'kinds = ["donation"]\nstatuses = ["succeeded", "refunded"]\n',
+    )
+    s = load_config(path)
+    crm = s.sinks["crm"]
+    assert set(crm.options) == {"path"}
+    assert crm.redact == ("sensitive", "person_phone")
+    assert [str(k) for k in crm.kinds or ()] == ["donation"]
+    assert s.state.keep_data_days == 90
+    with pytest.raises(ConfigError, match=r"sinks\.crm\.kinds: .*names no kind"):
+        load_config(write(tmp_path, path.read_text().replace('["donation"]', "[]")))

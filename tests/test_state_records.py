@@ -127,3 +127,33 @@ async def test_an_equal_rank_read_sent_earlier_is_stale_a_later_one_wins(store: 
         "Düzeltilmiş",
         "Ayşe Yılmaz",
     ]
+
+
+async def test_each_sink_gets_what_its_filters_admit_redacted_before_it_is_queued(
+    store: Store,
+) -> None:
+    from fonzipd.privacy import SENSITIVE_FIELDS, SinkPolicy
+
+    rec = make_record(1)
+    rec = dataclasses.replace(rec, data={**rec.data, "tckno": "11111111110"})
+    sinks = {
+        "full": SinkPolicy(),
+        "crm": SinkPolicy(redact=frozenset(SENSITIVE_FIELDS), person=frozenset({"email"})),
+        "tickets": SinkPolicy(kinds=frozenset({Kind.TICKET_SALE})),
+    }
+    applied = await store.records.apply_record(None, rec, sinks)
+    assert applied.enqueued == 2
+    assert await store.outbox.batch("tickets", 10) == []
+    (full,) = await store.outbox.batch("full", 10)
+    (crm,) = await store.outbox.batch("crm", 10)
+    assert full.record == rec
+    # The same key (no new version), without the ID number and the e-mail, in the outbox
+    # row itself: the redacted values never reach the sink's queue.
+    assert crm.record_key == rec.key
+    assert "tckno" not in crm.record.data
+    assert crm.record.person.email is None
+    raw = await store.connection.fetchall("SELECT record FROM outbox WHERE sink_id = 'crm'")
+    assert "11111111110" not in raw[0][0]
+    assert "ayse@example.com" not in raw[0][0]
+    stored = await store.records.get(Kind.DONATION, 1)
+    assert stored == rec  # the state database keeps the whole record

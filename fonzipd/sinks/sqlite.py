@@ -159,6 +159,9 @@ class SQLiteSink(Sink):
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
+            # What an upsert or forget frees is zeroed: no old copy of a person's data
+            # stays in a free page.
+            await db.execute("PRAGMA secure_delete=ON")
             await db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             await db.close()
@@ -195,14 +198,14 @@ class SQLiteSink(Sink):
 
     async def forget(self, erasure: Erasure) -> int:
         """Empty the person columns and the ``data`` of the records about a person, in
-        ``records`` and ``record_history`` (amounts, statuses and dates stay), with
-        ``secure_delete`` on and the WAL truncated after, so no copy lingers."""
+        ``records`` and ``record_history`` (amounts, statuses and dates stay); the
+        connection zeroes what it frees (``secure_delete``) and the WAL is truncated
+        after, so no copy lingers."""
         if self._db is None:
             raise RuntimeError(f"SQLite sink {self.context.sink_id!r} is not open")
         db = self._db
         idents = [(str(kind), fid) for kind, fid in erasure.records]
         try:
-            await db.execute("PRAGMA secure_delete = ON")
             await db.execute("BEGIN IMMEDIATE")
             try:
                 changed = 0
@@ -228,7 +231,6 @@ class SQLiteSink(Sink):
                     await db.execute("ROLLBACK")
                 raise
             await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await db.execute("PRAGMA secure_delete = OFF")
         except sqlite3.Error as exc:
             raise TransientSinkError(f"SQLite sink {self._path}: {exc}") from exc
         self._log.info("person_forgotten", records=len(idents), rows=changed)

@@ -65,6 +65,9 @@ class Connection:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=30000")
+            # Personal data: what an update or a delete frees is zeroed, so that an old
+            # version, an erased person or a dropped object is not left in a free page.
+            await db.execute("PRAGMA secure_delete=ON")
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise StoreError(f"{self.path}: not a usable state database: {exc}") from exc

@@ -6,9 +6,10 @@ then, in one transaction: marks each object forgotten (``forgotten``: kind and i
 personal data), stores its record anonymized (:func:`fonzipd.privacy.anonymized`),
 scrubs every copy waiting in the outbox (keeping its key) and clears the inbox's list
 rows. A later fetch of a forgotten object (a refund, a reconcile) is stored and queued
-anonymized (``Records.apply_record``). The database runs with ``secure_delete`` while
-it does this and its WAL is checkpointed and truncated after, so that the old values
-do not linger in free pages or in the log.
+anonymized (``Records.apply_record``). The database always runs with
+``secure_delete`` (freed space is zeroed), an erasure ends with a ``VACUUM`` (for copies
+freed before that) and its WAL is checkpointed and truncated, so that old values linger
+neither in free pages nor in the log.
 
 Retention (``state.keep_data_days``) replaces the ``data`` of records unchanged for
 that long by :func:`fonzipd.privacy.thinned`; the normalized fields stay.
@@ -94,18 +95,17 @@ class Erasures:
             return ErasureCounts()
         now = ts(self._conn.clock.now())
         counts = ErasureCounts()
-        async with self._conn.statement() as db:
-            await db.execute("PRAGMA secure_delete = ON")
-        try:
-            async with self._conn.transaction() as tx:
-                # A dry run writes nothing: the transaction only gives it a consistent read.
-                for kind, fid in idents:
-                    counts = _add(counts, await _erase_one(tx, kind, fid, now, dry_run))
-        finally:
+        async with self._conn.transaction() as tx:
+            # A dry run writes nothing: the transaction only gives it a consistent read.
+            for kind, fid in idents:
+                counts = _add(counts, await _erase_one(tx, kind, fid, now, dry_run))
+        if not dry_run:
             async with self._conn.statement() as db:
-                if not dry_run:
-                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                await db.execute("PRAGMA secure_delete = OFF")
+                # secure_delete (always on) zeroes what this transaction freed; VACUUM
+                # rewrites the file, so that copies freed before (by a database older
+                # than secure_delete) go too; the WAL is emptied last.
+                await db.execute("VACUUM")
+                await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return counts
 
     async def forgotten(self) -> list[Ident]:
@@ -118,37 +118,31 @@ class Erasures:
         cutoff = ts(self._conn.clock.now() - older_than)
         now = ts(self._conn.clock.now())
         total = 0
-        async with self._conn.statement() as db:
-            await db.execute("PRAGMA secure_delete = ON")
-        try:
-            while True:
-                async with self._conn.transaction() as tx:
-                    async with tx.execute(
-                        "SELECT kind, fonzip_id, record FROM records"
-                        " WHERE data_dropped_at IS NULL AND updated_at < ? LIMIT ?",
-                        (cutoff, _CHUNK),
-                    ) as cur:
-                        rows = list(await cur.fetchall())
-                    for kind, fid, raw in rows:
-                        payload = json.loads(raw)
-                        payload["data"] = thinned(payload.get("data") or {})
-                        await tx.execute(
-                            "UPDATE records SET record = ?, data_dropped_at = ?"
-                            " WHERE kind = ? AND fonzip_id = ?",
-                            (json.dumps(payload, ensure_ascii=False), now, kind, fid),
-                        )
-                    # List rows of finished fetches (pruned after a week anyway).
+        while True:
+            async with self._conn.transaction() as tx:
+                async with tx.execute(
+                    "SELECT kind, fonzip_id, record FROM records"
+                    " WHERE data_dropped_at IS NULL AND updated_at < ? LIMIT ?",
+                    (cutoff, _CHUNK),
+                ) as cur:
+                    rows = list(await cur.fetchall())
+                for kind, fid, raw in rows:
+                    payload = json.loads(raw)
+                    payload["data"] = thinned(payload.get("data") or {})
                     await tx.execute(
-                        "UPDATE inbox SET list_row = NULL WHERE list_row IS NOT NULL"
-                        " AND state IN ('done', 'failed') AND finished_at < ?",
-                        (cutoff,),
+                        "UPDATE records SET record = ?, data_dropped_at = ?"
+                        " WHERE kind = ? AND fonzip_id = ?",
+                        (json.dumps(payload, ensure_ascii=False), now, kind, fid),
                     )
-                total += len(rows)
-                if len(rows) < _CHUNK:
-                    return total
-        finally:
-            async with self._conn.statement() as db:
-                await db.execute("PRAGMA secure_delete = OFF")
+                # List rows of finished fetches (pruned after a week anyway).
+                await tx.execute(
+                    "UPDATE inbox SET list_row = NULL WHERE list_row IS NOT NULL"
+                    " AND state IN ('done', 'failed') AND finished_at < ?",
+                    (cutoff,),
+                )
+            total += len(rows)
+            if len(rows) < _CHUNK:
+                return total
 
 
 def _add(a: ErasureCounts, b: ErasureCounts) -> ErasureCounts:
