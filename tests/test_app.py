@@ -326,3 +326,44 @@ async def test_the_real_daemon_exits_70_when_a_component_dies(tmp_path: Path) ->
     assert stop["reason"] == "component died"
     assert events[-1]["event"] == "daemon_stopped"
     assert "fonzipd: died: fetcher-0, fetcher-1, fetcher-2, fetcher-3" in err.decode()
+
+
+# -- retention: the housekeeping drops old Fonzip objects ----------------------------------
+
+
+async def test_housekeeping_drops_the_data_of_records_older_than_keep_data_days(
+    tmp_path: Path,
+) -> None:
+    from tests.support import FakeClock, make_record
+
+    clock = FakeClock()
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, "http://127.0.0.1:9/api/v2", ARCHIVE)
+    cfg.write_text(
+        cfg.read_text().replace('path = "state.db"', 'path = "state.db"\nkeep_data_days = 30')
+    )
+    daemon = Daemon(
+        load_config(cfg), clock=clock, listen=False, schedule=False, notifier=Notifier(None)
+    )
+    await daemon.start()
+    try:
+        store = daemon.store
+        assert store is not None
+        await store.records.apply_record(None, make_record(1), [])
+        clock.advance(29 * 86400)
+        await store.records.apply_record(None, make_record(2), [])
+        await daemon.housekeep()
+        first = await store.records.get(Kind.DONATION, 1)
+        assert first is not None
+        assert first.data["name"] == "Ayşe Yılmaz"  # 29 days: kept
+        clock.advance(2 * 86400)
+        await daemon.housekeep()
+        first = await store.records.get(Kind.DONATION, 1)
+        second = await store.records.get(Kind.DONATION, 2)
+        assert first is not None
+        assert second is not None
+        assert first.data == {}  # 31 days: the Fonzip object is gone
+        assert (first.status, first.person.email) == ("succeeded", "ayse@example.com")
+        assert second.data["name"] == "Ayşe Yılmaz"  # 2 days
+    finally:
+        await daemon.stop()
