@@ -201,7 +201,11 @@ async def test_forget_by_email_erases_the_person_everywhere_and_says_where(
     # The accounting stays: amounts and statuses, in the sinks and the state database.
     with sqlite3.connect(tmp_path / "archive.db") as db:
         rows = list(db.execute("SELECT fonzip_id, status, amount, person_name FROM records"))
-    assert sorted(rows) == [(1, "succeeded", "250.00", None), (2, "succeeded", "250.00", "Mehmet Demir"), (3, "succeeded", "250.00", None)]  # fmt: skip
+    assert sorted(rows) == [
+        (1, "succeeded", "250.00", None),
+        (2, "succeeded", "250.00", "Mehmet Demir"),
+        (3, "succeeded", "250.00", None),
+    ]
     assert {r["fonzip_id"]: r["person_email"] for r in _csv_rows(tmp_path)} == {
         "1": "", "2": "mehmet@example.org", "3": ""
     }  # fmt: skip
