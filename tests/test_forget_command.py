@@ -194,8 +194,8 @@ async def test_forget_by_email_erases_the_person_everywhere_and_says_where(
         assert secret not in beyond
     # Nowhere on disk: databases (free pages, WAL), CSV files, the CSV ledger.
     everything = _everything(tmp_path)
-    for secret in (b"zeynep.kaya@example.org", b"98765430077", b"Moda Cad. 77"):
-        assert secret not in everything
+    for value in (b"zeynep.kaya@example.org", b"98765430077", b"Moda Cad. 77"):
+        assert value not in everything
     for kept in (b"mehmet@example.org", b"98765430078"):
         assert kept in everything  # everyone else's data stays
     # The accounting stays: amounts and statuses, in the sinks and the state database.

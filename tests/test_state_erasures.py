@@ -149,6 +149,7 @@ async def test_retention_drops_old_objects_and_keeps_what_reconciling_needs(
     # The normalized fields stay: the person (for erasure), status, version, dates.
     assert (thin.person, thin.status, thin.version) == (old.person, "refunded", old.version)
     assert await store.records.refund_dates(Kind.DONATION) == [(1, "2026-11-20T10:00:00+03:00")]
+    assert old.business_date is not None
     assert await store.records.local_ids(Kind.DONATION, old.business_date, ["refunded"]) == {
         1: "refunded"
     }  # fmt: skip
