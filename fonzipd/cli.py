@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
 import sys
 import warnings
@@ -205,8 +206,14 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def _unsafe(args: argparse.Namespace, settings: Settings) -> bool:
-    """Print each reason this configuration must not serve webhooks; True if any."""
-    problems = listener_problems(settings)
+    """Print each reason this configuration must not run here; True if any.
+
+    The listener's safety (listener_problems) and what the machine must give it
+    (preflight: ports, paths, environment variables), one line each.
+    """
+    from fonzipd import preflight
+
+    problems = listener_problems(settings) + preflight.problems(settings)
     for problem in problems:
         print(f"fonzipd: {_in_file(args, Exception(problem))}", file=sys.stderr)
     return bool(problems)
@@ -226,6 +233,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(daemon.run())
     except SinkConfigError as exc:
         print(f"fonzipd: {_in_file(args, exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        # Taken between the preflight and the bind: the same one line, no traceback.
+        print(f"fonzipd: {_in_file(args, Exception(f'cannot listen: {exc}'))}", file=sys.stderr)
         return EXIT_CONFIG
     if daemon.failed:
         print(f"fonzipd: died: {', '.join(sorted(daemon.failed))}", file=sys.stderr)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fonzipd.kinds import Kind
+from fonzipd.suggestions import did_you_mean, line_of, zone_meant
 
 DEFAULT_CONFIG_PATH = Path("/etc/fonzipd/config.toml")
 FONZIP_DOCUMENTED_RATE = 240
@@ -96,7 +97,13 @@ class FonzipSettings(_Section):
         try:
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA timezone {value!r}") from exc
+            meant = zone_meant(value)
+            hint = (
+                f"; did you mean {' or '.join(meant)}?"
+                if meant
+                else " (Area/City, e.g. Europe/Istanbul)"
+            )
+            raise ValueError(f"unknown IANA timezone {value!r}{hint}") from exc
         return value
 
     @field_validator("requests_per_minute")
@@ -433,8 +440,61 @@ def load_config(path: Path) -> Settings:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    text = raw.decode("utf-8")
+    quoted = _quoted_booleans(data, text)
     _merge_credentials(data, os.environ.get("CREDENTIALS_DIRECTORY"))
-    return settings_from_dict(data, base_dir=path.parent, origin=str(path))
+    try:
+        settings = settings_from_dict(data, base_dir=path.parent, origin=str(path), text=text)
+    except ConfigError as exc:
+        if not quoted:
+            raise
+        others = str(exc).splitlines()[1:]
+        quoted += others
+        count = len(quoted) - sum(1 for x in others if x.startswith("    "))
+    else:
+        if not quoted:
+            return settings
+        count = len(quoted)
+    raise ConfigError(f"{path}: invalid configuration ({count} problem(s)):\n" + "\n".join(quoted))
+
+
+def _bool_keys(model: type[BaseModel]) -> set[str]:
+    return {name for name, f in model.model_fields.items() if f.annotation is bool}
+
+
+def _quoted_booleans(data: dict[str, Any], text: str) -> list[str]:
+    """Keys of the file that want true/false but were given a string (``enabled = "yes"``).
+
+    pydantic would read "yes", "off" or "0" as a boolean; in the file a quoted value is
+    a mistake worth stopping for (the environment, where every value is text, keeps
+    them). One line per key: where it is and what to write instead.
+    """
+    tables: list[tuple[list[str], dict[str, Any], set[str]]] = []
+    for name, field in Settings.model_fields.items():
+        section = data.get(name)
+        model = field.annotation
+        if isinstance(section, dict) and isinstance(model, type) and issubclass(model, BaseModel):
+            tables.append(([name], section, _bool_keys(model)))
+    sinks = data.get("sinks")
+    if isinstance(sinks, dict):
+        for sid, table in sinks.items():
+            if isinstance(table, dict):
+                tables.append((["sinks", sid], table, _bool_keys(SinkSettings)))
+    problems = []
+    for loc, table, keys in tables:
+        for key in sorted(keys & table.keys()):
+            value = table[key]
+            if isinstance(value, str):
+                meant = (
+                    "false" if value.strip().lower() in ("no", "false", "off", "0", "") else "true"
+                )
+                line = line_of(text, [*loc, key])
+                where = f"line {line}: " if line else ""
+                problems.append(
+                    f"  {where}{'.'.join([*loc, key])}: {value!r} is a string; write "
+                    f"{key} = {meant} (true or false, without quotes)"
+                )
+    return problems
 
 
 def _merge_credentials(data: dict[str, Any], directory: str | None) -> None:
@@ -464,33 +524,62 @@ def _merge_credentials(data: dict[str, Any], directory: str | None) -> None:
         target[parts[-1]] = value
 
 
-def settings_from_dict(data: dict[str, Any], *, base_dir: Path, origin: str) -> Settings:
-    """Validate already-parsed TOML data; relative paths resolve against ``base_dir``."""
+def settings_from_dict(
+    data: dict[str, Any], *, base_dir: Path, origin: str, text: str | None = None
+) -> Settings:
+    """Validate already-parsed TOML data; relative paths resolve against ``base_dir``.
+
+    ``text``, the file itself, lets errors give the line of each key.
+    """
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConfigWarning)
             settings = Settings(**data)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise ConfigError(_describe(exc, origin, text or "")) from None
     for w in caught:
         warnings.warn(f"{origin}: {w.message}", ConfigWarning, stacklevel=2)
     return _resolve_paths(settings, base_dir)
 
 
-def _describe(exc: pydantic.ValidationError, origin: str) -> str:
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed beside the last part of ``loc`` (for a "did you mean")."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if model is Settings and part == "sinks":
+            model = None
+            continue
+        if model is None:  # a sink id
+            model = SinkSettings
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return list(model.model_fields) if model is not None else []
+
+
+def _describe(exc: pydantic.ValidationError, origin: str, text: str = "") -> str:
     lines = [f"{origin}: invalid configuration ({exc.error_count()} problem(s)):"]
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
+        line = line_of(text, [str(p) for p in err["loc"]]) if text else None
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + did_you_mean(str(err["loc"][-1]), _known_keys(err["loc"]))
         given = err.get("input")
         shown = "" if isinstance(given, dict | list) or err["type"] == "missing" else given
         if "secret" in key or "token" in key:
             shown = "***"
-        lines.append(f"  {key}: {msg}" + (f" (got {shown!r})" if shown != "" else ""))
-        env = "FONZIPD_" + "__".join(str(p).upper() for p in err["loc"])
-        lines.append(f"    (in the file, or the environment variable {env})")
+        elif repr(shown) in msg:
+            shown = ""
+        where = f"line {line}: " if line is not None else ""
+        lines.append(f"  {where}{key}: {msg}" + (f" (got {shown!r})" if shown != "" else ""))
+        if line is None or err["type"] != "extra_forbidden":
+            env = "FONZIPD_" + "__".join(str(p).upper() for p in err["loc"])
+            lines.append(f"    (in the file, or the environment variable {env})")
     return "\n".join(lines)
 
 

@@ -46,6 +46,7 @@ from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import Settings, SinkSettings
 from fonzipd.sink import Sink, SinkConfigError, SinkContext, SinkOptions
 from fonzipd.sinks import BUILTIN_SINKS
+from fonzipd.suggestions import did_you_mean
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -355,7 +356,9 @@ def _options_problems(
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
         key = ".".join(["sinks", sink_id, *loc])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + (did_you_mean(loc[-1], options.model_fields) if loc else "")
         given = err.get("input")
         field = options.model_fields.get(loc[0]) if loc else None
         secret = field is not None and field.annotation is SecretStr
