@@ -32,6 +32,7 @@ import pydantic
 import structlog
 
 from fonzipd.sink import (
+    Erasure,
     PermanentSinkError,
     Record,
     Sink,
@@ -295,6 +296,47 @@ class MySQLSink(Sink):
             args,
         )
         return {(str(k), int(i)) for k, i in await cur.fetchall()}
+
+    async def forget(self, erasure: Erasure) -> int:
+        """Empty the person columns and ``data`` of a person's records, in the table and
+        its history, in one transaction (amounts, statuses and dates stay)."""
+        if self._closed:
+            raise RuntimeError(f"MySQL sink {self.context.sink_id!r} is closed")
+        from asyncmy.errors import MySQLError
+
+        changed = 0
+        try:
+            async with asyncio.timeout(self._opts.timeout):
+                if self._conn is None or not self._conn.connected:
+                    self._conn = await self._connect(at_open=False)
+                conn = self._conn
+                async with conn.cursor() as cur:
+                    await cur.execute("START TRANSACTION")
+                    for kind, fid in erasure.records:
+                        changed += await cur.execute(
+                            f"UPDATE {self._table} SET person_name = NULL, person_email = NULL,"
+                            " person_phone = NULL, fonzip_user_id = NULL, data = JSON_OBJECT()"
+                            " WHERE kind = %s AND fonzip_id = %s AND (JSON_LENGTH(data) > 0"
+                            " OR person_name IS NOT NULL OR person_email IS NOT NULL"
+                            " OR person_phone IS NOT NULL OR fonzip_user_id IS NOT NULL)",
+                            (str(kind), fid),
+                        )
+                        changed += await cur.execute(
+                            f"UPDATE {self._history} SET data = JSON_OBJECT()"
+                            " WHERE kind = %s AND fonzip_id = %s AND JSON_LENGTH(data) > 0",
+                            (str(kind), fid),
+                        )
+                await conn.commit()
+        except (TimeoutError, OSError, MySQLError) as exc:
+            self._drop_connection()
+            reason = (
+                f"no answer within {self._opts.timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else _describe_error(exc)
+            )
+            raise TransientSinkError(f"MySQL sink {self._where}: {reason}") from exc
+        self._log.info("person_forgotten", records=len(erasure.records), rows=changed)
+        return changed
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

@@ -27,6 +27,7 @@ import pydantic
 import structlog
 
 from fonzipd.sink import (
+    Erasure,
     PermanentSinkError,
     Record,
     Sink,
@@ -241,6 +242,48 @@ class PostgreSQLSink(Sink):
                 failed_keys=failed,
             )
         self._log.debug("batch_written", records=len(batch))
+
+    async def forget(self, erasure: Erasure) -> int:
+        """Empty the person columns and ``data`` of a person's records, in the table and
+        its history, in one transaction (amounts, statuses and dates stay)."""
+        if self._closed:
+            raise RuntimeError(f"PostgreSQL sink {self.context.sink_id!r} is closed")
+        import asyncpg
+
+        kinds = [str(k) for k, _ in erasure.records]
+        ids = [i for _, i in erasure.records]
+        about = "(kind, fonzip_id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))"
+        try:
+            async with asyncio.timeout(self._opts.timeout):
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await self._connect(at_open=False)
+                conn = self._conn
+                async with conn.transaction():
+                    latest = await conn.execute(
+                        f"UPDATE {self._table} SET person_name = NULL, person_email = NULL,"
+                        " person_phone = NULL, fonzip_user_id = NULL, data = '{}'::jsonb"
+                        f" WHERE {about} AND (data <> '{{}}'::jsonb OR num_nonnulls("
+                        "person_name, person_email, person_phone, fonzip_user_id) > 0)",
+                        kinds,
+                        ids,
+                    )
+                    history = await conn.execute(
+                        f"UPDATE {self._history} SET data = '{{}}'::jsonb"
+                        f" WHERE {about} AND data <> '{{}}'::jsonb",
+                        kinds,
+                        ids,
+                    )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._drop_connection()
+            reason = (
+                f"no answer within {self._opts.timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else _describe_error(exc)
+            )
+            raise TransientSinkError(f"PostgreSQL sink {self._where}: {reason}") from exc
+        changed = int(latest.split()[-1]) + int(history.split()[-1])
+        self._log.info("person_forgotten", records=len(ids), rows=changed)
+        return changed
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
