@@ -67,6 +67,13 @@ async def forget_now(
         print(f"{who}: {len(idents)} record(s) found: {listed}", file=out)
         erasure = Erasure(tuple(idents), email=email, fonzip_user_id=fonzip_user_id)
         built = build_sinks(settings, state_dir=settings.state.path.parent)
+        for sid, configured in settings.sinks.items():
+            if not configured.enabled:
+                print(
+                    f"sink {sid} ({configured.type}): disabled, not asked: what it received "
+                    "before may still hold the person's data",
+                    file=out,
+                )
         if dry_run:
             counts = await store.erasures.erase(idents, dry_run=True)
             for sid, b in built.items():
@@ -94,9 +101,12 @@ async def forget_now(
                     changed = await b.sink.forget(erasure)
                 finally:
                     await b.sink.close()
-            except (SinkError, OSError) as exc:
+            except Exception as exc:
+                # Down, refused, misconfigured or a bug: the others still go, and the
+                # state database waits for a second run. Sink errors never quote values.
                 failed.append(sid)
-                print(f"{label}: FAILED: {exc}", file=out)
+                reason = str(exc) if isinstance(exc, SinkError | OSError) else repr(exc)
+                print(f"{label}: FAILED: {reason}", file=out)
                 continue
             print(f"{label}: {changed} stored item(s) changed", file=out)
         if failed:

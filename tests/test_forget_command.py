@@ -96,7 +96,8 @@ def _config(tmp_path: Path, receiver: Receiver) -> Path:
         '[sinks.sheets]\ntype = "csv"\ndirectory = "csv"\ninclude_data = true\n'
         f'[sinks.crm]\ntype = "http"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\n'
         'redact = ["sensitive"]\n'
-        '[sinks.lines]\ntype = "jsonl"\npath = "lines.jsonl"\n',
+        '[sinks.lines]\ntype = "jsonl"\npath = "lines.jsonl"\n'
+        '[sinks.old]\ntype = "csv"\ndirectory = "old-csv"\nenabled = false\n',
         encoding="utf-8",
     )
     return path
@@ -187,6 +188,7 @@ async def test_forget_by_email_erases_the_person_everywhere_and_says_where(
     assert "sink sheets (csv): 2 stored item(s) changed" in out
     assert "sink crm (http): 1 stored item(s) changed" in out
     assert "sink lines (jsonl): cannot delete: remove the person's data there yourself" in out
+    assert "sink old (csv): disabled, not asked" in out
     assert "state database: 2 record(s) anonymized, 4 outbox row(s) scrubbed" in out
     # Only the identifier given: no name, phone or ID number in the output.
     beyond = out.replace("Zeynep.Kaya@example.org", "")
@@ -269,3 +271,21 @@ async def test_forget_needs_one_identifier(tmp_path: Path, receiver: Receiver) -
     code, _, err = await _forget(config)
     assert code == 2
     assert "one of the arguments --email --fonzip-user-id is required" in err
+
+
+async def test_a_sink_that_cannot_open_is_reported_and_the_others_still_forget(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = _config(tmp_path, receiver)
+    await _seed(config)
+    text = config.read_text().replace(
+        'redact = ["sensitive"]\n',
+        'redact = ["sensitive"]\nheaders = { Authorization = "env:FONZIPD_TEST_UNSET_BEARER" }\n',
+    )
+    config.write_text(text)
+    code, out, _ = await _forget(config, "--email", "zeynep.kaya@example.org")
+    assert code == 1
+    assert "sink crm (http): FAILED: " in out
+    assert "FONZIPD_TEST_UNSET_BEARER is not set" in out
+    assert "sink archive (sqlite): 4 stored item(s) changed" in out
+    assert "state database:" not in out
