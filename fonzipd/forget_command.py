@@ -124,6 +124,14 @@ async def forget_now(
             "later events about these records are stored anonymized",
             file=out,
         )
+        waiting, _ = await store.inbox.depth()
+        if waiting:
+            # A webhook carries only an id: who an unfetched event is about is unknown.
+            print(
+                f"note: {waiting} event(s) still wait in the inbox to be fetched; if one "
+                "is about this person, run forget again once they are (fonzipd status)",
+                file=out,
+            )
         return EXIT_OK
     finally:
         await store.close()

@@ -26,7 +26,7 @@ from fonzipd.privacy import policies
 from fonzipd.records import Person, Record, content_version
 from fonzipd.registry import build_sinks
 from fonzipd.state import Store
-from tests.support import make_record
+from tests.support import hook, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"forget test secret, 32 bytes ok").decode()
@@ -171,6 +171,10 @@ async def test_forget_by_email_erases_the_person_everywhere_and_says_where(
     config = _config(tmp_path, receiver)
     await _seed(config)
     assert b"zeynep.kaya@example.org" in _everything(tmp_path)
+    # A webhook not fetched yet: it carries only an id, so no one knows whose it is.
+    store = await Store.open(tmp_path / "state.db")
+    await store.inbox.add_events([hook(9)])
+    await store.close()
 
     code, out, err = await _forget(config, "--email", "Zeynep.Kaya@example.org", "--dry-run")
     assert (code, err) == (0, "")
@@ -190,6 +194,7 @@ async def test_forget_by_email_erases_the_person_everywhere_and_says_where(
     assert "sink lines (jsonl): cannot delete: remove the person's data there yourself" in out
     assert "sink old (csv): disabled, not asked" in out
     assert "state database: 2 record(s) anonymized, 4 outbox row(s) scrubbed" in out
+    assert "note: 1 event(s) still wait in the inbox to be fetched" in out
     # Only the identifier given: no name, phone or ID number in the output.
     beyond = out.replace("Zeynep.Kaya@example.org", "")
     for secret in ("Zeynep", "Kaya", "0077", "Moda"):
