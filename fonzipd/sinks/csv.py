@@ -249,6 +249,10 @@ class CSVSink(Sink):
                     by_file.setdefault(rel, set()).add(key)
             sizes = dict(ledger.execute("SELECT path, size FROM files").fetchall())
         rows = files = 0
+        with self._os_errors(f"clean {self._dir}"):
+            # A rewrite a crash interrupted before its rename: the old file is intact.
+            for leftover in self._dir.glob("*/.*.forget"):
+                leftover.unlink(missing_ok=True)
         for rel, keys in sorted(by_file.items()):
             changed = self._rewrite(rel, keys, sizes.get(rel))
             rows += changed
@@ -509,7 +513,8 @@ def erase_rows(raw: bytes, keys: set[str]) -> tuple[bytes, int]:
             header = cells
             out.append(text)
             continue
-        if "key" not in header or cells[header.index("key")] not in keys:
+        at = header.index("key") if "key" in header else len(cells)
+        if at >= len(cells) or cells[at] not in keys:
             out.append(text)
             continue
         blank = [header.index(c) for c in (*_PERSON_COLUMNS, "data") if c in header]
