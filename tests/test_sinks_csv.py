@@ -406,3 +406,24 @@ async def test_forget_then_a_crash_before_the_ledger_update_loses_and_doubles_no
     assert sorted(row["key"] for row in rows) == sorted({r.key for r in recs + more})
     forgotten = {r.key for r in recs if r.person.email == recs[0].person.email}
     assert {row["person_email"] for row in rows if row["key"] in forgotten} == {""}
+
+
+async def test_forget_after_a_crash_mid_rewrite_leaves_no_temporary_copy(tmp_path: Path) -> None:
+    from fonzipd.privacy import Erasure
+
+    out = tmp_path / "csv"
+    recs = sample_records(4)
+    await _write_all(_sink(tmp_path, out), recs)
+    target = out / relative_path(recs[1])
+    # What a crash between writing the new file and renaming it leaves behind: a copy
+    # (of other people's rows too) beside the intact old file.
+    leftover = target.with_name(f".{target.name}.forget")
+    leftover.write_bytes(target.read_bytes())
+    sink = _sink(tmp_path, out)
+    await sink.open()
+    try:
+        assert await sink.forget(Erasure(((recs[1].kind, recs[1].fonzip_id),))) == 1
+    finally:
+        await sink.close()
+    assert not leftover.exists()
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
