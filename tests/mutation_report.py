@@ -2,28 +2,74 @@
 
 ``./dev.sh mutate`` runs mutmut (configured under ``[tool.mutmut]`` in pyproject.toml)
 and then this: killed / total per module (timeouts and type-check catches count as
-killed; "no tests" counts as survived), and every survivor by name, so that each one
-is either killed by a new test or listed in TESTING.md with why it is equivalent.
+killed; "no tests" counts as survived; mutants a stopped run never checked are left
+out and counted), and every survivor with its diff in ``mutants/survivors.txt``, so
+that each one is either killed by a new test or listed in TESTING.md with why it is
+equivalent. Survivors that only change the letter case of an SQL string (SQL keywords
+are case-insensitive, so the statement is the same) are counted apart as equivalent.
 """
 
 from __future__ import annotations
 
+import ast
 import collections
+import difflib
 import json
+import re
 import sys
 from pathlib import Path
 
 KILLED = {1, 3, 36, 37, -24, 24, 152, 255}
 SKIPPED = {34}
+_MUTANT = re.compile(r"^(?P<func>.+)__mutmut_(?P<n>\d+)$")
+
+
+def _functions(source: Path) -> dict[str, list[str]]:
+    """Every function (and method) of a mutated file by name, as source lines."""
+    text = source.read_text()
+    lines = text.splitlines()
+    out: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in node.name:
+            body = lines[node.lineno - 1 : node.end_lineno]
+            out[node.name] = body[1:]  # without the def line, whose name differs
+    return out
+
+
+def _diff(functions: dict[str, list[str]], key: str) -> list[str]:
+    name = key.rsplit(".", 1)[-1]
+    match = _MUTANT.match(name)
+    if match is None:
+        return []
+    orig = functions.get(f"{match['func']}__mutmut_orig", [])
+    mutant = functions.get(name, [])
+    return [
+        line
+        for line in difflib.unified_diff(orig, mutant, lineterm="", n=0)
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ]
+
+
+def sql_case_only(diff: list[str]) -> bool:
+    """A mutant that only changed the letter case of strings: the same SQL."""
+    old = [line[1:] for line in diff if line.startswith("-")]
+    new = [line[1:] for line in diff if line.startswith("+")]
+    return (
+        bool(old)
+        and len(old) == len(new)
+        and [o.lower() for o in old] == [n.lower() for n in new]
+        and old != new
+    )
 
 
 def main(root: Path = Path("mutants")) -> int:
     totals: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    survivors: list[str] = []
+    report: list[str] = []
     for meta in sorted(root.rglob("*.py.meta")):
         module = str(meta.relative_to(root)).removesuffix(".meta")
+        functions = _functions(root / module)
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        for key, code in codes.items():
+        for key, code in sorted(codes.items()):
             if code is None:
                 totals[module]["unchecked"] += 1  # the run was stopped before it
                 continue
@@ -32,24 +78,35 @@ def main(root: Path = Path("mutants")) -> int:
             totals[module]["total"] += 1
             if code in KILLED:
                 totals[module]["killed"] += 1
-            else:
-                survivors.append(f"{key} ({'no tests' if code in (5, 33) else code})")
+                continue
+            diff = _diff(functions, key)
+            if sql_case_only(diff):
+                totals[module]["equivalent"] += 1
+                continue
+            why = "no tests" if code in (5, 33) else f"exit {code}"
+            report += [f"{key} ({why})", *(f"    {line.strip()}" for line in diff), ""]
     if not totals:
         print("no mutmut results under", root, file=sys.stderr)
         return 1
-    all_killed = all_total = 0
+    sums: collections.Counter[str] = collections.Counter()
+    print(f"{'module':32} {'killed':>6} {'equiv':>6} {'total':>6}  score (killed / non-equivalent)")
     for module, n in sorted(totals.items()):
-        all_killed += n["killed"]
-        all_total += n["total"]
-        share = n["killed"] / n["total"] if n["total"] else 0.0
-        unchecked = f"  ({n['unchecked']} not checked)" if n["unchecked"] else ""
-        print(f"{module:32} {n['killed']:5} / {n['total']:5} killed  {share:6.1%}{unchecked}")
-    print(
-        f"{'all':32} {all_killed:5} / {all_total:5} killed  {all_killed / max(all_total, 1):6.1%}"
-    )
-    (root / "survivors.txt").write_text("\n".join(survivors) + "\n")
-    print(f"{len(survivors)} survivors listed in {root / 'survivors.txt'}")
+        sums.update(n)
+        print(_line(module, n))
+    print(_line("all", sums))
+    (root / "survivors.txt").write_text("\n".join(report) + "\n")
+    survivors = sums["total"] - sums["killed"] - sums["equivalent"]
+    print(f"{survivors} survivors, with their diffs, in {root / 'survivors.txt'}")
     return 0
+
+
+def _line(module: str, n: collections.Counter[str]) -> str:
+    real = n["total"] - n["equivalent"]
+    share = n["killed"] / real if real else 0.0
+    unchecked = f"  ({n['unchecked']} not checked)" if n["unchecked"] else ""
+    return (
+        f"{module:32} {n['killed']:6} {n['equivalent']:6} {n['total']:6}  {share:6.1%}{unchecked}"
+    )
 
 
 if __name__ == "__main__":

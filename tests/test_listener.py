@@ -15,11 +15,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import ListenerSettings
+from fonzipd.kinds import Kind
 from fonzipd.listener import (
     GUARD_KEY,
     REJECTIONS_KEY,
@@ -30,7 +32,8 @@ from fonzipd.listener import (
     listener_runner,
     parse_webhook,
 )
-from fonzipd.state import Store
+from fonzipd.records import Source
+from fonzipd.state import InboxEvent, Store, StoreError
 from tests.support import FakeClock
 
 TOKEN = "a-long-enough-webhook-token"
@@ -224,7 +227,26 @@ async def test_health_and_readiness(h: Harness) -> None:
     await h.post(hook())
     async with h.client.get("/readyz") as resp:
         assert resp.status == 200
-        assert (await resp.json())["inbox"]["pending"] == 1
+        assert await resp.json() == {"status": "ready", "inbox": {"pending": 1}}
+
+
+async def test_not_ready_is_503_saying_so(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    committer = GroupCommitter(store, max_batch=8, on_commit=lambda: None)
+
+    async def not_ready() -> tuple[bool, dict[str, Any]]:
+        return False, {"sinks": "archive not open"}
+
+    app = build_app(ListenerSettings(auth_token=SecretStr(TOKEN)), committer, not_ready)
+    try:
+        async with (
+            TestClient(TestServer(app, host="127.0.0.1")) as client,
+            client.get("/readyz") as resp,
+        ):
+            assert resp.status == 503
+            assert await resp.json() == {"status": "not ready", "sinks": "archive not open"}
+    finally:
+        await store.close()
 
 
 async def test_unauthenticated_mode_needs_the_explicit_opt_out(tmp_path: Path) -> None:
@@ -448,3 +470,23 @@ async def test_the_connection_cap_fits_under_the_file_limit(tmp_path: Path) -> N
             assert (await h.post(hook()))[0] == 200
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_committer_that_is_not_running_refuses_at_once(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    committed: list[int] = []
+    committer = GroupCommitter(store, max_batch=8, on_commit=lambda: committed.append(1))
+    event = InboxEvent(Kind.DONATION, 5, 3, Source.WEBHOOK)
+    try:
+        with pytest.raises(StoreError, match="group committer is not running"):
+            await committer.submit(event)  # never started
+        committer.start()
+        assert await committer.submit(event) is True
+        assert await committer.submit(event) is False  # the same pending event: a duplicate
+        assert (committer.commits, committer.committed, committed) == (2, 2, [1, 1])
+        await committer.stop()
+        with pytest.raises(StoreError, match="group committer is not running"):
+            await committer.submit(InboxEvent(Kind.DONATION, 6, 3, Source.WEBHOOK))
+        assert await store.inbox.counts() == {"pending": 1}
+    finally:
+        await store.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import subprocess
 import sys
+from decimal import Decimal
 
 from fonzipd.kinds import Kind
 from fonzipd.records import DELETED, Record, Source, with_status
@@ -38,3 +40,26 @@ def test_with_status_marks_a_record_deleted_with_a_new_version() -> None:
     assert gone.version != record.version
     assert gone.key != record.key
     assert (gone.amount, gone.person, gone.data) == (record.amount, record.person, record.data)
+
+
+def test_a_deleted_version_follows_every_part_of_the_state_and_nothing_else() -> None:
+    base = make_record(7)
+    now = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    variants = [
+        base,
+        dataclasses.replace(base, kind=Kind.TICKET_SALE),
+        dataclasses.replace(base, fonzip_id=8),
+        dataclasses.replace(base, amount=Decimal("1.00")),
+        dataclasses.replace(base, currency="EUR"),
+        dataclasses.replace(base, occurred_at=now),
+        dataclasses.replace(base, person=dataclasses.replace(base.person, name="Başka")),
+        dataclasses.replace(base, data={**base.data, "note": "x"}),
+    ]
+    versions = [
+        with_status(v, DELETED, source=Source.CLI, fetched_at=now).version for v in variants
+    ]
+    assert len(set(versions)) == len(variants), "two different states, one deleted version"
+    # The same deletion seen twice (another source, another time) is the same version.
+    again = with_status(base, DELETED, source=Source.WEBHOOK, fetched_at=now + dt.timedelta(1))
+    assert again.version == versions[0]
+    assert with_status(base, "removed", source=Source.CLI, fetched_at=now).version != versions[0]

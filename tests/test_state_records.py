@@ -102,6 +102,7 @@ def state(
         (state(name="B", read=5), state(name="A", read=0), True),
         (state(name="B", read=0), state(name="A", read=5), False),
         (state(name="B", read=0, updated="2026-11-28T00:00:00Z"), state(name="A", read=5), False),
+        (state(name="B", read=5), state(name="A", read=0, updated="2026-11-28T00:00:00Z"), True),
         (state(name="B", read=5, updated="not a date"), state(name="A", read=0), True),
         (state(name="B", read=0, updated="not a date"), state(name="A", read=5), False),
         # Equal read times keep the newcomer.
