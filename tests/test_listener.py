@@ -28,6 +28,7 @@ from fonzipd.listener import (
     GroupCommitter,
     GuardedSite,
     PayloadError,
+    Webhook,
     build_app,
     listener_runner,
     parse_webhook,
@@ -168,11 +169,22 @@ async def test_test_deliveries_are_answered_and_not_stored(h: Harness) -> None:
         ({**hook(), "id": True}, "id: must be an integer"),
         ({**hook(), "id": -1}, "id: out of range"),
         ({**hook(), "id": 2**70}, "id: out of range"),
+        ({**hook(), "id": 2**63}, "id: out of range (9223372036854775808)"),
+        (
+            {"id": "a", "webhook_id": "b", "operation": 1},
+            'id: must be an integer, got "a"; '
+            'webhook_id: must be an integer, got "b"; status: missing',
+        ),
+        (
+            {"id": -1, "webhook_id": -2, "operation": 1, "status": 3},
+            "id: out of range (-1); webhook_id: out of range (-2)",
+        ),
         ({**hook(), "operation": 7}, "operation: must be 1 to 6"),
         ({**hook(), "operation": 0}, "operation: must be 1 to 6"),
+        ({**hook(), "operation": 6, "status": 7}, "status: must be 0, 3, 4 or 5, got 7"),
         ({**hook(), "status": 1}, "status: must be 0, 3, 4 or 5"),
         ({**hook(), "webhook_id": None}, "webhook_id: must be an integer"),
-        ([hook()], "must be a JSON object"),
+        ([hook()], "must be a JSON object, got list"),
         ("hello", "must be a JSON object"),
     ],
 )
@@ -183,6 +195,12 @@ async def test_invalid_payloads_get_422_saying_what_is_wrong(
     assert status == 422
     assert fragment in body["error"]
     assert (await h.store.inbox.depth())[0] == 0
+
+
+async def test_a_wrong_value_is_quoted_in_the_error_at_most_40_characters(h: Harness) -> None:
+    status, body = await h.post({**hook(), "id": "x" * 60})
+    assert status == 422
+    assert body["error"] == 'id: must be an integer, got "' + "x" * 39
 
 
 async def test_not_json_wrong_type_and_oversized_bodies(h: Harness) -> None:
@@ -490,3 +508,34 @@ async def test_a_committer_that_is_not_running_refuses_at_once(tmp_path: Path) -
         assert await store.inbox.counts() == {"pending": 1}
     finally:
         await store.close()
+
+
+async def test_every_valid_delivery_is_seen_and_the_committer_task_is_watched(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    watched: list[asyncio.Task[None]] = []
+    committer = GroupCommitter(store, max_batch=8, on_commit=lambda: None, watch=watched.append)
+    seen: list[tuple[int, int]] = []
+
+    async def heard(hook_: Webhook) -> None:
+        seen.append((hook_.id, hook_.webhook_id))
+
+    app = build_app(ListenerSettings(auth_token=SecretStr(TOKEN)), committer, _ready, seen=heard)
+    headers = {"X-FZ-Auth-Token": TOKEN}
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            assert len(watched) == 1
+            assert not watched[0].done()
+            for body in (hook(5), {"id": 0, "webhook_id": 9, "operation": 1, "status": 0}):
+                async with client.post(PATH, json=body, headers=headers) as resp:
+                    assert resp.status == 200
+            async with client.post(PATH, json={**hook(6), "status": 2}, headers=headers) as resp:
+                assert resp.status == 422
+        assert seen == [(5, 7), (0, 9)]
+    finally:
+        await store.close()
+
+
+async def _ready() -> tuple[bool, dict[str, Any]]:
+    return True, {}
