@@ -360,7 +360,14 @@ class Daemon:
             failing_for = (
                 0.0 if since is None else (wall - dt.datetime.fromisoformat(since)).total_seconds()
             )
-            if limit > 0 and failing_for > limit:
+            runner = self.dispatcher.runners.get(sid) if self.dispatcher else None
+            if runner is not None and runner.needs_operator is not None:
+                # No wait for sink_failing_after: time will not fix it.
+                details["ok"] = False
+                details.setdefault("sinks", {})[sid] = (
+                    f"needs the operator: {runner.needs_operator}"
+                )
+            elif limit > 0 and failing_for > limit:
                 details["ok"] = False
                 details.setdefault("sinks", {})[sid] = (
                     f"failing for {failing_for:.0f} s: {st['last_error']}"

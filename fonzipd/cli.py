@@ -219,6 +219,16 @@ def _unsafe(args: argparse.Namespace, settings: Settings) -> bool:
     return bool(problems)
 
 
+def _as_root(args: argparse.Namespace, settings: Settings) -> bool:
+    """Print why root must not run this command on the service's state; True if so."""
+    from fonzipd import preflight
+
+    reason = preflight.root_on_service_state(settings, args.command)
+    if reason is not None:
+        print(f"fonzipd: {reason}", file=sys.stderr)
+    return reason is not None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from fonzipd import logs
     from fonzipd.app import Daemon
@@ -227,6 +237,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
     if _unsafe(args, settings):
         return EXIT_CONFIG
+    if _as_root(args, settings):
+        return EXIT_FAILED
     logs.configure(settings.logging.level, settings.logging.format)
     daemon = Daemon(settings, config_path=_config_path(args))
     try:
@@ -270,7 +282,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(
             "fonzipd: the configuration lacks "
             + ", ".join(missing)
-            + " (set FONZIPD_FONZIP__CLIENT_ID and FONZIPD_FONZIP__CLIENT_SECRET)",
+            + " (set the environment variables FONZIPD_FONZIP__CLIENT_ID and "
+            "FONZIPD_FONZIP__CLIENT_SECRET, or the systemd credentials fonzip.client_id "
+            "and fonzip.client_secret)",
             file=sys.stderr,
         )
         return EXIT_CONFIG
@@ -280,6 +294,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{settings.listener.path}, state {settings.state.path}, sinks: {sinks or 'none'}"
     )
     if args.online:
+        if _as_root(args, settings):
+            return EXIT_FAILED
         fonzip_code = asyncio.run(_check_online(settings))
         sinks_code = asyncio.run(_check_sinks_online(settings))
         return max(fonzip_code, sinks_code)
@@ -328,6 +344,8 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
     from fonzipd.webhooks import WebhookError
 
     settings = _load(args)
+    if _as_root(args, settings):
+        return EXIT_FAILED
     try:
         return asyncio.run(_webhooks(args, settings))
     except (FonzipError, WebhookError) as exc:
@@ -492,6 +510,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f"fonzipd: no sink {args.sink!r} in the configuration (known: {known})", file=sys.stderr
         )
         return EXIT_USAGE
+    if _as_root(args, settings):
+        return EXIT_FAILED
 
     async def replay() -> int:
         store = await Store.open(settings.state.path)
@@ -601,6 +621,8 @@ def _cmd_reconcile(args: argparse.Namespace, *, backfill: bool = False) -> int:
     days = _reconcile_days(args, settings)
     if days is None:
         return EXIT_USAGE
+    if _as_root(args, settings):
+        return EXIT_FAILED
     source = Source.BACKFILL if backfill else Source.RECONCILE
     return asyncio.run(
         reconcile_now(

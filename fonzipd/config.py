@@ -577,9 +577,13 @@ def _describe(exc: pydantic.ValidationError, origin: str, text: str = "") -> str
             shown = ""
         where = f"line {line}: " if line is not None else ""
         lines.append(f"  {where}{key}: {msg}" + (f" (got {shown!r})" if shown != "" else ""))
-        if line is None or err["type"] != "extra_forbidden":
+        if len(err["loc"]) >= 2 and (line is None or err["type"] != "extra_forbidden"):
+            # Only a key has a variable and a credential; a whole [section] has neither.
             env = "FONZIPD_" + "__".join(str(p).upper() for p in err["loc"])
-            lines.append(f"    (in the file, or the environment variable {env})")
+            lines.append(
+                f"    (in the file, the environment variable {env}, "
+                f"or the systemd credential {key})"
+            )
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import sqlite3
 import traceback
 from collections.abc import Mapping
@@ -15,10 +16,31 @@ from fonzipd import crashpoints
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import SinkSettings
 from fonzipd.retry import RetrySchedule
-from fonzipd.sink import PermanentSinkError, Sink, TransientSinkError
+from fonzipd.sink import PermanentSinkError, Sink, SinkConfigError, TransientSinkError
 from fonzipd.state import OutboxRow, Store, StoreError
 
 log = structlog.get_logger(__name__)
+
+NEEDS_OPERATOR = "needs the operator: "
+"""Prefix of a sink's stored error when only the operator can fix it (status shows it)."""
+
+_OPERATOR_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def operator_fixable(exc: BaseException) -> bool:
+    """A sink failure no retry fixes until someone acts: a permission, a missing setting.
+
+    A SinkConfigError (an environment variable not set, a password file unreadable), or a
+    permission refused anywhere in the chain of causes (the sinks wrap their OSErrors).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SinkConfigError):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _OPERATOR_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class SinkRunner:
@@ -59,6 +81,8 @@ class SinkRunner:
         self._task: asyncio.Task[None] | None = None
         self._log = log.bind(sink=sink_id, type=type(sink).name)
         self._opened = False
+        self.needs_operator: str | None = None
+        """Why the sink cannot open until the operator acts (None: it can, or may)."""
         self.delivered = 0
         self.retried = 0
         self.dead = 0
@@ -131,9 +155,26 @@ class SinkRunner:
         except Exception as exc:
             self._failures += 1
             delay = self._schedule.wait(self._failures)
-            self._log.error("sink_open_failed", error=str(exc), retry_in=round(delay, 2))
-            await self._store.outbox.record_failure(self.sink_id, [], f"open: {exc}", dead_after=0)
+            error = f"open: {exc}"
+            if operator_fixable(exc):
+                # Retried (the fix needs no restart), but said once per change, loudly:
+                # a log line per attempt would bury it, none would hide it.
+                if self.needs_operator != error:
+                    self._log.error(
+                        "sink_needs_operator",
+                        error=error,
+                        hint="fix the permission or setting named; the sink retries by itself",
+                        retry_every=round(self.settings.retry_max, 2),
+                    )
+                self.needs_operator = error
+                error = NEEDS_OPERATOR + error
+            else:
+                self._log.error("sink_open_failed", error=error, retry_in=round(delay, 2))
+            await self._store.outbox.record_failure(self.sink_id, [], error, dead_after=0)
             return delay
+        if self.needs_operator is not None:
+            self._log.info("sink_recovered", was=self.needs_operator)
+            self.needs_operator = None
         self._opened = True
         self._failures = 0
         return 0.0

@@ -210,3 +210,31 @@ def _bind_reason(exc: OSError, port: int) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return "this machine has no such address: correct the host"
     return f"{exc.strerror}"
+
+
+def root_on_service_state(settings: Settings, command: str) -> str | None:
+    """Why root must not run ``command`` on this state directory, or None.
+
+    Files root creates there (``state.db-wal``, the lock, a CSV ledger, a sink's file)
+    would be root's, and the service, running as the directory's owner, could then not
+    write them. The command is refused with the way to run it as that owner instead.
+    """
+    if os.geteuid() != 0:
+        return None
+    folder = settings.state.path.parent
+    try:
+        info = folder.stat()
+    except OSError:
+        return None
+    if info.st_uid == 0:
+        return None
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {info.st_uid}"
+    return (
+        f"running as root on {folder}, which belongs to {owner}: the files this command "
+        "creates there would be root's and the service could not write them. Run it as "
+        f"that user: sudo -u '#{info.st_uid}' fonzipd {command} ... (or setpriv "
+        f"--reuid={info.st_uid} --regid={info.st_gid} --clear-groups fonzipd {command} ...)"
+    )

@@ -367,3 +367,54 @@ async def test_housekeeping_drops_the_data_of_records_older_than_keep_data_days(
         assert second.data["name"] == "Ayşe Yılmaz"  # 2 days
     finally:
         await daemon.stop()
+
+
+async def test_a_sink_only_the_operator_can_fix_is_said_once_fails_readiness_and_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOOK_TOKEN_APP_TEST", raising=False)
+    hook = (
+        '[sinks.hook]\ntype = "http"\nurl = "http://127.0.0.1:9/hook"\n'
+        'secret = "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="\nretry_initial = 0.01\nretry_max = 0.02\n'
+        'headers = { Authorization = "env:HOOK_TOKEN_APP_TEST" }\n'
+    )
+    async with Simulator(seed=1, days=1, per_day=5) as sim:
+        cfg = tmp_path / "config.toml"
+        write_config(cfg, await sim.start(), ARCHIVE + hook)
+        daemon = Daemon(load_config(cfg), notifier=Notifier(None))
+        with structlog.testing.capture_logs() as logs:
+            await daemon.start()
+            try:
+                assert daemon.dispatcher is not None and daemon.store is not None
+                runner = daemon.dispatcher.runners["hook"]
+
+                async def retried_often() -> bool:
+                    return runner._failures >= 5
+
+                await until(retried_often)
+                ok, details = await daemon.readiness()
+                assert not ok
+                assert details["sinks"]["hook"].startswith(
+                    "needs the operator: open: sinks.hook.headers.Authorization: the "
+                    "environment variable HOOK_TOKEN_APP_TEST is not set"
+                )
+                assert "credential sinks.hook.headers.Authorization" in details["sinks"]["hook"]
+                status = await daemon.store.outbox.sink_status(["hook"])
+                assert status["hook"]["last_error"].startswith("needs the operator: open: ")
+
+                monkeypatch.setenv("HOOK_TOKEN_APP_TEST", "Bearer fixed")
+
+                async def recovered() -> bool:
+                    return runner.needs_operator is None
+
+                await until(recovered)
+                daemon._health_read = None  # the next call reads afresh
+                ok, details = await daemon.readiness()
+                assert ok, details
+            finally:
+                await daemon.stop()
+    said = [e for e in logs if e["event"] == "sink_needs_operator"]
+    assert len(said) == 1, said
+    assert said[0]["log_level"] == "error"
+    assert [e["event"] for e in logs].count("sink_recovered") == 1
+    assert not [e for e in logs if e["event"] == "sink_open_failed"]

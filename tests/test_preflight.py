@@ -211,3 +211,25 @@ def test_a_state_folder_this_user_cannot_write_is_named(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_CONFIG
     assert f"state.path = '{locked / 'state' / 'state.db'}': " in proc.stderr
     assert f"cannot write in {locked}" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="what root does to a service's files")
+def test_root_is_refused_on_a_state_folder_the_service_owns(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    path = write(tmp_path, good(0))
+    for command in (
+        ["replay", "--sink", "archive"],
+        ["backfill", "--from", "2026-01-01", "--to", "2026-01-01"],
+    ):
+        proc = fonzipd(*command, "--config", str(path))
+        assert proc.returncode == 1, proc.stderr
+        assert f"running as root on {state}, which belongs to " in proc.stderr
+        assert f"setpriv --reuid=65534 --regid=65534 --clear-groups fonzipd {command[0]}" in (
+            proc.stderr
+        )
+    assert list(state.iterdir()) == [], "root created files the service could not write"
+    os.chown(state, 0, 0)
+    proc = fonzipd("replay", "--sink", "archive", "--dry-run", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr

@@ -189,7 +189,9 @@ class HTTPSink(Sink):
                 if found is None:
                     raise SinkConfigError(
                         f"sinks.{self.context.sink_id}.headers.{name}: the environment "
-                        f"variable {var} is not set"
+                        f"variable {var} is not set (set it in the service's environment, "
+                        "e.g. its EnvironmentFile, or put the value in the systemd credential "
+                        f"sinks.{self.context.sink_id}.headers.{name})"
                     )
                 value = found
             logs.never_log(value)  # an Authorization header is as secret as the key
