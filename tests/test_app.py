@@ -385,7 +385,8 @@ async def test_a_sink_only_the_operator_can_fix_is_said_once_fails_readiness_and
         with structlog.testing.capture_logs() as logs:
             await daemon.start()
             try:
-                assert daemon.dispatcher is not None and daemon.store is not None
+                assert daemon.dispatcher is not None
+                assert daemon.store is not None
                 runner = daemon.dispatcher.runners["hook"]
 
                 async def retried_often() -> bool:
