@@ -165,6 +165,8 @@ class Daemon:
             settings=s.reconciler,
             wake=self.fetcher.wake,
             clock=self.clock,
+            sink_ids=lambda: tuple(self.settings.enabled_sinks),
+            on_record=self.dispatcher.wake,
         )
         if self.schedule:
             # Heartbeat, catch-up after downtime, the nightly run, `reconcile` requests.

@@ -305,6 +305,10 @@ class ReconcilerSettings(_Section):
     fetch_wait: float = Field(default=1800, gt=0)
     """Seconds a run waits for the records it queued to be fetched before it leaves the
     day open (the next run retries it)."""
+    records_from_lists: bool = True
+    """Build reconcile and backfill records from the list rows wherever a row carries
+    every normalized field (100 records a request), fetching the detail only where it
+    does not (form answers, debts); false: fetch every record's detail (one request each)."""
     poll_interval: float = Field(default=5, gt=0, le=300)
     """Seconds between the daemon's checks for due runs and for ``fonzipd reconcile``
     requests; the scheduler never sleeps longer than this at once."""

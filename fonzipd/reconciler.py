@@ -45,10 +45,11 @@ from fonzipd.fonzip.endpoints import ENDPOINTS
 from fonzipd.fonzip.errors import FonzipError
 from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.fonzip.limiter import Priority
-from fonzipd.fonzip.normalizer import NormalizeError, list_row_id, list_row_status
+from fonzipd.fonzip.list_rows import RowView, is_list_shape, record_from_row, row_view
+from fonzipd.fonzip.normalizer import NormalizeError, list_row_id
 from fonzipd.fonzip.statuses import list_holds
 from fonzipd.kinds import Kind
-from fonzipd.records import Source
+from fonzipd.records import Record, Source
 from fonzipd.state import InboxEvent, Store
 
 log = structlog.get_logger(__name__)
@@ -253,8 +254,14 @@ class Reconciler:
         wake: Callable[[], None] = lambda: None,
         clock: Clock = SYSTEM_CLOCK,
         poll: float = 0.1,
+        sink_ids: Callable[[], Sequence[str]] | None = None,
+        on_record: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        # Records from list rows need the sinks to queue them for; without them (a dry
+        # run's reconciler) every record goes through the fetcher.
+        self._sink_ids = sink_ids
+        self._on_record = on_record
         self._client = client
         self.tz = tz
         self.settings = settings
@@ -399,6 +406,7 @@ class Reconciler:
         start, end = day_window(day, self.tz)
         run = ListRun(day, kind, list_status, run_key, source, self._clock.now().timestamp())
         rows: list[dict[str, Any]] = []
+        read_at: dict[int, dt.datetime] = {}
         total: int | None = None
         try:
             if self._past(deadline):
@@ -410,6 +418,8 @@ class Reconciler:
                     kind, list_status, start, end, priority=Priority.BULK
                 ):
                     rows.extend(page.rows)
+                    if page.read_at is not None:
+                        read_at.update((r["id"], page.read_at) for r in page.rows)
                     total = page.total
                     run.calls += 1
         except (FonzipError, TimeoutError) as exc:
@@ -442,23 +452,44 @@ class Reconciler:
         run.window_total = len(inside) if total is None else max(0, total - outside)
         local = await self._local(kind, list_status, day, basis)
         run.local_before = len(local)
-        stored = await self._store.records.statuses(kind, inside)
+        stored = await self._store.records.get_many(kind, inside)
         events: list[InboxEvent] = []
+        built: list[Record] = []
+        from_rows = self._sink_ids is not None and self.settings.records_from_lists
         for fid, row in inside.items():
+            view: RowView | None = None
             try:
-                want = list_row_status(kind, list_status, row)
+                view = row_view(kind, list_status, row, self.tz)
+                want = view.status
             except NormalizeError as exc:
                 log.warning("reconcile_row_unreadable", kind=str(kind), error=str(exc))
                 want = ""
             have = stored.get(fid)
             if have is None:
                 run.missing += 1
-            elif have != want:
+            elif view is None or have.status != want or view.differs(have):
+                # Not the status alone: a corrected name or amount keeps the status.
                 run.changed += 1
             else:
                 continue
+            # A stored detail is replaced only by a detail: where Fonzip's row and
+            # detail disagree on a field (a donation's phone against its donor's),
+            # the two would otherwise replace each other at every run.
+            if (
+                from_rows
+                and not dry_run
+                and view is not None
+                and view.complete
+                and (have is None or is_list_shape(have))
+            ):
+                record = self._from_row(kind, list_status, row, source, read_at.get(fid))
+                if record is not None:
+                    built.append(record)
+                    continue
             run.expected[fid] = want
             events.append(InboxEvent(kind, fid, None, source, list_row=row))
+        if built:
+            await self._apply_built(run, built)
         for fid in sorted(set(local) - set(inside)):
             # Stored, in this list's selection, but not listed: refunded, removed or
             # deleted since (a detail answering 404 means deleted). Fetch to find out.
@@ -473,6 +504,47 @@ class Reconciler:
             self._wake()
         await self._store.books.save_run(run.to_row())
         return run
+
+    def _from_row(
+        self,
+        kind: Kind,
+        list_status: str,
+        row: Mapping[str, Any],
+        source: Source,
+        read_at: dt.datetime | None,
+    ) -> Record | None:
+        try:
+            return record_from_row(
+                kind,
+                list_status,
+                row,
+                tz=self.tz,
+                source=source,
+                fetched_at=read_at or self._clock.now(),
+            )
+        except NormalizeError as exc:
+            log.warning("reconcile_row_unreadable", kind=str(kind), error=str(exc))
+            return None
+
+    async def _apply_built(self, run: ListRun, built: Sequence[Record]) -> None:
+        """Store the records built from list rows and queue them for the sinks, a page
+        (100) per transaction: short enough that live work is never held up long."""
+        assert self._sink_ids is not None
+        enqueued = 0
+        for start in range(0, len(built), 100):
+            chunk = built[start : start + 100]
+            applied = await self._store.records.apply_records(chunk, self._sink_ids())
+            enqueued += sum(a.enqueued for a in applied)
+            run.fetched += len(chunk)
+        if enqueued:
+            self._on_record()
+        log.info(
+            "records_from_list_rows",
+            kind=str(run.kind),
+            list_status=run.list_status,
+            records=len(built),
+            enqueued=enqueued,
+        )
 
     async def _local(self, kind: Kind, list_status: str, day: dt.date, basis: str) -> set[int]:
         statuses = local_statuses(kind, list_status)

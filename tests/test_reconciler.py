@@ -8,6 +8,7 @@ import io
 import sqlite3
 import warnings
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,7 +39,13 @@ ISTANBUL = ZoneInfo("Europe/Istanbul")
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def make_settings(tmp_path: Path, base_url: str, *, timezone: str = "Europe/Istanbul") -> Settings:
+def make_settings(
+    tmp_path: Path,
+    base_url: str,
+    *,
+    timezone: str = "Europe/Istanbul",
+    from_lists: bool = True,
+) -> Settings:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)  # the rate is above Fonzip's 240
         return settings_from_dict(
@@ -59,7 +66,11 @@ def make_settings(tmp_path: Path, base_url: str, *, timezone: str = "Europe/Ista
                     "retry_max": 0.05,
                     "max_attempts": 3,
                 },
-                "reconciler": {"poll_interval": 0.05, "fetch_wait": 15},
+                "reconciler": {
+                    "poll_interval": 0.05,
+                    "fetch_wait": 15,
+                    "records_from_lists": from_lists,
+                },
                 "sinks": {"archive": {"type": "sqlite", "path": "fonzip.db", "flush_interval": 0}},
                 "logging": {"level": "warning"},
             },
@@ -507,7 +518,8 @@ async def test_a_detail_that_fails_for_the_whole_run_leaves_the_day_open_until_i
     tmp_path: Path,
 ) -> None:
     async with simulator(seed=21, days=2, per_day=6) as sim:
-        settings = make_settings(tmp_path, await sim.start())
+        # The detail path (as for form answers): donations' rows would make the records.
+        settings = make_settings(tmp_path, await sim.start(), from_lists=False)
         day = sim.end_date - dt.timedelta(days=1)
         stuck = _paid_ids(sim, day)[0]
         sim.faults.failing_details = [f"donation:{stuck}"]
@@ -545,7 +557,8 @@ async def test_a_detail_that_fails_for_the_whole_run_leaves_the_day_open_until_i
 
 async def test_fonzip_down_mid_run_leaves_the_day_open(tmp_path: Path) -> None:
     async with simulator(seed=22, days=2, per_day=6) as sim:
-        settings = make_settings(tmp_path, await sim.start())
+        # The detail path (as for form answers): donations' rows would make the records.
+        settings = make_settings(tmp_path, await sim.start(), from_lists=False)
         day = sim.end_date - dt.timedelta(days=1)
         # The token and the paid list are answered; then Fonzip is down.
         sim.faults.down_after = 2
@@ -612,3 +625,67 @@ async def test_a_changed_record_is_fetched_when_only_its_new_list_is_reconciled(
     refund = _list_line(table, today, "refund")
     assert refund.split()[6] == "1", refund  # changed: the stored one, now refunded
     assert sink_statuses(tmp_path / "fonzip.db", Kind.DONATION)[refunded] == "refunded"
+
+
+# -- records from list rows ---------------------------------------------------------------
+
+
+def _sink_records(path: Path, kind: Kind) -> dict[int, dict[str, Any]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM records WHERE kind = ?", (str(kind),)).fetchall()
+    return {int(r["fonzip_id"]): dict(r) for r in rows}
+
+
+async def test_a_day_is_built_from_list_rows_and_edits_that_keep_the_status_are_found(
+    tmp_path: Path,
+) -> None:
+    async with simulator(seed=31, days=2, per_day=12) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date - dt.timedelta(days=1)
+        kinds = [Kind.DONATION, Kind.FORM_ANSWER]
+        async with running(Daemon(settings, listen=False, schedule=False)) as daemon:
+            assert daemon.reconciler is not None
+            (report,) = await daemon.reconciler.run([day], run_key="r1", kinds=kinds)
+            assert report.closed, report.reason
+            details = [r.path for r in sim.requests if "/donation/" in r.path]
+            forms = [r for r in sim.requests if "/answer/" in r.path]
+            # Donations come whole from their rows; form answers need their details.
+            assert details == []
+            assert forms
+            paid = _paid_ids(sim, day)
+            renamed, repriced = paid[0], paid[1]
+            answer = next(
+                fid
+                for fid, rec in _sink_records(tmp_path / "fonzip.db", Kind.FORM_ANSWER).items()
+                if rec["business_date"] == day.isoformat()
+            )
+            sim.amend(Kind.DONATION, renamed, first_name="Zeynep")
+            sim.amend(Kind.DONATION, repriced, amount=Decimal("1234.5"))
+            sim.amend(Kind.FORM_ANSWER, answer, first_name="Zeynep")
+            before = len(sim.requests)
+            (again,) = await daemon.reconciler.run([day], run_key="r2", kinds=kinds)
+
+            async def delivered() -> bool:
+                answers = _sink_records(tmp_path / "fonzip.db", Kind.FORM_ANSWER)
+                donations = _sink_records(tmp_path / "fonzip.db", Kind.DONATION)
+                return bool(
+                    answers[answer]["person_name"].startswith("Zeynep")
+                    and donations[repriced]["amount"] == "1234.5"
+                )
+
+            await until(delivered)
+            second = sim.requests[before:]
+    assert again.closed, again.reason
+    paid_run = next(r for r in again.runs if (r.kind, r.list_status) == (Kind.DONATION, "paid"))
+    assert (paid_run.missing, paid_run.changed) == (0, 2)
+    answer_run = next(r for r in again.runs if r.kind is Kind.FORM_ANSWER and r.changed)
+    assert answer_run.changed == 1
+    # The second run: list pages, and one detail, for the form answer whose row changed.
+    assert [r.path for r in second if "/answer/" in r.path] == [
+        next(r.path for r in second if f"/answer/{answer}" in r.path)
+    ]
+    assert not [r for r in second if "/donation/" in r.path]
+    stored = _sink_records(tmp_path / "fonzip.db", Kind.DONATION)
+    assert stored[renamed]["person_name"].startswith("Zeynep")
+    assert stored[repriced]["status"] == "succeeded"

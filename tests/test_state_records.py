@@ -158,3 +158,42 @@ async def test_each_sink_gets_what_its_filters_admit_redacted_before_it_is_queue
     assert "ayse@example.com" not in raw[0][0]
     stored = await store.records.get(Kind.DONATION, 1)
     assert stored == rec  # the state database keeps the whole record
+
+
+def list_row_state(*, name: str = "Ayşe Yılmaz", read: float = 0.0) -> Record:
+    """Donation 1, succeeded, as a record built from its list row (fonzip.list_rows)."""
+    base = state(name=name, read=read)
+    data = {"id": 1, "_fonzipd": {"shape": "list_row", "list": "paid"}}
+    return dataclasses.replace(base, data=data, version=f"row-{name}-{read}")
+
+
+async def test_a_list_row_and_a_detail_of_one_state_never_replace_each_other(
+    store: Store,
+) -> None:
+    # The detail (richer data) wins over the row of the same state, even read earlier.
+    await store.records.apply_record(None, list_row_state(read=5), ["a"])
+    enriched = await store.records.apply_record(None, state(read=1), ["a"])
+    assert enriched.outcome == "changed"
+    # A row of that same state read later does not take the detail's place...
+    again = await store.records.apply_record(None, list_row_state(read=9), ["a"])
+    assert (again.outcome, again.enqueued) == ("stale", 0)
+    stored = await store.records.get(Kind.DONATION, 1)
+    assert stored is not None
+    assert "_fonzipd" not in stored.data
+    # ...but a row showing a corrected name, read later, does (the newer read wins).
+    corrected = await store.records.apply_record(
+        None, list_row_state(name="Ayşe Yıldız", read=12), ["a"]
+    )
+    assert corrected.outcome == "changed"
+    batch = await store.outbox.batch("a", 10)
+    assert [r.record.version for r in batch] == [
+        "row-Ayşe Yılmaz-5",
+        "succeeded-Ayşe Yılmaz-None-1",
+        "row-Ayşe Yıldız-12",
+    ]
+
+
+async def test_records_from_list_rows_are_applied_together(store: Store) -> None:
+    applied = await store.records.apply_records([make_record(1), make_record(2)], ["a", "b"])
+    assert [(a.outcome, a.enqueued) for a in applied] == [("new", 2), ("new", 2)]
+    assert set(await store.records.get_many(Kind.DONATION, [1, 2, 3])) == {1, 2}

@@ -59,6 +59,7 @@ from fonzipd.fonzip.errors import (
 )
 from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.fonzip.limiter import Priority, RateLimiter
+from fonzipd.fonzip.list_rows import LIST_FIELDS
 from fonzipd.fonzip.statuses import PAYMENT_STATUSES, list_holding
 from fonzipd.fonzip.token import StoredToken, TokenManager, TokenStore, token_key
 from fonzipd.kinds import Kind
@@ -689,6 +690,10 @@ class FonzipClient:
                 base.append(("order_by", spec.order_by))
             if kind is Kind.TICKET_SALE:
                 base.append(("time_selection", "0"))
+            if kind is Kind.DONATION or (kind is Kind.ECARD_SALE and list_status == "paid"):
+                # The fields a record needs (fonzip.list_rows); e-card refund and failed
+                # lists ignore `list` and return their own fixed set.
+                base.extend(("list", value) for value in LIST_FIELDS[kind])
         seen: set[int] = set()
         fetched = 0
         page = 1
@@ -696,7 +701,10 @@ class FonzipClient:
         while True:
             params = [*base, ("start_page", str(page)), ("how_many", str(HOW_MANY))]
             endpoint = f"GET {spec.list_path}"
-            body = await self._get_json(spec.list_path, endpoint, priority=priority, params=params)
+            answer = await self._send(
+                "GET", spec.list_path, endpoint, priority=priority, params=params
+            )
+            body = self._parse_json(endpoint, answer)
             rows, total = validate_list(f"{endpoint} (page {page})", body, spec.list_key)
             fetched += len(rows)
             fresh = [r for r in rows if r["id"] not in seen]
@@ -721,7 +729,12 @@ class FonzipClient:
                     created.append((when, r))
                 past_end = any(when >= end for when, _ in created)
                 fresh = [r for when, r in created if start <= when < end]
-            yield ListPage(rows=fresh, total=None if kind is Kind.CAMPAIGN else total, page=page)
+            yield ListPage(
+                rows=fresh,
+                total=None if kind is Kind.CAMPAIGN else total,
+                page=page,
+                read_at=answer.sent_at,
+            )
             if not rows or len(rows) < HOW_MANY or fetched >= total or past_end:
                 return
             if page >= max_pages(total):

@@ -43,12 +43,14 @@ class ListPage:
     ``rows`` holds only ids not seen on earlier pages of the same listing (and, for
     campaigns, only rows created inside the window). ``total`` is Fonzip's count of
     all matching rows; None for campaigns, whose list has no upper date bound.
-    ``page`` is the 1-based ``start_page`` that answered.
+    ``page`` is the 1-based ``start_page`` that answered; ``read_at`` when its request
+    was sent (the rows show Fonzip's state at that moment, or a newer one).
     """
 
     rows: list[dict[str, Any]]
     total: int | None
     page: int
+    read_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

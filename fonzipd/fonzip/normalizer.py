@@ -40,7 +40,7 @@ from fonzipd.fonzip.statuses import (
 from fonzipd.kinds import Kind
 from fonzipd.records import Person, Record, Source, content_version
 
-__all__ = ["NormalizeError", "list_row_id", "list_row_status", "normalize"]
+__all__ = ["NormalizeError", "list_row_id", "list_row_status", "normalize", "normalizer_of"]
 
 
 class NormalizeError(ValueError):
@@ -252,6 +252,12 @@ _NORMALIZERS = {
     Kind.ECARD_SALE: _ecard_sale,
     Kind.CAMPAIGN: _campaign,
 }
+
+
+def normalizer_of(kind: Kind) -> Callable[[Mapping[str, Any], zoneinfo.ZoneInfo], _Normalized]:
+    """The function that reads ``kind``'s detail object (fonzip.list_rows reads the rows
+    of kinds whose list row has the detail's fields with it); raises BadField."""
+    return _NORMALIZERS[kind]
 
 
 def normalize(

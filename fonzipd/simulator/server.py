@@ -465,10 +465,11 @@ class Simulator:
         first_name: str | None = None,
         payment_status: int | None = None,
         campaign_status: int | None = None,
+        amount: Decimal | None = None,
         deliver: bool = False,
     ) -> None:
         """Change an object as an admin would in Fonzip's panel: correct the person's
-        first name, set the payment status (3 or 5) or the campaign status. Its
+        first name or the amount, set the payment status (3 or 5) or the campaign status. Its
         ``last_update_date`` moves to now. ``deliver`` notifies the new payment status
         (a name correction sends no webhook at Fonzip)."""
         entry = self.account.get(kind, fonzip_id)
@@ -481,6 +482,10 @@ class Simulator:
             if payment_status not in (PAID, FAILED) or entry.transaction_id is None:
                 raise ValueError(f"{kind} {fonzip_id}: cannot set payment status {payment_status}")
             entry.payment_status = payment_status
+        if amount is not None:
+            if entry.amount is None:
+                raise ValueError(f"{kind} {fonzip_id} has no amount to correct")
+            entry.amount = amount
         if campaign_status is not None:
             if kind is not Kind.CAMPAIGN:
                 raise ValueError(f"{kind} {fonzip_id} is not a campaign")

@@ -45,6 +45,7 @@ _CURRENCIES: dict[str, dict[str, Any]] = {
 _PAYMENT_STATUS_DISPLAY = {3: "Başarılı", 4: "İade Edildi", 5: "Başarısız"}
 _ERROR = ("10051", "Kartın limiti yetersiz, yetersiz bakiye")
 _REFUNDER = (7, "Dernek Yöneticisi")
+_REFUNDED_BY = "transaction__refunded_by_id"
 
 
 def iso(value: dt.datetime | None, zone: dt.tzinfo) -> str | None:
@@ -220,7 +221,8 @@ def row(entry: Entry, zone: dt.tzinfo) -> dict[str, Any]:
             "details": "Aidat ödemesi",
             "period": entry.extra["period"].isoformat(),
             "tckno": None,
-            **_money_row(entry, zone),
+            # MembershipDues documents no transaction__refunded_by_id: not served.
+            **{k: v for k, v in _money_row(entry, zone).items() if k != _REFUNDED_BY},
         }
     if entry.kind is Kind.TICKET_SALE:
         # The reference's list row for ticket sales is TicketSale itself: nested.

@@ -6,10 +6,13 @@ import dataclasses
 import datetime as dt
 import json
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import aiosqlite
+
 from fonzipd.fonzip.fields import parse_fonzip_datetime
+from fonzipd.fonzip.list_rows import is_list_shape, same_fields
 from fonzipd.kinds import Kind
 from fonzipd.privacy import NO_POLICY, SinkPolicy, anonymized
 from fonzipd.records import Record
@@ -57,7 +60,8 @@ def is_newer(candidate: Record, stored: Record) -> bool:
     1. status rank: a state later in the object's life wins (refunded after succeeded);
     2. Fonzip's ``last_update_date``, when both states carry one and they differ
        (donations and e-card sales have it);
-    3. when each was read from Fonzip (``fetched_at``: when the request went out): a
+    3. at equal normalized fields, a detail over a list row (fonzip.list_rows);
+    4. when each was read from Fonzip (``fetched_at``: when the request went out): a
        read sent later saw Fonzip's state at a later moment. Equal times keep the
        newcomer, as before.
     The transaction's dates are not used: they say when money moved, not when the
@@ -67,10 +71,21 @@ def is_newer(candidate: Record, stored: Record) -> bool:
     ranks = status_rank(candidate.status), status_rank(stored.status)
     if ranks[0] != ranks[1]:
         return ranks[0] > ranks[1]
+    if same_fields(candidate, stored) and is_list_shape(candidate) != is_list_shape(stored):
+        # One state seen twice, through a list row and through the detail: the detail
+        # (richer data) wins whichever was read first, so the two never alternate.
+        return not is_list_shape(candidate)
     updates = _last_update(candidate), _last_update(stored)
     if updates[0] is not None and updates[1] is not None and updates[0] != updates[1]:
         return updates[0] > updates[1]
     return candidate.fetched_at >= stored.fetched_at
+
+
+def _policies(sink_ids: Mapping[str, SinkPolicy] | Iterable[str]) -> dict[str, SinkPolicy]:
+    """Each sink's policy (a plain list of ids: every record, unchanged)."""
+    if isinstance(sink_ids, Mapping):
+        return dict(sink_ids)
+    return dict.fromkeys(sink_ids, NO_POLICY)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,79 +120,109 @@ class Records:
         filters admit, redacted before they are queued. An object whose person was
         erased (``fonzipd forget``) is stored and queued anonymized.
         """
-        now = ts(self._conn.clock.now())
-        sinks: dict[str, SinkPolicy] = (
-            dict(sink_ids) if isinstance(sink_ids, Mapping) else dict.fromkeys(sink_ids, NO_POLICY)
-        )
         async with self._conn.transaction() as tx:
-            async with tx.execute(
-                "SELECT 1 FROM forgotten WHERE kind = ? AND fonzip_id = ?",
-                (str(record.kind), record.fonzip_id),
-            ) as cur:
-                if await cur.fetchone() is not None:
-                    record = anonymized(record)
-            rank = status_rank(record.status)
-            async with tx.execute(
-                "SELECT version, record FROM records WHERE kind = ? AND fonzip_id = ?",
-                (str(record.kind), record.fonzip_id),
-            ) as cur:
-                current = await cur.fetchone()
-            # Decided inside the transaction: no other fetch can land in between.
-            if current is None:
-                outcome = "new"
-            elif current[0] == record.version:
-                outcome = "unchanged"
-            elif not is_newer(record, Record.from_json_dict(json.loads(current[1]))):
-                outcome = "stale"
-            else:
-                outcome = "changed"
-            enqueued = 0
-            if outcome in ("new", "changed"):
-                payload = json.dumps(record.to_json_dict(), ensure_ascii=False)
-                bdate = None if record.business_date is None else record.business_date.isoformat()
-                await tx.execute(
-                    "INSERT INTO records (kind, fonzip_id, status, status_rank, version,"
-                    " business_date, record, first_source, first_seen_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (kind, fonzip_id) DO UPDATE SET status = excluded.status,"
-                    " status_rank = excluded.status_rank, version = excluded.version,"
-                    " business_date = excluded.business_date, record = excluded.record,"
-                    " updated_at = excluded.updated_at, data_dropped_at = NULL",
-                    (
-                        str(record.kind),
-                        record.fonzip_id,
-                        record.status,
-                        rank,
-                        record.version,
-                        bdate,
-                        payload,
-                        str(record.source),
-                        now,
-                        now,
-                    ),
+            return await self._apply(tx, row_id, record, _policies(sink_ids))
+
+    async def apply_records(
+        self, records: Sequence[Record], sink_ids: Mapping[str, SinkPolicy] | Iterable[str]
+    ) -> list[Applied]:
+        """:meth:`apply_record` for several records without inbox rows (records built
+        from list rows), in one transaction: all are stored and queued, or none."""
+        sinks = _policies(sink_ids)
+        async with self._conn.transaction() as tx:
+            return [await self._apply(tx, None, record, sinks) for record in records]
+
+    async def _apply(
+        self,
+        tx: aiosqlite.Connection,
+        row_id: int | None,
+        record: Record,
+        sinks: dict[str, SinkPolicy],
+    ) -> Applied:
+        now = ts(self._conn.clock.now())
+        async with tx.execute(
+            "SELECT 1 FROM forgotten WHERE kind = ? AND fonzip_id = ?",
+            (str(record.kind), record.fonzip_id),
+        ) as cur:
+            if await cur.fetchone() is not None:
+                record = anonymized(record)
+        rank = status_rank(record.status)
+        async with tx.execute(
+            "SELECT version, record FROM records WHERE kind = ? AND fonzip_id = ?",
+            (str(record.kind), record.fonzip_id),
+        ) as cur:
+            current = await cur.fetchone()
+        # Decided inside the transaction: no other fetch can land in between.
+        if current is None:
+            outcome = "new"
+        elif current[0] == record.version:
+            outcome = "unchanged"
+        elif not is_newer(record, Record.from_json_dict(json.loads(current[1]))):
+            outcome = "stale"
+        else:
+            outcome = "changed"
+        enqueued = 0
+        if outcome in ("new", "changed"):
+            payload = json.dumps(record.to_json_dict(), ensure_ascii=False)
+            bdate = None if record.business_date is None else record.business_date.isoformat()
+            await tx.execute(
+                "INSERT INTO records (kind, fonzip_id, status, status_rank, version,"
+                " business_date, record, first_source, first_seen_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, fonzip_id) DO UPDATE SET status = excluded.status,"
+                " status_rank = excluded.status_rank, version = excluded.version,"
+                " business_date = excluded.business_date, record = excluded.record,"
+                " updated_at = excluded.updated_at, data_dropped_at = NULL",
+                (
+                    str(record.kind),
+                    record.fonzip_id,
+                    record.status,
+                    rank,
+                    record.version,
+                    bdate,
+                    payload,
+                    str(record.source),
+                    now,
+                    now,
+                ),
+            )
+            for sink_id, policy in sinks.items():
+                if not policy.admits(record):
+                    continue
+                queued = (
+                    json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
+                    if policy.redacts
+                    else payload
                 )
-                for sink_id, policy in sinks.items():
-                    if not policy.admits(record):
-                        continue
-                    queued = (
-                        json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
-                        if policy.redacts
-                        else payload
-                    )
-                    cur2 = await tx.execute(
-                        "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
-                        " business_date, record, state, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                        (sink_id, record.key, str(record.kind), bdate, queued, now),
-                    )
-                    enqueued += cur2.rowcount
-            if row_id is not None:
-                await tx.execute(
-                    "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?,"
-                    " last_error = NULL WHERE id = ?",
-                    (now, outcome, row_id),
+                cur2 = await tx.execute(
+                    "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
+                    " business_date, record, state, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (sink_id, record.key, str(record.kind), bdate, queued, now),
                 )
+                enqueued += cur2.rowcount
+        if row_id is not None:
+            await tx.execute(
+                "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?,"
+                " last_error = NULL WHERE id = ?",
+                (now, outcome, row_id),
+            )
         return Applied(outcome=outcome, enqueued=enqueued)
+
+    async def get_many(self, kind: Kind, ids: Iterable[int]) -> dict[int, Record]:
+        """The stored state of each of ``ids`` that is known."""
+        wanted = list(ids)
+        out: dict[int, Record] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._conn.fetchall(
+                f"SELECT fonzip_id, record FROM records WHERE kind = ? AND fonzip_id IN ({marks})",
+                (str(kind), *chunk),
+            )
+            for fid, raw in rows:
+                out[int(fid)] = Record.from_json_dict(json.loads(raw))
+        return out
 
     async def get(self, kind: Kind, fonzip_id: int) -> Record | None:
         """The latest stored state of one object."""
