@@ -165,7 +165,7 @@ class Daemon:
             settings=s.reconciler,
             wake=self.fetcher.wake,
             clock=self.clock,
-            sink_ids=lambda: tuple(self.settings.enabled_sinks),
+            sink_ids=self._sink_policies,
             on_record=self.dispatcher.wake,
         )
         if self.schedule:

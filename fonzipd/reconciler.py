@@ -49,6 +49,7 @@ from fonzipd.fonzip.list_rows import RowView, is_list_shape, record_from_row, ro
 from fonzipd.fonzip.normalizer import NormalizeError, list_row_id
 from fonzipd.fonzip.statuses import list_holds
 from fonzipd.kinds import Kind
+from fonzipd.privacy import SinkPolicy
 from fonzipd.records import Record, Source
 from fonzipd.state import InboxEvent, Store
 
@@ -254,7 +255,7 @@ class Reconciler:
         wake: Callable[[], None] = lambda: None,
         clock: Clock = SYSTEM_CLOCK,
         poll: float = 0.1,
-        sink_ids: Callable[[], Sequence[str]] | None = None,
+        sink_ids: Callable[[], Mapping[str, SinkPolicy] | Sequence[str]] | None = None,
         on_record: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
