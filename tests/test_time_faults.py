@@ -399,10 +399,10 @@ async def test_a_day_left_open_by_a_night_is_tried_again_the_next_night(tmp_path
     async with simulator(seed=34, days=3, per_day=4, end_date=night - dt.timedelta(days=1)) as sim:
         settings = make_settings(tmp_path, await sim.start(), timezone="Europe/Istanbul")
         # The detail path (as for form answers): a donation's row would make its record.
-        reconciler = settings.reconciler.model_copy(
+        night_settings = settings.reconciler.model_copy(
             update={"fetch_wait": 2, "records_from_lists": False}
         )
-        settings = settings.model_copy(update={"reconciler": reconciler})
+        settings = settings.model_copy(update={"reconciler": night_settings})
         start, end = local(day, 0), local(day + dt.timedelta(days=1), 0)
         stuck = next(
             r["id"]
