@@ -244,6 +244,10 @@ class SinkSettings(BaseModel):
     """Only records of these kinds reach this sink (unset: all six)."""
     statuses: tuple[str, ...] | None = None
     """Only records in these normalized statuses reach this sink (unset: all)."""
+    enrichments: bool | None = None
+    """Whether the detail of a record built from a list row (``reconciler.enrich``)
+    reaches this sink as a new version of the same state. Unset: yes, except for a CSV
+    sink without ``include_data``, whose new row would repeat the last one."""
 
     @field_validator("redact")
     @classmethod
@@ -309,6 +313,10 @@ class ReconcilerSettings(_Section):
     """Build reconcile and backfill records from the list rows wherever a row carries
     every normalized field (100 records a request), fetching the detail only where it
     does not (form answers, debts); false: fetch every record's detail (one request each)."""
+    enrich: bool = False
+    """Fetch, later and within the spare rate budget (after live and reconcile work),
+    the detail of every record built from a list row; each sink takes the richer
+    record as a new version unless its ``enrichments`` says otherwise."""
     poll_interval: float = Field(default=5, gt=0, le=300)
     """Seconds between the daemon's checks for due runs and for ``fonzipd reconcile``
     requests; the scheduler never sleeps longer than this at once."""

@@ -177,6 +177,9 @@ class SinkPolicy:
     """Only these kinds (None: all)."""
     statuses: frozenset[str] | None = None
     """Only records in these statuses (None: all)."""
+    enrichments: bool = True
+    """Whether a detail that only enriches a record built from a list row (same
+    normalized fields) is queued (see ``SinkSettings.enrichments``)."""
 
     @classmethod
     def from_settings(cls, settings: SinkSettings) -> SinkPolicy:
@@ -199,6 +202,7 @@ class SinkPolicy:
             form_questions=questions,
             kinds=None if settings.kinds is None else frozenset(settings.kinds),
             statuses=None if settings.statuses is None else frozenset(settings.statuses),
+            enrichments=_takes_enrichments(settings),
         )
 
     @property
@@ -225,6 +229,14 @@ class SinkPolicy:
 
 NO_POLICY = SinkPolicy()
 """Everything, unchanged."""
+
+
+def _takes_enrichments(settings: SinkSettings) -> bool:
+    if settings.enrichments is not None:
+        return settings.enrichments
+    # A CSV row without the data column would repeat the previous one cell for cell
+    # (but key, version and read time): no new information, a duplicate to the reader.
+    return settings.type != "csv" or bool((settings.model_extra or {}).get("include_data"))
 
 
 def policies(settings: Settings) -> dict[str, SinkPolicy]:

@@ -456,7 +456,9 @@ class Reconciler:
         stored = await self._store.records.get_many(kind, inside)
         events: list[InboxEvent] = []
         built: list[Record] = []
+        enrich: list[InboxEvent] = []
         from_rows = self._sink_ids is not None and self.settings.records_from_lists
+        enriching = from_rows and self.settings.enrich and not dry_run
         for fid, row in inside.items():
             view: RowView | None = None
             try:
@@ -472,6 +474,10 @@ class Reconciler:
                 # Not the status alone: a corrected name or amount keeps the status.
                 run.changed += 1
             else:
+                if enriching and is_list_shape(have):
+                    # Queued again until done: an enrichment lost in a crash, or still
+                    # waiting when the daemon stopped, is not lost for good.
+                    enrich.append(InboxEvent(kind, fid, None, source, list_row=row, enrich=True))
                 continue
             # A stored detail is replaced only by a detail: where Fonzip's row and
             # detail disagree on a field (a donation's phone against its donor's),
@@ -486,11 +492,22 @@ class Reconciler:
                 record = self._from_row(kind, list_status, row, source, read_at.get(fid))
                 if record is not None:
                     built.append(record)
+                    if enriching and is_list_shape(record):
+                        enrich.append(
+                            InboxEvent(kind, fid, None, source, list_row=row, enrich=True)
+                        )
                     continue
             run.expected[fid] = want
             events.append(InboxEvent(kind, fid, None, source, list_row=row))
         if built:
             await self._apply_built(run, built)
+        if enrich:
+            # After the records they enrich are stored; fetched last (priority 2).
+            await self._store.inbox.add_events(enrich)
+            self._wake()
+            log.info(
+                "enrichments_queued", kind=str(kind), list_status=list_status, events=len(enrich)
+            )
         for fid in sorted(set(local) - set(inside)):
             # Stored, in this list's selection, but not listed: refunded, removed or
             # deleted since (a detail answering 404 means deleted). Fetch to find out.

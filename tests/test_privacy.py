@@ -133,3 +133,20 @@ def test_an_erasure_id_is_stable_and_names_no_one() -> None:
     c = Erasure(((Kind.DONATION, 1),), email="ayse@example.com")
     assert a.id == b.id != c.id
     assert "ayse" not in a.id
+
+
+@pytest.mark.parametrize(
+    ("options", "takes"),
+    [
+        ({"type": "sqlite", "path": "x.db"}, True),
+        ({"type": "http", "url": "http://127.0.0.1/"}, True),
+        ({"type": "csv", "directory": "csv"}, False),
+        ({"type": "csv", "directory": "csv", "include_data": True}, True),
+        ({"type": "csv", "directory": "csv", "enrichments": True}, True),
+        ({"type": "sqlite", "path": "x.db", "enrichments": False}, False),
+    ],
+)
+def test_a_sink_takes_enrichments_unless_its_rows_would_repeat(
+    options: dict[str, Any], takes: bool
+) -> None:
+    assert SinkPolicy.from_settings(SinkSettings(**options)).enrichments is takes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import io
 import sqlite3
@@ -19,7 +20,7 @@ import structlog
 from fonzipd import cli
 from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
-from fonzipd.config import ConfigWarning, Settings, settings_from_dict
+from fonzipd.config import ConfigWarning, Settings, SinkSettings, settings_from_dict
 from fonzipd.days import day_window
 from fonzipd.kinds import Kind
 from fonzipd.reconcile_command import ProgressView, reconcile_now, render_table
@@ -689,3 +690,76 @@ async def test_a_day_is_built_from_list_rows_and_edits_that_keep_the_status_are_
     stored = _sink_records(tmp_path / "fonzip.db", Kind.DONATION)
     assert stored[renamed]["person_name"].startswith("Zeynep")
     assert stored[repriced]["status"] == "succeeded"
+
+
+def _csv_rows(directory: Path) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for path in sorted(directory.glob("donation/*.csv")):
+        with path.open(encoding="utf-8", newline="") as f:
+            rows.extend(list(csv.reader(f))[1:])
+    return rows
+
+
+async def test_enrichment_fetches_the_details_last_and_spares_a_csv_sink_without_data(
+    tmp_path: Path,
+) -> None:
+    async with simulator(seed=32, days=2, per_day=8) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        settings = settings.model_copy(
+            update={
+                "reconciler": settings.reconciler.model_copy(update={"enrich": True}),
+                "sinks": {
+                    **settings.sinks,
+                    "sheets": SinkSettings(
+                        type="csv", directory=str(tmp_path / "csv"), flush_interval=0
+                    ),
+                },
+            }
+        )
+        day = sim.end_date - dt.timedelta(days=1)
+        async with running(Daemon(settings, listen=False, schedule=False)) as daemon:
+            assert daemon.reconciler is not None
+            assert daemon.store is not None
+            store = daemon.store
+            (report,) = await daemon.reconciler.run([day], run_key="e1", kinds=[Kind.DONATION])
+            assert report.closed, report.reason
+            ids = set(_paid_ids(sim, day))
+
+            async def enriched() -> bool:
+                stored = await store.records.get_many(Kind.DONATION, ids)
+                return all("_fonzipd" not in r.data for r in stored.values()) and set(
+                    await store.inbox.counts()
+                ) <= {"done"}
+
+            await until(enriched)
+            details = [r for r in sim.requests if "/donation/" in r.path]
+            # Every record of the day came from its row, then its detail came later.
+            assert {int(r.path.rsplit("/", 1)[1]) for r in details} >= ids
+            before = len(sim.requests)
+            (again,) = await daemon.reconciler.run([day], run_key="e2", kinds=[Kind.DONATION])
+            assert again.closed
+            # Enriched records match their rows: nothing is fetched or queued again.
+            assert not [r for r in sim.requests[before:] if "/donation/" in r.path]
+
+            async def delivered() -> bool:
+                for sid in ("archive", "sheets"):
+                    if await store.outbox.oldest_pending_age(sid) is not None:
+                        return False
+                return True
+
+            await until(delivered)
+        with contextlib.closing(sqlite3.connect(tmp_path / "fonzip.db")) as db:
+            versions = dict(
+                db.execute(
+                    "SELECT fonzip_id, count(*) FROM record_history WHERE kind = 'donation'"
+                    " GROUP BY fonzip_id"
+                ).fetchall()
+            )
+            data = dict(db.execute("SELECT fonzip_id, data FROM records").fetchall())
+    # The SQLite sink took the enrichment (a second version, the detail's data)...
+    assert {versions[i] for i in ids} == {2}
+    assert all('"_fonzipd"' not in data[i] for i in ids)
+    # ...the CSV sink without a data column wrote one row per record, no repeat.
+    csv_ids = [int(r[2]) for r in _csv_rows(tmp_path / "csv")]
+    assert sorted(csv_ids) == sorted(set(csv_ids))
+    assert ids <= set(csv_ids)

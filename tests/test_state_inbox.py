@@ -95,3 +95,13 @@ async def test_added_events_are_committed_when_add_events_returns(
     # Another connection (another process, after a crash) sees them at once.
     with sqlite3.connect(tmp_path / "state.db") as other:
         assert other.execute("SELECT count(*) FROM inbox").fetchone() == (2,)
+
+
+async def test_enrichments_are_claimed_after_reconcile_work_and_live_work_first(
+    store: Store,
+) -> None:
+    enrich = InboxEvent(Kind.DONATION, 1, None, Source.BACKFILL, enrich=True)
+    backfill = InboxEvent(Kind.DONATION, 2, None, Source.BACKFILL)
+    await store.inbox.add_events([enrich, backfill, hook(3)])
+    claimed = [await store.inbox.claim() for _ in range(3)]
+    assert [(r.fonzip_id, r.priority) for r in claimed if r] == [(3, 0), (2, 1), (1, 2)]

@@ -22,11 +22,16 @@ class InboxEvent:
     event_status: int | None
     source: Source
     list_row: dict[str, Any] | None = None
+    enrich: bool = False
+    """The detail of a record already stored from its list row: done last."""
 
     @property
     def priority(self) -> int:
-        """0 for live webhook work, 1 for reconcile, backfill and CLI work."""
-        return 0 if self.source is Source.WEBHOOK else 1
+        """0 for live webhook work, 1 for reconcile, backfill and CLI work, 2 for
+        enrichments (reconciler.enrich), which use only what the others leave."""
+        if self.source is Source.WEBHOOK:
+            return 0
+        return 2 if self.enrich else 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -153,14 +153,19 @@ class Records:
         ) as cur:
             current = await cur.fetchone()
         # Decided inside the transaction: no other fetch can land in between.
+        enrichment = False
         if current is None:
             outcome = "new"
         elif current[0] == record.version:
             outcome = "unchanged"
-        elif not is_newer(record, Record.from_json_dict(json.loads(current[1]))):
-            outcome = "stale"
         else:
-            outcome = "changed"
+            stored = Record.from_json_dict(json.loads(current[1]))
+            outcome = "changed" if is_newer(record, stored) else "stale"
+            # The detail of a state stored from its list row: the same normalized
+            # fields, richer data. Sinks that gain nothing from it are spared it.
+            enrichment = (
+                is_list_shape(stored) and not is_list_shape(record) and same_fields(record, stored)
+            )
         enqueued = 0
         if outcome in ("new", "changed"):
             payload = json.dumps(record.to_json_dict(), ensure_ascii=False)
@@ -187,7 +192,7 @@ class Records:
                 ),
             )
             for sink_id, policy in sinks.items():
-                if not policy.admits(record):
+                if not policy.admits(record) or (enrichment and not policy.enrichments):
                     continue
                 queued = (
                     json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
