@@ -25,7 +25,7 @@ from fonzipd.listener import GUARD_KEY, GroupCommitter, GuardedSite, build_app, 
 from fonzipd.metrics import MeteredClient, Metrics, build_health_app, store_reconcile_figures
 from fonzipd.notify import Notifier
 from fonzipd.privacy import SinkPolicy, policies
-from fonzipd.reconciler import Reconciler
+from fonzipd.reconciler import INSTALLED_KEY, Reconciler
 from fonzipd.registry import SinkConfigError, build_sinks
 from fonzipd.scheduler import ReconcileScheduler
 from fonzipd.state import Store, StoreError
@@ -113,6 +113,9 @@ class Daemon:
             raise StoreError(
                 f"{s.state.path}: another fonzipd daemon is running on this state database"
             )
+        if self.listen and await store.meta.get(INSTALLED_KEY) is None:
+            # The webhook's first chance to arrive: coverage is judged from here on.
+            await store.meta.set(INSTALLED_KEY, self.clock.now().isoformat())
         released = await store.inbox.release_claims()
         if released:
             log.info("claims_released", rows=released)
@@ -142,7 +145,7 @@ class Daemon:
             client=self.client,
             runners=lambda: dispatcher.runners,
             sink_ids=lambda: self.settings.sinks,
-            reconcile=store_reconcile_figures(store),
+            reconcile=store_reconcile_figures(store, s.fonzip.tz),
         )
         self.fetcher = Fetcher(
             store,

@@ -399,25 +399,11 @@ async def _webhooks(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _status(settings: Settings) -> dict[str, Any]:
-    if not settings.state.path.exists():
-        raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
-    store = await Store.open(settings.state.path)
-    try:
-        depth, age = await store.inbox.depth()
-        running = not store.acquire_worker_lock()
-        return {
-            "state": str(settings.state.path),
-            "daemon_running": running,
-            "health": await _daemon_health(settings) if running else None,
-            "token_expires_at": await _token_expiry(store, settings),
-            "inbox": {"pending": depth, "oldest_age_s": age, **await store.inbox.counts()},
-            "sinks": await store.outbox.sink_status(settings.sinks),
-            "failed_events": await store.inbox.failed_events(),
-            "reconcile_runs": await store.books.runs(limit=20),
-            "open_days": await store.books.days(open_only=True),
-        }
-    finally:
-        await store.close()
+    from fonzipd import preflight, status
+
+    running = preflight.daemon_running(settings.state.path)
+    health = await _daemon_health(settings) if running else None
+    return await status.gather(settings, health=health, running=running)
 
 
 async def _daemon_health(settings: Settings) -> dict[str, Any]:
@@ -441,63 +427,16 @@ async def _daemon_health(settings: Settings) -> dict[str, Any]:
         return {"ready": False, "url": url, "error": f"no answer: {exc}"}
 
 
-async def _token_expiry(store: Store, settings: Settings) -> str | None:
-    from fonzipd.fonzip.token import token_key
-
-    client_id = settings.fonzip.client_id
-    if client_id is None:
-        return None
-    token = await store.tokens.load(
-        token_key(str(settings.fonzip.base_url), client_id.get_secret_value())
-    )
-    return None if token is None else token.expires_at.isoformat()
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
+    from fonzipd.status import render
+
     settings = _load(args)
     status = asyncio.run(_status(settings))
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:
-        print(f"state database: {status['state']}")
-        print(f"daemon running: {'yes' if status['daemon_running'] else 'no'}")
-        health = status["health"]
-        if health is not None:
-            problems = {k: v for k, v in health.items() if k in ("database", "fonzip", "sinks")}
-            verdict = "ready" if health["ready"] else "NOT READY"
-            print(f"daemon health: {verdict} {health.get('error') or problems}")
-        print(f"fonzip token expires: {status['token_expires_at'] or 'no stored token'}")
-        inbox = status["inbox"]
-        print(
-            f"inbox: {inbox['pending']} pending, {inbox.get('done', 0)} done, "
-            f"{inbox.get('failed', 0)} failed"
-        )
-        print(f"{'sink':<16} {'pending':>8} {'dead':>6} {'delivered':>10}  last success / error")
-        for sid, st in status["sinks"].items():
-            err = f"  error: {st['last_error']}" if st["failing_since"] else ""
-            print(
-                f"{sid:<16} {st['pending']:>8} {st['dead']:>6} {st['delivered']:>10}  "
-                f"{st['last_success_at'] or '-'}{err}"
-            )
-        for ev in status["failed_events"]:
-            print(f"failed: {ev['kind']} {ev['fonzip_id']}: {ev['last_error']}")
-        runs = status["reconcile_runs"]
-        if runs:
-            print(f"last reconcile runs ({len(runs)}):")
-            for r in runs:
-                print(
-                    f"  {r['business_date']} {r['kind']:<14} {r['list_status']:<16} "
-                    f"fonzip {r['window_total']} local {r['local_after']} "
-                    f"missing {r['missing']} fetched {r['fetched']} {r['outcome']}"
-                )
-        for d in status["open_days"]:
-            print(f"open day: {d['business_date']}: {d['reason']}")
-    unhealthy = (
-        status["failed_events"]
-        or any(st["dead"] or st["failing_since"] for st in status["sinks"].values())
-        or (status["health"] is not None and not status["health"]["ready"])
-    )
-    return EXIT_FAILED if unhealthy else EXIT_OK
+        print(render(status, settings))
+    return EXIT_FAILED if status["problems"] else EXIT_OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

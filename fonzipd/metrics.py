@@ -16,6 +16,7 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -39,6 +40,7 @@ from fonzipd.fonzip.errors import (
 )
 from fonzipd.fonzip.limiter import Priority
 from fonzipd.kinds import Kind
+from fonzipd.reconciler import coverage_judged, installed_at
 from fonzipd.state import Store
 
 FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -74,7 +76,8 @@ class ReconcileFigures:
     """What the reconciler reports: last finished run, days not closed, webhook coverage."""
 
     last_run_at: dt.datetime | None
-    """When the last reconcile run finished (any outcome)."""
+    """When the last reconcile run finished (any outcome); before the first run, when
+    the daemon was installed (None: neither yet)."""
     open_days: int
     """Business days whose counts did not match Fonzip's yet."""
     coverage: float | None
@@ -87,23 +90,36 @@ class ReconcileSource(Protocol):
     async def __call__(self) -> ReconcileFigures: ...
 
 
+_UTC_ZONE = ZoneInfo("UTC")
+
 COVERAGE_DAYS = 7
 """Recent business days the webhook coverage is computed over."""
 
 
-def store_reconcile_figures(store: Store) -> ReconcileSource:
-    """The reconciler's figures, read from its tables in the state database."""
+def store_reconcile_figures(store: Store, tz: ZoneInfo = _UTC_ZONE) -> ReconcileSource:
+    """The reconciler's figures, read from its tables in the state database.
+
+    Before any run, the last run is the installation (the daemon's first start), so
+    the "no reconcile in 36 hours" alert fires on an install that never reconciles.
+    Coverage counts only days after the installation's date (``coverage_judged``).
+    """
 
     async def figures() -> ReconcileFigures:
         runs = await store.books.runs(limit=100)
         finished = [float(r["finished_at"]) for r in runs if r.get("finished_at") is not None]
         days = await store.books.days()
         open_days = sum(1 for d in days if d["state"] == "open")
-        recent = days[:COVERAGE_DAYS]
+        installed = await installed_at(store)
+        recent = [
+            d
+            for d in days
+            if coverage_judged(dt.date.fromisoformat(d["business_date"]), installed, tz)
+        ][:COVERAGE_DAYS]
         records = sum(int(d["records"]) for d in recent)
         by_webhook = sum(int(d["first_by_webhook"]) for d in recent)
+        last = dt.datetime.fromtimestamp(max(finished), dt.UTC) if finished else installed
         return ReconcileFigures(
-            last_run_at=dt.datetime.fromtimestamp(max(finished), dt.UTC) if finished else None,
+            last_run_at=last,
             open_days=open_days,
             coverage=by_webhook / records if records else None,
         )
@@ -410,7 +426,8 @@ class _StateCollector(Collector):
         if figures.last_run_at is not None:
             yield GaugeMetricFamily(
                 "fonzipd_reconcile_last_run_timestamp_seconds",
-                "When the last reconcile run finished (Unix time).",
+                "When the last reconcile run finished (Unix time); before the first run, "
+                "when fonzipd was installed.",
                 value=figures.last_run_at.timestamp(),
             )
         yield GaugeMetricFamily(

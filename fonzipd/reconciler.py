@@ -59,6 +59,26 @@ log = structlog.get_logger(__name__)
 _REFUND_ROW_FIELDS = ("transaction__refund_date", "transaction.refund_date", "refund_date")
 
 LISTING_FAILED = "listing failed"
+INSTALLED_KEY = "installed_at"
+"""Meta key: when the daemon first started on this state database (UTC, ISO 8601)."""
+
+
+async def installed_at(store: Store) -> dt.datetime | None:
+    """When the daemon first ran on this state database (None: it never has)."""
+    raw = await store.meta.get(INSTALLED_KEY)
+    return None if raw is None else dt.datetime.fromisoformat(raw)
+
+
+def coverage_judged(day: dt.date, installed: dt.datetime | None, tz: ZoneInfo) -> bool:
+    """Whether a day's webhook coverage says anything about the webhook set-up.
+
+    Only days after the installation's local date: before it (and on it, before the
+    webhook was registered) every record came by backfill or reconcile, which is not
+    "webhooks not reaching fonzipd".
+    """
+    return installed is not None and day > installed.astimezone(tz).date()
+
+
 NOT_REACHED = "not reconciled: the time limit passed before this day was listed"
 
 
@@ -372,6 +392,7 @@ class Reconciler:
         share = by_reconcile / records if records else 0.0
         if (
             source is not Source.BACKFILL
+            and coverage_judged(day, await installed_at(self._store), self.tz)
             and records >= self.settings.coverage_min_records
             and share > self.settings.coverage_warning
         ):

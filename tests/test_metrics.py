@@ -303,3 +303,58 @@ def test_grafana_dashboard_parses_and_uses_only_exported_metrics() -> None:
     assert {n for n in used if not _known(n)} == set()
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+async def test_a_new_install_exports_the_alert_gauges_and_judges_coverage_after_it(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    import datetime as dt
+
+    from fonzipd.reconciler import INSTALLED_KEY
+
+    daemon = await started(make_settings(tmp_path, await sim.start()))
+    try:
+        assert daemon.store is not None
+        url = f"http://127.0.0.1:{daemon.port}/metrics"
+        samples = await scrape(url)
+        # Never reconciled: the clock of "no run in 36 hours" starts at the install.
+        installed = dt.datetime.fromisoformat(str(await daemon.store.meta.get(INSTALLED_KEY)))
+        assert samples[("fonzipd_reconcile_last_run_timestamp_seconds", ())] == pytest.approx(
+            installed.timestamp()
+        )
+        assert abs(installed.timestamp() - time.time()) < 60
+        assert samples[("fonzipd_reconcile_open_days", ())] == 0
+        # A year's backfill before the install: every record first seen by the backfill.
+        local_today = installed.astimezone(daemon.settings.fonzip.tz).date()
+        for back in range(1, 4):
+            await daemon.store.books.save_day(
+                local_today - dt.timedelta(days=back),
+                closed=True,
+                reason=None,
+                records=50,
+                first_by_webhook=0,
+                first_by_reconcile=0,
+            )
+        await daemon.store.books.save_day(
+            local_today,
+            closed=True,
+            reason=None,
+            records=40,
+            first_by_webhook=0,
+            first_by_reconcile=0,
+        )
+        samples = await scrape(url)
+        assert ("fonzipd_webhook_coverage_ratio", ()) not in samples, "no day after the install"
+        # The day after the install is judged: 9 of 10 by webhook.
+        await daemon.store.books.save_day(
+            local_today + dt.timedelta(days=1),
+            closed=True,
+            reason=None,
+            records=10,
+            first_by_webhook=9,
+            first_by_reconcile=1,
+        )
+        samples = await scrape(url)
+        assert samples[("fonzipd_webhook_coverage_ratio", ())] == pytest.approx(0.9)
+    finally:
+        await daemon.stop()

@@ -25,6 +25,7 @@ from fonzipd.days import day_window
 from fonzipd.kinds import Kind
 from fonzipd.reconcile_command import ProgressView, reconcile_now, render_table
 from fonzipd.reconciler import (
+    INSTALLED_KEY,
     DayReport,
     Progress,
     local_statuses,
@@ -182,6 +183,9 @@ async def test_dropped_webhooks_and_an_outage_are_made_whole_by_one_reconcile(
         async with running(Daemon(settings)) as daemon:
             assert daemon.store is not None
             store = daemon.store
+            # Installed the day before: yesterday's coverage is judged.
+            installed = dt.datetime.combine(yesterday - dt.timedelta(days=1), dt.time(9), ISTANBUL)
+            await store.meta.set(INSTALLED_KEY, installed.isoformat())
             sim.configure_webhook_target(
                 f"http://127.0.0.1:{daemon.port}{settings.listener.path}", TOKEN
             )
