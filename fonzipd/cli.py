@@ -95,9 +95,8 @@ def _parser() -> argparse.ArgumentParser:
             help="erase a person's data from the state database and every sink (daemon stopped)",
         )
     )
-    whom = fg.add_mutually_exclusive_group(required=True)
-    whom.add_argument("--email", help="the person's e-mail address")
-    whom.add_argument("--fonzip-user-id", type=int, help="the person's Fonzip user id")
+    fg.add_argument("--email", help="the person's e-mail address")
+    fg.add_argument("--fonzip-user-id", type=int, help="the person's Fonzip user id")
     fg.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
     sk = sub.add_parser("sinks", help="list the available sink types and where each comes from")
     sk.add_argument("--config", type=Path, default=None, help="to include its plugins_dir")
@@ -477,6 +476,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     from fonzipd.forget_command import forget_now
     from fonzipd.registry import SinkConfigError
 
+    if args.email is None and args.fonzip_user_id is None:
+        print("fonzipd forget: give --email, --fonzip-user-id, or both", file=sys.stderr)
+        return EXIT_USAGE
     settings = _load(args)
     try:
         return asyncio.run(

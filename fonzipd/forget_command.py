@@ -1,9 +1,11 @@
 """The forget command: a person's right to erasure, in the state database and every sink.
 
-``fonzipd forget --email ADDRESS | --fonzip-user-id N [--dry-run]``:
+``fonzipd forget [--email ADDRESS] [--fonzip-user-id N] [--dry-run]``:
 
 1. finds the records about the person in the state database (by the record's person,
-   and the list rows kept for pending fetches);
+   and the list rows kept for pending fetches), and names the other records of the
+   Fonzip users those records carry (a campaign has only its fundraiser's user id),
+   to be added with ``--fonzip-user-id``;
 2. asks every enabled sink that can delete (``Sink.forget``) to remove the person's
    data from those records; names the ones that cannot;
 3. only when every sink that can delete has done so, erases the person in the state
@@ -46,7 +48,14 @@ async def forget_now(
     """Run the command; the return value is the exit code."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    who = f"e-mail {email}" if email is not None else f"Fonzip user {fonzip_user_id}"
+    who = " and ".join(
+        w
+        for w, given in (
+            (f"e-mail {email}", email is not None),
+            (f"Fonzip user {fonzip_user_id}", fonzip_user_id is not None),
+        )
+        if given
+    )
     if not settings.state.path.exists():
         raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
     store = await Store.open(settings.state.path)
@@ -65,6 +74,13 @@ async def forget_now(
             return EXIT_OK
         listed = ", ".join(f"{k} {i}" for k, i in idents)
         print(f"{who}: {len(idents)} record(s) found: {listed}", file=out)
+        for user, more in (await store.erasures.other_records(idents)).items():
+            others = ", ".join(f"{k} {i}" for k, i in more)
+            print(
+                f"note: these records are of Fonzip user {user}, who also has {others}: "
+                f"add --fonzip-user-id {user} to erase those too",
+                file=out,
+            )
         erasure = Erasure(tuple(idents), email=email, fonzip_user_id=fonzip_user_id)
         built = build_sinks(settings, state_dir=settings.state.path.parent)
         for sid, configured in settings.sinks.items():

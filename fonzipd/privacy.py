@@ -294,14 +294,15 @@ class Erasure:
     email: str | None = None
     """The e-mail address the erasure was asked for, if it was asked by e-mail."""
     fonzip_user_id: int | None = None
-    """The Fonzip user id the erasure was asked for, if it was asked by id."""
+    """The Fonzip user id the erasure was asked for, if it was asked by id (both may be
+    given)."""
     requested_at: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
     @property
     def id(self) -> str:
         """A stable id of this erasure (the same person and records, the same id): an
         idempotency key for destinations, such as the HTTP forwarder's ``webhook-id``."""
-        who = f"email:{self.email}" if self.email is not None else f"user:{self.fonzip_user_id}"
+        who = f"email:{self.email}|user:{self.fonzip_user_id}"
         idents = ",".join(f"{k}:{i}" for k, i in sorted(self.records))
         return "erasure_" + hashlib.sha256(f"{who}|{idents}".encode()).hexdigest()[:32]
 

@@ -275,7 +275,7 @@ async def test_forget_needs_one_identifier(tmp_path: Path, receiver: Receiver) -
     config = _config(tmp_path, receiver)
     code, _, err = await _forget(config)
     assert code == 2
-    assert "one of the arguments --email --fonzip-user-id is required" in err
+    assert "give --email, --fonzip-user-id, or both" in err
 
 
 async def test_a_sink_that_cannot_open_is_reported_and_the_others_still_forget(
@@ -294,3 +294,33 @@ async def test_a_sink_that_cannot_open_is_reported_and_the_others_still_forget(
     assert "FONZIPD_TEST_UNSET_BEARER is not set" in out
     assert "sink archive (sqlite): 4 stored item(s) changed" in out
     assert "state database:" not in out
+
+
+async def test_records_with_only_her_user_id_are_named_and_taken_with_both_identifiers(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = _config(tmp_path, receiver)
+    await _seed(config)
+    store = await Store.open(tmp_path / "state.db")
+    campaign = dataclasses.replace(
+        make_record(60, kind=Kind.CAMPAIGN), person=Person("Zeynep Kaya", fonzip_user_id=77)
+    )
+    await store.records.apply_record(None, campaign, [])
+    await store.close()
+    code, out, _ = await _forget(config, "--email", "zeynep.kaya@example.org", "--dry-run")
+    assert code == 0
+    assert "2 record(s) found: donation 1, ticket_sale 3" in out
+    assert (
+        "note: these records are of Fonzip user 77, who also has campaign 60: "
+        "add --fonzip-user-id 77 to erase those too"
+    ) in out
+    code, out, _ = await _forget(
+        config, "--email", "zeynep.kaya@example.org", "--fonzip-user-id", "77"
+    )
+    assert code == 0
+    assert (
+        "e-mail zeynep.kaya@example.org and Fonzip user 77: 3 record(s) found: "
+        "campaign 60, donation 1, ticket_sale 3"
+    ) in out
+    assert "note: these records" not in out
+    assert "state database: 3 record(s) anonymized" in out

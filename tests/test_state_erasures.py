@@ -171,3 +171,27 @@ async def test_replay_goes_through_the_sinks_filters_and_redaction(store: Store)
     assert queued.record_key == about(1).key
     assert "tckno" not in queued.record.data
     assert json.dumps(queued.record.data).find("Moda") >= 0
+
+
+async def test_records_with_only_the_user_id_are_named_not_added_by_an_email_search(
+    store: Store,
+) -> None:
+    # A campaign carries only its fundraiser's user id; her donation carries both.
+    await store.records.apply_record(None, about(1), ["a"])
+    campaign = make_record(60, kind=Kind.CAMPAIGN)
+    campaign = dataclasses.replace(campaign, person=Person(name="Zeynep Kaya", fonzip_user_id=77))
+    await store.records.apply_record(None, campaign, ["a"])
+    # A family address shared by two users: a search by it must not take either's
+    # other records by itself.
+    await store.records.apply_record(None, about(2, email="aile@example.org", user=77), ["a"])
+    await store.records.apply_record(None, about(3, email="aile@example.org", user=79), ["a"])
+    by_email = await store.erasures.find(email=EMAIL, fonzip_user_id=None)
+    assert by_email == [(Kind.DONATION, 1)]
+    assert await store.erasures.other_records(by_email) == {
+        77: [(Kind.CAMPAIGN, 60), (Kind.DONATION, 2)]
+    }
+    both = await store.erasures.find(email=EMAIL, fonzip_user_id=77)
+    assert both == [(Kind.CAMPAIGN, 60), (Kind.DONATION, 1), (Kind.DONATION, 2)]
+    assert await store.erasures.other_records(both) == {}
+    family = await store.erasures.find(email="aile@example.org", fonzip_user_id=None)
+    assert family == [(Kind.DONATION, 2), (Kind.DONATION, 3)]

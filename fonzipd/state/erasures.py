@@ -56,23 +56,61 @@ class Erasures:
         self._conn = conn
 
     async def find(self, *, email: str | None, fonzip_user_id: int | None) -> list[Ident]:
-        """``(kind, fonzip_id)`` of every object about this person that the database holds."""
-        if (email is None) == (fonzip_user_id is None):
-            raise ValueError("give exactly one of email and fonzip_user_id")
-        if email is not None:
-            address = email.strip().lower()
+        """``(kind, fonzip_id)`` of every object about this person that the database
+        holds: by the e-mail address (compared without case), by the Fonzip user id, or
+        by either when both are given."""
+        if email is None and fonzip_user_id is None:
+            raise ValueError("give an e-mail address, a Fonzip user id, or both")
+        emails = set() if email is None else {email.strip().lower()}
+        users = set() if fonzip_user_id is None else {fonzip_user_id}
+        return sorted(await self._find(emails, users))
+
+    async def other_records(self, idents: Sequence[Ident]) -> dict[int, list[Ident]]:
+        """Per Fonzip user id the records ``idents`` carry, that user's records not among
+        them (a campaign carries only its fundraiser's user id, her donation both): what
+        a search by e-mail leaves to a search by user id. Not added by itself: an
+        address may be shared (a family's), a user id is one person."""
+        wanted = set(idents)
+        users: set[int] = set()
+        for kind, fid in idents:
+            row = await self._conn.fetchone(
+                "SELECT json_extract(record, '$.person.fonzip_user_id') FROM records"
+                " WHERE kind = ? AND fonzip_id = ?",
+                (str(kind), fid),
+            )
+            if row is not None and row[0] is not None:
+                users.add(int(row[0]))
+        out: dict[int, list[Ident]] = {}
+        for user in sorted(users):
+            more = sorted(await self._find(set(), {user}) - wanted)
+            if more:
+                out[user] = more
+        return out
+
+    async def _find(self, emails: set[str], users: set[int]) -> set[Ident]:
+        """Objects whose record (or waiting list row) names any of ``emails`` or ``users``."""
+        found: set[Ident] = set()
+        for address in sorted(emails):
             rec = "lower(json_extract(record, '$.person.email')) = ?"
             lst = (
                 "(lower(json_extract(list_row, '$.email')) = ?"
                 " OR lower(json_extract(list_row, '$.user__email')) = ?)"
             )
-            rec_args: tuple[Any, ...] = (address,)
-            lst_args: tuple[Any, ...] = (address, address)
-        else:
+            await self._collect(found, rec, (address,), lst, (address, address))
+        for user in sorted(users):
             rec = "json_extract(record, '$.person.fonzip_user_id') = ?"
             lst = "json_extract(list_row, '$.user_id') = ?"
-            rec_args = lst_args = (fonzip_user_id,)
-        found: set[Ident] = set()
+            await self._collect(found, rec, (user,), lst, (user,))
+        return found
+
+    async def _collect(
+        self,
+        found: set[Ident],
+        rec: str,
+        rec_args: tuple[Any, ...],
+        lst: str,
+        lst_args: tuple[Any, ...],
+    ) -> None:
         for sql, args in (
             (f"SELECT kind, fonzip_id FROM records WHERE {rec}", rec_args),
             (
@@ -87,7 +125,6 @@ class Erasures:
         ):
             for kind, fid in await self._conn.fetchall(sql, args):
                 found.add((Kind(kind), int(fid)))
-        return sorted(found)
 
     async def erase(self, idents: Sequence[Ident], *, dry_run: bool = False) -> ErasureCounts:
         """Forget these objects' person: see the module's docstring. Idempotent."""
