@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +36,10 @@ def test_demo_runs_end_to_end_and_reports_what_landed(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "closed" in proc.stdout
     assert "SQLite sink 'archive'" in proc.stdout
+    # The reconcile's count is explained, and no warning looks like the demo failing.
+    assert "first seen by the reconcile and not" in proc.stdout
+    assert re.search(r"the account already had \d+ records from earlier today", proc.stdout)
+    assert "[warning" not in proc.stdout + proc.stderr
     with sqlite3.connect(out / "fonzip.db") as db:
         (count,) = db.execute("SELECT count(*) FROM records").fetchone()
     assert count > 30
