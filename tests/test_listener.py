@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import resource
 import time
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from fonzipd import logs
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import ListenerSettings
 from fonzipd.kinds import Kind
@@ -226,6 +228,27 @@ async def test_concurrent_webhooks_are_committed_in_groups(h: Harness) -> None:
     assert h.committer.committed == 200
     assert h.committer.commits < 200
     assert (await h.store.inbox.depth())[0] == 200
+
+
+async def test_every_acknowledged_webhook_is_named_in_one_line_per_commit(h: Harness) -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    try:
+        results = await asyncio.gather(*(h.post(hook(fid)) for fid in range(1, 51)))
+        again = await h.post(hook(7))
+        logs.flush()
+    finally:
+        logs.reset()
+    assert all(status == 200 for status, _ in [*results, again])
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    committed = [line for line in lines if line["event"] == "webhooks_committed"]
+    assert 0 < len(committed) <= h.committer.commits < 51
+    named = sorted(w for line in committed for w in line["webhooks"])
+    assert named == sorted(f"donation:{fid}:3" for fid in range(1, 51))
+    assert [w for line in committed for w in line["duplicates"]] == ["donation:7:3"]
+    assert sum(line["events"] for line in committed) == 51
+    # No line per webhook: that line was the largest cost of ingest (BENCHMARKS.md).
+    assert len(lines) == len(committed)
 
 
 async def test_a_failed_commit_is_503_never_200_and_recovers(h: Harness) -> None:
