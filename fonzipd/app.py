@@ -129,6 +129,10 @@ class Daemon:
         }
         self.dispatcher = Dispatcher(runners)
         sink_ids = tuple(runners)
+        # Records a state migration corrected reach each sink once, through its policy.
+        redelivered = await store.records.redeliver(self._sink_policies())
+        if redelivered:
+            log.info("migrated_records_queued", records=redelivered, sinks=len(runners))
 
         limiter = RateLimiter(s.fonzip.effective_rate, clock=self.clock)
         self.client = MeteredClient(

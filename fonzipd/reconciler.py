@@ -47,7 +47,7 @@ from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.fonzip.limiter import Priority
 from fonzipd.fonzip.list_rows import RowView, is_list_shape, record_from_row, row_view
 from fonzipd.fonzip.normalizer import NormalizeError, list_row_id
-from fonzipd.fonzip.statuses import list_holds
+from fonzipd.fonzip.statuses import list_holds, list_state
 from fonzipd.kinds import Kind
 from fonzipd.privacy import SinkPolicy
 from fonzipd.records import Record, Source
@@ -80,6 +80,14 @@ def coverage_judged(day: dt.date, installed: dt.datetime | None, tz: ZoneInfo) -
 
 
 NOT_REACHED = "not reconciled: the time limit passed before this day was listed"
+
+
+def _as_listed(record: Record) -> Record:
+    """``record`` with its list state for status (form answers' lists mix payment and
+    approval: :func:`~fonzipd.fonzip.statuses.list_state`), to compare with a list row."""
+    return dataclasses.replace(
+        record, status=list_state(record.kind, record.status, record.approval)
+    )
 
 
 local_statuses = list_holds
@@ -491,7 +499,7 @@ class Reconciler:
             have = stored.get(fid)
             if have is None:
                 run.missing += 1
-            elif view is None or have.status != want or view.differs(have):
+            elif view is None or view.differs(_as_listed(have)):
                 # Not the status alone: a corrected name or amount keeps the status.
                 run.changed += 1
             else:

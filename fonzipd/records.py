@@ -71,6 +71,10 @@ class Record:
     version: str
     data: dict[str, Any]
     """The full Fonzip object (detail, completed from the list row where needed)."""
+    approval: str | None = None
+    """Form answers only: the approval state, ``waiting_approval``, ``approved`` or
+    ``rejected`` (None for forms that need no approval, and for every other kind).
+    ``status`` says what happened to the money; this says what the association decided."""
 
     @property
     def key(self) -> str:
@@ -95,6 +99,7 @@ class Record:
             "fetched_at": self.fetched_at.isoformat(),
             "version": self.version,
             "data": self.data,
+            "approval": self.approval,
         }
 
     @classmethod
@@ -116,6 +121,7 @@ class Record:
             fetched_at=dt.datetime.fromisoformat(value["fetched_at"]),
             version=str(value["version"]),
             data=dict(value["data"]),
+            approval=value.get("approval"),
         )
 
 
@@ -134,6 +140,7 @@ def with_status(record: Record, status: str, *, source: Source, fetched_at: dt.d
         record.occurred_at,
         record.person,
         record.data,
+        approval=record.approval,
     )
     return dataclasses.replace(
         record, status=status, source=source, fetched_at=fetched_at, version=version
@@ -149,19 +156,28 @@ def content_version(
     occurred_at: dt.datetime | None,
     person: Person,
     data: dict[str, Any],
+    *,
+    approval: str | None = None,
 ) -> str:
-    """A short stable hash of a record's normalized content."""
+    """A short stable hash of a record's normalized content.
+
+    ``approval`` is hashed only when there is one, so that records without one (every
+    kind but form answers) keep the versions they had before the field existed.
+    """
+    content: list[Any] = [
+        str(kind),
+        fonzip_id,
+        status,
+        None if amount is None else str(amount),
+        currency,
+        None if occurred_at is None else occurred_at.isoformat(),
+        dataclasses.asdict(person),
+        data,
+    ]
+    if approval is not None:
+        content.append({"approval": approval})
     payload = json.dumps(
-        [
-            str(kind),
-            fonzip_id,
-            status,
-            None if amount is None else str(amount),
-            currency,
-            None if occurred_at is None else occurred_at.isoformat(),
-            dataclasses.asdict(person),
-            data,
-        ],
+        content,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -41,6 +41,16 @@ work with this configuration, e.g. an environment variable it reads is missing).
 ``close`` must be idempotent, and ``write`` after ``close`` must raise (a
 ``RuntimeError`` is right: it is a caller's bug).
 
+Records
+-------
+:class:`Record` fields a sink reads: ``kind``, ``fonzip_id``, ``status`` (money kinds,
+form answers with a payment included: the payment status ``succeeded``, ``refunded``,
+``failed``, ``pending``, ``removed``; form answers without one ``answered``; campaigns
+their own; any kind ``deleted``), ``approval`` (form answers only: ``waiting_approval``,
+``approved``, ``rejected`` or None; an approval is a new version), ``amount``,
+``currency``, ``occurred_at``, ``business_date``, ``person``, ``source``,
+``fetched_at``, ``version``, ``data`` and ``key``.
+
 Erasure (optional)
 ------------------
 ``fonzipd forget`` (a person's right to erasure) opens every enabled sink and calls

@@ -64,6 +64,8 @@ def _record(
     source: Source,
 ) -> Record:
     currency = None if amount is None else "TRY"
+    # Form answers carry an approval of their own (Record.approval); other kinds none.
+    approval = "approved" if kind is Kind.FORM_ANSWER else None
     return Record(
         kind=kind,
         fonzip_id=fonzip_id,
@@ -76,9 +78,10 @@ def _record(
         source=source,
         fetched_at=fetched_at,
         version=content_version(
-            kind, fonzip_id, status, amount, currency, occurred_at, person, data
+            kind, fonzip_id, status, amount, currency, occurred_at, person, data, approval=approval
         ),
         data=data,
+        approval=approval,
     )
 
 

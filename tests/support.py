@@ -184,7 +184,8 @@ CAMPAIGN_STATUS = {
     5: "waiting_extra_approval",
     7: "archived",
 }
-FORM_APPROVAL_STATUS = {0: "waiting_approval", 1: "answered", 2: "rejected"}
+FORM_APPROVAL = {0: "waiting_approval", 1: "approved", 2: "rejected"}
+"""Form answer approval_status to Record.approval (issue 12; undocumented by Fonzip)."""
 
 
 def expected_status(kind: Kind, obj: Mapping[str, Any]) -> str:
@@ -197,10 +198,8 @@ def expected_status(kind: Kind, obj: Mapping[str, Any]) -> str:
     if kind is Kind.MEMBERSHIP_FEE and tx is None:
         return DUE_RECORD_STATUS[obj["status"]]
     if kind is Kind.FORM_ANSWER:
-        paid = None if tx is None else PAYMENT_STATUS[tx["payment_status"]]
-        if paid in ("refunded", "failed"):
-            return paid
-        return FORM_APPROVAL_STATUS[obj["approval_status"]]
+        # Issue 12: the payment's status, like every money kind; "answered" when free.
+        return "answered" if tx is None else PAYMENT_STATUS[tx["payment_status"]]
     assert tx is not None, (kind, obj["id"])
     return PAYMENT_STATUS[tx["payment_status"]]
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fonzipd.fonzip import statuses
 from fonzipd.fonzip.endpoints import Detail
 from fonzipd.fonzip.normalizer import NormalizeError, list_row_id, list_row_status, normalize
 from fonzipd.kinds import Kind
@@ -135,7 +136,8 @@ def test_ticket_sale_person_is_the_member() -> None:
 
 def test_form_answer() -> None:
     record = norm(detail(Kind.FORM_ANSWER, form_answer()))
-    assert (record.status, record.amount, record.currency) == ("answered", Decimal("75.0"), "TRY")
+    assert (record.status, record.amount, record.currency) == ("succeeded", Decimal("75.0"), "TRY")
+    assert record.approval == "approved"
     assert record.occurred_at == dt.datetime(2024, 5, 6, 8, 20, tzinfo=dt.UTC)
     assert record.person == Person(
         name="Emre Şahin", email="emre.sahin@example.com", phone=None, fonzip_user_id=58
@@ -244,30 +246,53 @@ def test_campaign_statuses(status: int, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("payment_status", "approval_status", "expected"),
+    ("payment_status", "approval_status", "status", "approval", "list_state"),
     [
-        (3, 1, "answered"),
-        (3, None, "answered"),
-        (3, 0, "waiting_approval"),
-        (3, 2, "rejected"),
-        (3, 9, "answered"),
-        (4, 1, "refunded"),
-        (5, 0, "failed"),
-        (0, 1, "pending"),
-        (2, 1, "pending"),
-        (6, 1, "removed"),
-        (None, 0, "waiting_approval"),
-        (None, 2, "rejected"),
-        (None, None, "answered"),
+        # A paid answer is succeeded whatever its approval: summing succeeded amounts
+        # counts it, and waiting for approval no longer hides that it was paid.
+        (3, 1, "succeeded", "approved", "answered"),
+        (3, None, "succeeded", None, "answered"),
+        (3, 0, "succeeded", "waiting_approval", "waiting_approval"),
+        (3, 2, "succeeded", "rejected", "rejected"),
+        (3, 9, "succeeded", None, "answered"),
+        (4, 1, "refunded", "approved", "refunded"),
+        (4, 2, "refunded", "rejected", "refunded"),
+        (5, 0, "failed", "waiting_approval", "failed"),
+        (0, 1, "pending", "approved", "pending"),
+        (2, 1, "pending", "approved", "pending"),
+        (6, 1, "removed", "approved", "removed"),
+        (None, 0, "answered", "waiting_approval", "waiting_approval"),
+        (None, 2, "answered", "rejected", "rejected"),
+        (None, 1, "answered", "approved", "answered"),
+        (None, None, "answered", None, "answered"),
     ],
 )
-def test_form_answer_statuses(
-    payment_status: int | None, approval_status: int | None, expected: str
+def test_form_answer_status_is_the_payments_and_approval_its_own(
+    payment_status: int | None,
+    approval_status: int | None,
+    status: str,
+    approval: str | None,
+    list_state: str,
 ) -> None:
     obj = form_answer(approval_status, with_transaction=payment_status is not None)
     if payment_status is not None:
         obj["transaction"]["payment_status"] = payment_status
-    assert norm(detail(Kind.FORM_ANSWER, obj)).status == expected
+    record = norm(detail(Kind.FORM_ANSWER, obj))
+    assert (record.status, record.approval) == (status, approval)
+    assert record.to_json_dict()["approval"] == approval
+    assert statuses.list_state(Kind.FORM_ANSWER, record.status, record.approval) == list_state
+
+
+def test_an_approval_is_a_new_version_and_other_kinds_keep_theirs() -> None:
+    waiting = norm(detail(Kind.FORM_ANSWER, form_answer(0)))
+    approved = norm(detail(Kind.FORM_ANSWER, form_answer(1)))
+    assert waiting.status == approved.status == "succeeded"
+    assert waiting.version != approved.version
+    # Records without an approval hash as they did before the field existed, so a
+    # refetch after the upgrade is no new version for any sink.
+    donation_record = norm(detail(Kind.DONATION, donation()))
+    assert donation_record.approval is None
+    assert donation_record.version == "7266b341399d90e7"  # as computed before approval existed
 
 
 def test_the_same_state_fetched_twice_has_the_same_version() -> None:

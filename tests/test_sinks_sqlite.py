@@ -160,3 +160,24 @@ async def test_forget_empties_the_person_and_data_and_keeps_the_accounting(
     assert history == [("{}",), ("{}",)]
     others = _query(db, "SELECT count(*) FROM records WHERE person_email IS NOT NULL")
     assert others == [(sum(1 for r in recs[1:-1] if r.person.email),)]
+
+
+async def test_approval_is_a_column_and_an_older_file_gains_it(tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    # A file made by an earlier fonzipd: the tables without the approval column.
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE records (kind TEXT NOT NULL, fonzip_id INTEGER NOT NULL,"
+            " status TEXT NOT NULL, amount TEXT, currency TEXT, occurred_at TEXT,"
+            " business_date TEXT, person_name TEXT, person_email TEXT, person_phone TEXT,"
+            " fonzip_user_id INTEGER, version TEXT NOT NULL, source TEXT NOT NULL,"
+            " data TEXT NOT NULL, fetched_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+            " PRIMARY KEY (kind, fonzip_id))"
+        )
+    answer = next(r for r in sample_records(6) if r.approval is not None)
+    sink = _sink(tmp_path, db)
+    await sink.open()
+    await sink.write([answer])
+    await sink.close()
+    assert _query(db, "SELECT kind, approval FROM records") == [("form_answer", "approved")]
+    assert _query(db, "SELECT approval FROM record_history") == [("approved",)]

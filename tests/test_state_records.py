@@ -107,6 +107,23 @@ def state(
         (state(name="B", read=0, updated="not a date"), state(name="A", read=5), False),
         # Equal read times keep the newcomer.
         (state(name="B", read=1), state(name="A", read=1), True),
+        # A form answer's decision comes after its waiting, whatever the read order;
+        # without an approval on both sides the next rules decide.
+        (
+            dataclasses.replace(state(read=0), approval="approved"),
+            dataclasses.replace(state(read=5), approval="waiting_approval"),
+            True,
+        ),
+        (
+            dataclasses.replace(state(read=5), approval="waiting_approval"),
+            dataclasses.replace(state(read=0), approval="rejected"),
+            False,
+        ),
+        (
+            dataclasses.replace(state(read=0), approval="approved"),
+            dataclasses.replace(state(read=5), approval=None),
+            False,
+        ),
     ],
 )
 def test_two_states_are_ordered_by_rank_then_last_update_then_read_time(

@@ -33,14 +33,20 @@ from fonzipd.fonzip.statuses import (
     CAMPAIGN_STATUSES,
     DUE_RECORD_STATUSES,
     FORM_APPROVAL_STATUSES,
-    FORM_PAYMENT_STATUSES,
     PAYMENT_STATUSES,
     list_holds,
 )
 from fonzipd.kinds import Kind
 from fonzipd.records import Person, Record, Source, content_version
 
-__all__ = ["NormalizeError", "list_row_id", "list_row_status", "normalize", "normalizer_of"]
+__all__ = [
+    "NormalizeError",
+    "form_answer_states",
+    "list_row_id",
+    "list_row_status",
+    "normalize",
+    "normalizer_of",
+]
 
 
 class NormalizeError(ValueError):
@@ -128,6 +134,7 @@ class _Normalized:
     currency: str | None
     occurred_at: dt.datetime | None
     person: Person
+    approval: str | None = None
 
 
 def _paid_by(person_key: str) -> Callable[[Mapping[str, Any], zoneinfo.ZoneInfo], _Normalized]:
@@ -181,19 +188,25 @@ def _membership_fee(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalize
     )
 
 
+def form_answer_states(obj: Mapping[str, Any]) -> tuple[str, str | None]:
+    """A form answer's ``(status, approval)``; BadField if a code is malformed.
+
+    ``status`` comes from the transaction's payment status, as for every money kind
+    (free forms have no transaction: ``answered``); ``approval`` from
+    ``approval_status`` (FORM_APPROVAL_STATUSES; None when absent or unknown).
+    """
+    tx = as_object(obj.get("transaction"), "transaction", required=False)
+    status = "answered"
+    if tx is not None and tx.get("payment_status") is not None:
+        status = _as_status(tx["payment_status"], "transaction.payment_status", PAYMENT_STATUSES)
+    code = as_int(obj.get("approval_status"), "approval_status")
+    return status, None if code is None else FORM_APPROVAL_STATUSES.get(code)
+
+
 def _form_answer(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalized:
     # Free forms have no transaction; paid ones carry one.
     tx = as_object(obj.get("transaction"), "transaction", required=False)
-    status: str | None = None
-    if tx is not None and tx.get("payment_status") is not None:
-        paid = _as_status(tx["payment_status"], "transaction.payment_status", PAYMENT_STATUSES)
-        if paid in FORM_PAYMENT_STATUSES:
-            status = paid
-    if status is None:
-        approval = as_int(obj.get("approval_status"), "approval_status")
-        status = (
-            FORM_APPROVAL_STATUSES.get(approval, "answered") if approval is not None else "answered"
-        )
+    status, approval = form_answer_states(obj)
     paid_at = _transaction_dates(tx, tz)
     occurred_at = as_moment(obj.get("complete_date"), "complete_date", tz) or paid_at
     return _Normalized(
@@ -202,6 +215,7 @@ def _form_answer(obj: Mapping[str, Any], tz: zoneinfo.ZoneInfo) -> _Normalized:
         currency=_currency(tx),
         occurred_at=occurred_at,
         person=_person(as_object(obj.get("user"), "user", required=False), "user", obj),
+        approval=approval,
     )
 
 
@@ -314,8 +328,10 @@ def normalize(
             fields.occurred_at,
             fields.person,
             data,
+            approval=fields.approval,
         ),
         data=data,
+        approval=fields.approval,
     )
 
 
@@ -331,7 +347,7 @@ def list_row_id(kind: Kind, row: Mapping[str, Any]) -> int:
 
 
 def list_row_status(kind: Kind, list_status: str, row: Mapping[str, Any]) -> str:
-    """The normalized status a list row implies, as :func:`normalize` would give it.
+    """The list state a list row implies (:func:`~fonzipd.fonzip.statuses.list_state`).
 
     For the reconciler's diff: a row whose status differs from the stored record's
     is fetched again. Money kinds: the row's payment status when it carries one

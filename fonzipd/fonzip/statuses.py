@@ -5,13 +5,16 @@ Normalized statuses, per kind:
   payment status: 0-2 pending, 3 succeeded, 4 refunded, 5 failed, 6 removed;
 - membership fees without a transaction (debts), from the due-record status: see
   DUE_RECORD_STATUSES;
-- form answers: refunded, failed, pending or removed from the payment; otherwise
-  waiting_approval, rejected or answered from the approval status;
+- form answers with a transaction: from its payment status, like every money kind;
+  without one: ``answered``. Their approval is a field of its own, ``approval``
+  (FORM_APPROVAL_STATUSES), not a status;
 - campaigns: their own status names (CAMPAIGN_STATUSES).
 
-Each list filter (``paid``, ``refund``...) holds the records of one or more normalized
-statuses: :func:`list_holds` is the one place that says which, for the reconciler's
-local counts and for the status a list row implies.
+Each list filter (``paid``, ``refund``...) holds the records of one or more list
+states: :func:`list_holds` is the one place that says which, for the reconciler's
+local counts and for the state a list row implies. A record's list state is its
+status, except for form answers, whose lists mix payment and approval:
+:func:`list_state`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "PAYMENT_STATUSES",
     "list_holding",
     "list_holds",
+    "list_state",
 ]
 
 PAYMENT_STATUSES: Mapping[int, str] = {
@@ -65,13 +69,19 @@ CAMPAIGN_STATUSES: Mapping[int, str] = {
 }
 """Fundraising campaign ``status`` (reference §3.6) to normalized status."""
 
-FORM_APPROVAL_STATUSES: Mapping[int, str] = {0: "waiting_approval", 2: "rejected"}
-"""Form answer ``approval_status``, undocumented (reference §5.3). Assumed: 0 waiting for
-approval, 2 rejected, anything else (1, None, unknown) answered. If Fonzip used 0 for
-"needs no approval", answered forms would show as waiting_approval here."""
+FORM_APPROVAL_STATUSES: Mapping[int, str] = {
+    0: "waiting_approval",
+    1: "approved",
+    2: "rejected",
+}
+"""Form answer ``approval_status``, undocumented (reference §5.3), to ``Record.approval``.
+Assumed: 0 waiting for approval, 1 approved, 2 rejected; None (a form without
+approval) and unknown codes give no approval. If Fonzip used 0 for "needs no
+approval", such forms would show as waiting_approval here."""
 
-FORM_PAYMENT_STATUSES = frozenset({"pending", "refunded", "failed", "removed"})
-"""The payment outcomes that decide a paid form answer's status (over its approval)."""
+FORM_PAYMENT_STATUSES = frozenset({"pending", "refunded", "failed", "removed", "deleted"})
+"""Form-answer statuses that put an answer in a payment list (or none), whatever its
+approval: Fonzip lists refunded and failed answers under ``refund`` and ``failed`` only."""
 
 _MONEY_LISTS: Mapping[str, tuple[str, ...]] = {
     "paid": ("succeeded",),
@@ -101,6 +111,21 @@ def list_holds(kind: Kind, list_status: str) -> tuple[str, ...]:
     if kind is Kind.CAMPAIGN:
         return _CAMPAIGN_LISTS[list_status]
     return (_FORM_LISTS if kind is Kind.FORM_ANSWER else _MONEY_LISTS)[list_status]
+
+
+def list_state(kind: Kind, status: str, approval: str | None) -> str:
+    """What Fonzip's lists see of a record: the state :func:`list_holds` speaks of.
+
+    Its ``status``, except for form answers, whose lists (``answer``,
+    ``waiting_approval``, ``rejected``, ``refund``, ``failed``) sort by payment first,
+    then by approval: a paid or free answer waiting approval is ``waiting_approval``, a
+    rejected one ``rejected``, any other ``answered``.
+    """
+    if kind is not Kind.FORM_ANSWER or status in FORM_PAYMENT_STATUSES:
+        return status
+    if approval in ("waiting_approval", "rejected"):
+        return approval
+    return "answered"
 
 
 def list_holding(kind: Kind, status: str | None) -> str | None:

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL,
     fetched_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    approval TEXT,
     PRIMARY KEY (kind, fonzip_id)
 );
 CREATE INDEX IF NOT EXISTS records_business_date ON records (business_date, kind);
@@ -65,13 +66,19 @@ CREATE TABLE IF NOT EXISTS record_history (
     data TEXT NOT NULL,
     fetched_at TEXT NOT NULL,
     written_at TEXT NOT NULL,
+    approval TEXT,
     PRIMARY KEY (kind, fonzip_id, version)
 );
 """
 
+# Columns added since the first layout: (table, column, type). A file made by an
+# older fonzipd gets them at open.
+_ADDED_COLUMNS = (("records", "approval", "TEXT"), ("record_history", "approval", "TEXT"))
+
 _COLUMNS = (
     "kind, fonzip_id, status, amount, currency, occurred_at, business_date, person_name, "
-    "person_email, person_phone, fonzip_user_id, version, source, data, fetched_at, updated_at"
+    "person_email, person_phone, fonzip_user_id, version, source, data, fetched_at, approval, "
+    "updated_at"
 )
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
@@ -79,21 +86,22 @@ _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 # An equal version is a no-op (the same state again); an older fetch never wins.
 _UPSERT = f"""
 INSERT INTO records ({_COLUMNS})
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NOW})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NOW})
 ON CONFLICT (kind, fonzip_id) DO UPDATE SET
     status = excluded.status, amount = excluded.amount, currency = excluded.currency,
     occurred_at = excluded.occurred_at, business_date = excluded.business_date,
     person_name = excluded.person_name, person_email = excluded.person_email,
     person_phone = excluded.person_phone, fonzip_user_id = excluded.fonzip_user_id,
     version = excluded.version, source = excluded.source, data = excluded.data,
-    fetched_at = excluded.fetched_at, updated_at = excluded.updated_at
+    fetched_at = excluded.fetched_at, approval = excluded.approval,
+    updated_at = excluded.updated_at
 WHERE excluded.version <> records.version AND excluded.fetched_at > records.fetched_at
 """
 
 _HISTORY = f"""
 INSERT OR IGNORE INTO record_history (kind, fonzip_id, version, status, amount, currency,
-    occurred_at, business_date, source, data, fetched_at, written_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NOW})
+    occurred_at, business_date, source, data, fetched_at, approval, written_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NOW})
 """
 
 
@@ -126,12 +134,13 @@ def _row(record: Record) -> tuple[Any, ...]:
         str(record.source),
         json.dumps(record.data, ensure_ascii=False, separators=(",", ":")),
         utc_text(record.fetched_at),
+        record.approval,
     )
 
 
 def _history_row(record: Record) -> tuple[Any, ...]:
     r = _row(record)
-    return (r[0], r[1], record.version, r[2], r[3], r[4], r[5], r[6], r[12], r[13], r[14])
+    return (r[0], r[1], record.version, r[2], r[3], r[4], r[5], r[6], r[12], r[13], r[14], r[15])
 
 
 class SQLiteSink(Sink):
@@ -163,6 +172,11 @@ class SQLiteSink(Sink):
             # stays in a free page.
             await db.execute("PRAGMA secure_delete=ON")
             await db.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                async with db.execute(f"PRAGMA table_info({table})") as cur:
+                    have = {row[1] for row in await cur.fetchall()}
+                if column not in have:
+                    await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except sqlite3.Error as exc:
             await db.close()
             raise TransientSinkError(

@@ -2,16 +2,91 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+
+import aiosqlite
 import structlog
 
-from fonzipd.state.connection import Connection, StoreError
+from fonzipd.fonzip.fields import BadField
+from fonzipd.fonzip.normalizer import form_answer_states
+from fonzipd.records import DELETED, Record, content_version
+from fonzipd.state.connection import Connection, StoreError, ts
+from fonzipd.state.records import status_rank
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+Step = Callable[[aiosqlite.Connection, Connection], Awaitable[None]]
+"""A migration in Python, for changes SQL alone cannot make (records re-normalized)."""
+
+
+async def _form_answer_status(tx: aiosqlite.Connection, conn: Connection) -> None:
+    """Form answers: ``status`` from the payment, the approval in ``approval`` (issue 12).
+
+    Every stored form answer whose state changes under the new rule (a paid answer was
+    ``answered``, ``waiting_approval`` or ``rejected``) is stored again in its corrected
+    state, re-versioned, with ``fetched_at`` the migration's time (so that the sinks'
+    newer-wins takes it), and noted in ``redeliver``: the daemon queues it once for
+    every sink at its next start, through each sink's filters and redaction, which only
+    the configuration knows (:meth:`~fonzipd.state.records.Records.redeliver`).
+    Answers whose ``data`` was dropped (retention) or erased cannot be re-read and keep
+    their state, as does one whose data cannot be read.
+    """
+    await tx.execute(
+        "CREATE TABLE redeliver (kind TEXT NOT NULL, fonzip_id INTEGER NOT NULL,"
+        " PRIMARY KEY (kind, fonzip_id))"
+    )
+    now = conn.clock.now()
+    async with tx.execute(
+        "SELECT record FROM records WHERE kind = 'form_answer' AND data_dropped_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM forgotten f"
+        " WHERE f.kind = records.kind AND f.fonzip_id = records.fonzip_id)"
+    ) as cur:
+        stored = [Record.from_json_dict(json.loads(row[0])) for row in await cur.fetchall()]
+    changed = 0
+    for old in stored:
+        try:
+            status, approval = form_answer_states(old.data)
+        except BadField:
+            log.warning("record_not_migrated", kind=str(old.kind), fonzip_id=old.fonzip_id)
+            continue
+        if old.status == DELETED:
+            status = DELETED
+        if (status, approval) == (old.status, old.approval):
+            continue
+        version = content_version(
+            old.kind,
+            old.fonzip_id,
+            status,
+            old.amount,
+            old.currency,
+            old.occurred_at,
+            old.person,
+            old.data,
+            approval=approval,
+        )
+        new = dataclasses.replace(
+            old, status=status, approval=approval, version=version, fetched_at=now
+        )
+        payload = json.dumps(new.to_json_dict(), ensure_ascii=False)
+        await tx.execute(
+            "UPDATE records SET status = ?, status_rank = ?, version = ?, record = ?,"
+            " updated_at = ? WHERE kind = ? AND fonzip_id = ?",
+            (status, status_rank(status), version, payload, ts(now), str(new.kind), new.fonzip_id),
+        )
+        await tx.execute(
+            "INSERT OR IGNORE INTO redeliver (kind, fonzip_id) VALUES (?, ?)",
+            (str(new.kind), new.fonzip_id),
+        )
+        changed += 1
+    log.info("form_answers_migrated", records=changed)
+
 
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1.
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | Step] = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -156,6 +231,8 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE records ADD COLUMN data_dropped_at REAL
     """,
+    # 5: form answers' status comes from their payment; approval is its own field.
+    _form_answer_status,
 ]
 
 
@@ -178,9 +255,13 @@ async def migrate(conn: Connection) -> None:
         async with conn.transaction() as tx:
             if step == 0:
                 await tx.execute("DROP TABLE meta")
-            for statement in MIGRATIONS[step].split(";"):
-                if statement.strip():
-                    await tx.execute(statement)
+            migration = MIGRATIONS[step]
+            if isinstance(migration, str):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        await tx.execute(statement)
+            else:
+                await migration(tx, conn)
             await tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(step + 1),),

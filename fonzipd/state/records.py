@@ -13,6 +13,7 @@ import aiosqlite
 
 from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.fonzip.list_rows import is_list_shape, same_fields
+from fonzipd.fonzip.statuses import list_state
 from fonzipd.kinds import Kind
 from fonzipd.privacy import NO_POLICY, SinkPolicy, anonymized
 from fonzipd.records import Record
@@ -39,6 +40,9 @@ _STATUS_RANK: dict[str, int] = {
 }
 
 
+_APPROVAL_RANK: dict[str | None, int] = {"waiting_approval": 0, "approved": 1, "rejected": 1}
+
+
 def status_rank(status: str) -> int:
     """How far along its life a status is; unknown statuses rank with the settled ones."""
     return _STATUS_RANK.get(status, 1)
@@ -58,6 +62,8 @@ def is_newer(candidate: Record, stored: Record) -> bool:
 
     Two states of one object are ordered by, in turn:
     1. status rank: a state later in the object's life wins (refunded after succeeded);
+       then, for form answers of equal status, the approval: a decision (approved,
+       rejected) is later than waiting_approval;
     2. Fonzip's ``last_update_date``, when both states carry one and they differ
        (donations and e-card sales have it);
     3. at equal normalized fields, a detail over a list row (fonzip.list_rows);
@@ -71,6 +77,9 @@ def is_newer(candidate: Record, stored: Record) -> bool:
     ranks = status_rank(candidate.status), status_rank(stored.status)
     if ranks[0] != ranks[1]:
         return ranks[0] > ranks[1]
+    decided = _APPROVAL_RANK.get(candidate.approval), _APPROVAL_RANK.get(stored.approval)
+    if decided[0] is not None and decided[1] is not None and decided[0] != decided[1]:
+        return decided[0] > decided[1]
     if same_fields(candidate, stored) and is_list_shape(candidate) != is_list_shape(stored):
         # One state seen twice, through a list row and through the detail: the detail
         # (richer data) wins whichever was read first, so the two never alternate.
@@ -86,6 +95,37 @@ def _policies(sink_ids: Mapping[str, SinkPolicy] | Iterable[str]) -> dict[str, S
     if isinstance(sink_ids, Mapping):
         return dict(sink_ids)
     return dict.fromkeys(sink_ids, NO_POLICY)
+
+
+async def _queue(
+    tx: aiosqlite.Connection,
+    record: Record,
+    payload: str,
+    sinks: Mapping[str, SinkPolicy],
+    now: float,
+    *,
+    enrichment: bool = False,
+) -> int:
+    """Queue a stored record for each sink its filters admit, redacted first; how many.
+    An ``enrichment`` goes only to the sinks whose policy takes enrichments."""
+    bdate = None if record.business_date is None else record.business_date.isoformat()
+    enqueued = 0
+    for sink_id, policy in sinks.items():
+        if not policy.admits(record) or (enrichment and not policy.enrichments):
+            continue
+        queued = (
+            json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
+            if policy.redacts
+            else payload
+        )
+        cur = await tx.execute(
+            "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
+            " business_date, record, state, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (sink_id, record.key, str(record.kind), bdate, queued, now),
+        )
+        enqueued += cur.rowcount
+    return enqueued
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,21 +231,7 @@ class Records:
                     now,
                 ),
             )
-            for sink_id, policy in sinks.items():
-                if not policy.admits(record) or (enrichment and not policy.enrichments):
-                    continue
-                queued = (
-                    json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
-                    if policy.redacts
-                    else payload
-                )
-                cur2 = await tx.execute(
-                    "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
-                    " business_date, record, state, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                    (sink_id, record.key, str(record.kind), bdate, queued, now),
-                )
-                enqueued += cur2.rowcount
+            enqueued = await _queue(tx, record, payload, sinks, now, enrichment=enrichment)
         if row_id is not None:
             await tx.execute(
                 "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?,"
@@ -213,6 +239,26 @@ class Records:
                 (now, outcome, row_id),
             )
         return Applied(outcome=outcome, enqueued=enqueued)
+
+    async def redeliver(self, sink_ids: Mapping[str, SinkPolicy] | Iterable[str]) -> int:
+        """Queue the records a migration corrected (table ``redeliver``) for every sink,
+        through each sink's filters and redaction, once; how many records.
+
+        Called by the daemon at start, when the configuration says which sinks there are.
+        One transaction: a crash leaves them all noted or all queued.
+        """
+        sinks = _policies(sink_ids)
+        now = ts(self._conn.clock.now())
+        async with self._conn.transaction() as tx:
+            async with tx.execute(
+                "SELECT r.record FROM redeliver d JOIN records r"
+                " ON r.kind = d.kind AND r.fonzip_id = d.fonzip_id ORDER BY r.kind, r.fonzip_id"
+            ) as cur:
+                payloads = [str(row[0]) for row in await cur.fetchall()]
+            for payload in payloads:
+                await _queue(tx, Record.from_json_dict(json.loads(payload)), payload, sinks, now)
+            await tx.execute("DELETE FROM redeliver")
+        return len(payloads)
 
     async def get_many(self, kind: Kind, ids: Iterable[int]) -> dict[int, Record]:
         """The stored state of each of ``ids`` that is known."""
@@ -238,29 +284,36 @@ class Records:
         return None if row is None else Record.from_json_dict(json.loads(row[0]))
 
     async def statuses(self, kind: Kind, ids: Iterable[int]) -> dict[int, str]:
-        """The stored status of each of ``ids`` that is known."""
+        """The stored list state (:func:`~fonzipd.fonzip.statuses.list_state`: the status,
+        but for form answers) of each of ``ids`` that is known."""
         wanted = list(ids)
         out: dict[int, str] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = await self._conn.fetchall(
-                f"SELECT fonzip_id, status FROM records WHERE kind = ? AND fonzip_id IN ({marks})",
+                "SELECT fonzip_id, status, json_extract(record, '$.approval') FROM records"
+                f" WHERE kind = ? AND fonzip_id IN ({marks})",
                 (str(kind), *chunk),
             )
-            for fid, status in rows:
-                out[int(fid)] = str(status)
+            for fid, status, approval in rows:
+                out[int(fid)] = list_state(kind, str(status), approval)
         return out
 
-    async def local_ids(self, kind: Kind, day: dt.date, statuses: Iterable[str]) -> dict[int, str]:
-        """Stored records of ``kind`` on business date ``day`` with one of ``statuses``."""
-        wanted = list(statuses)
+    async def local_ids(self, kind: Kind, day: dt.date, states: Iterable[str]) -> dict[int, str]:
+        """Stored records of ``kind`` on business date ``day`` in one of the list ``states``."""
+        wanted = set(states)
         rows = await self._conn.fetchall(
-            "SELECT fonzip_id, status FROM records WHERE kind = ? AND business_date = ?"
-            f" AND status IN ({','.join('?' * len(wanted))})",
-            (str(kind), day.isoformat(), *wanted),
+            "SELECT fonzip_id, status, json_extract(record, '$.approval') FROM records"
+            " WHERE kind = ? AND business_date = ?",
+            (str(kind), day.isoformat()),
         )
-        return {int(i): str(st) for i, st in rows}
+        out: dict[int, str] = {}
+        for fid, status, approval in rows:
+            state = list_state(kind, str(status), approval)
+            if state in wanted:
+                out[int(fid)] = state
+        return out
 
     async def refund_dates(self, kind: Kind, status: str = "refunded") -> list[tuple[int, Any]]:
         """(id, refund date as Fonzip wrote it) of every stored record of ``kind`` in ``status``."""

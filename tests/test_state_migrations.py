@@ -1,0 +1,131 @@
+"""Tests of fonzipd.state.migrations: form answers re-normalized once by migration 4."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from fonzipd.fonzip.endpoints import Detail
+from fonzipd.fonzip.normalizer import normalize
+from fonzipd.kinds import Kind
+from fonzipd.privacy import NO_POLICY, SinkPolicy
+from fonzipd.records import Record, Source, content_version
+from fonzipd.state import Store, migrations
+from tests.fonzip_objects import form_answer
+from tests.support import FakeClock, make_record
+
+
+def _answer(approval_status: int | None, payment_status: int | None, answer_id: int) -> Record:
+    obj = form_answer(approval_status, with_transaction=payment_status is not None)
+    obj["id"] = answer_id
+    if payment_status is not None:
+        obj["transaction"]["payment_status"] = payment_status
+    return normalize(
+        Detail(Kind.FORM_ANSWER, answer_id, obj, None, f"/form/9/answer/{answer_id}"),
+        tz=ZoneInfo("Europe/Istanbul"),
+        source=Source.WEBHOOK,
+        fetched_at=dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC),
+    )
+
+
+def _as_before(record: Record, old_status: str) -> Record:
+    """The record as fonzipd stored it before issue 12: approval folded into status."""
+    version = content_version(
+        record.kind,
+        record.fonzip_id,
+        old_status,
+        record.amount,
+        record.currency,
+        record.occurred_at,
+        record.person,
+        record.data,
+    )
+    return dataclasses.replace(record, status=old_status, approval=None, version=version)
+
+
+async def test_stored_form_answers_get_their_payment_status_and_reach_each_sink_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    clock = FakeClock(dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC))
+    paid_waiting = _answer(0, 3, 401)
+    free_approved = _answer(1, None, 402)
+    refunded = _answer(1, 4, 403)
+    # A database as the previous fonzipd left it (schema 4), holding form answers in
+    # their old states, a delivered sink and a sink with a record still queued.
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 4)
+    old = await Store.open(path, clock=clock)
+    for record, old_status in (
+        (paid_waiting, "waiting_approval"),
+        (free_approved, "answered"),
+        (refunded, "refunded"),
+    ):
+        await old.records.apply_record(None, _as_before(record, old_status), ["sql", "csv"])
+    await old.records.apply_record(None, make_record(7), ["sql", "csv"])
+    sql_rows = await old.outbox.batch("sql", 100)
+    await old.outbox.acknowledge("sql", [r.id for r in sql_rows])
+    await old.close()
+    monkeypatch.undo()
+
+    clock.advance(60)
+    store = await Store.open(path, clock=clock)
+    try:
+        assert await store.schema_version() == migrations.SCHEMA_VERSION == 5
+        stored = await store.records.get(Kind.FORM_ANSWER, 401)
+        assert stored is not None
+        assert (stored.status, stored.approval) == ("succeeded", "waiting_approval")
+        assert stored.version == paid_waiting.version  # what a fetch gives from now on
+        assert stored.fetched_at == clock.now()  # newer than the old state in every sink
+        # The reconciler still finds it in Fonzip's waiting_approval list.
+        assert await store.records.statuses(Kind.FORM_ANSWER, [401, 402, 403]) == {
+            401: "waiting_approval",
+            402: "answered",
+            403: "refunded",
+        }
+        day = paid_waiting.business_date
+        assert day is not None
+        assert await store.records.local_ids(Kind.FORM_ANSWER, day, ["waiting_approval"]) == {
+            401: "waiting_approval"
+        }
+        # Nothing is queued before the daemon says which sinks there are, and how each
+        # filters and redacts.
+        assert await store.outbox.batch("sql", 100) == []
+        policies = {
+            "sql": NO_POLICY,
+            "csv": NO_POLICY,
+            "crm": SinkPolicy(person=frozenset({"email"}), statuses=frozenset({"succeeded"})),
+        }
+        assert await store.records.redeliver(policies) == 3
+        sql = [
+            (r.record.fonzip_id, r.record.status, r.record.approval)
+            for r in await store.outbox.batch("sql", 100)
+        ]
+        assert sql == [
+            (401, "succeeded", "waiting_approval"),
+            (402, "answered", "approved"),
+            (403, "refunded", "approved"),
+        ]
+        csv = await store.outbox.batch("csv", 100)
+        assert [r.record.key for r in csv][-3:] == [
+            paid_waiting.key,
+            free_approved.key,
+            refunded.key,
+        ]
+        assert len(csv) == 4 + 3  # the old, undelivered versions stay ahead of the new ones
+        (crm,) = await store.outbox.batch("crm", 100)
+        assert crm.record.fonzip_id == 401
+        assert crm.record.person.email is None  # redacted before it was queued
+        # Once: a second start queues nothing more.
+        assert await store.records.redeliver(policies) == 0
+    finally:
+        await store.close()
+    again = await Store.open(path, clock=clock)
+    try:
+        assert await again.records.redeliver(["sql"]) == 0
+        assert len(await again.outbox.batch("sql", 100)) == 3
+    finally:
+        await again.close()
