@@ -123,11 +123,16 @@ class Oracle:
             f"SQLite sink: {len(again)} versions given twice (allowed {redeliveries}): {again[:5]}"
         )
         if csv_dir is not None:
-            keys = csv_keys(csv_dir)
-            dups = [k for k, n in collections.Counter(keys).items() if n > 1]
+            ids = csv_entry_ids(csv_dir)
+            dups = [k for k, n in collections.Counter(ids).items() if n > 1]
             assert not dups, f"CSV sink: duplicate rows {dups[:5]}"
-            lost = latest_keys - set(keys)
-            assert not lost, f"CSV sink: latest versions missing {sorted(lost)[:5]}"
+            wanted = {
+                entry
+                for (kind, fid), status in expected.items()
+                for entry in expected_entries(kind, fid, status)
+            }
+            lost = wanted - set(ids)
+            assert not lost, f"CSV sink: entries of the latest states missing {sorted(lost)[:5]}"
         if receiver is not None:
             lost = latest_keys - set(receiver.messages)
             assert not lost, f"HTTP sink: latest versions never received {sorted(lost)[:5]}"
@@ -189,6 +194,25 @@ def sqlite_rows(path: Path) -> dict[tuple[str, int], str]:
             }
     except sqlite3.OperationalError:
         return {}  # the sink has not created its table yet
+
+
+def expected_entries(kind: str, fid: int, status: str) -> list[str]:
+    """The CSV entries (``entry_id``) a record's latest status implies (issue 12): a
+    payment, a payment and its refund, or one row for a state that moved no money."""
+    if status == "succeeded":
+        return [f"{kind}:{fid}:payment"]
+    if status == "refunded":
+        return [f"{kind}:{fid}:payment", f"{kind}:{fid}:refund"]
+    return [f"{kind}:{fid}:{status}"]
+
+
+def csv_entry_ids(directory: Path) -> list[str]:
+    """Every row's ``entry_id`` in an entries-layout CSV folder, files in order."""
+    ids: list[str] = []
+    for f in sorted(directory.rglob("*.csv")):
+        with f.open(encoding="utf-8", newline="") as fh:
+            ids += [row["entry_id"] for row in csv.DictReader(fh)]
+    return ids
 
 
 def csv_keys(directory: Path) -> list[str]:

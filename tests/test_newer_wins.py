@@ -52,11 +52,11 @@ class Race:
 RACES = [
     # A later status (higher in the object's life) against an earlier one.
     *(Race(f"refund-{k}", k, 3, "refund", "succeeded", "refunded") for k in MONEY),
-    Race("refund-form_answer", Kind.FORM_ANSWER, 3, "refund", "answered", "refunded"),
+    Race("refund-form_answer", Kind.FORM_ANSWER, 3, "refund", "succeeded", "refunded"),
     Race("approve-campaign", Kind.CAMPAIGN, 0, "approve", "waiting_approval", "approved"),
     # Equal rank: a name correction (no webhook at Fonzip; a reconcile finds it) ...
     *(Race(f"rename-{k}", k, 3, "rename", "succeeded", "succeeded") for k in MONEY),
-    Race("rename-form_answer", Kind.FORM_ANSWER, 3, "rename", "answered", "answered"),
+    Race("rename-form_answer", Kind.FORM_ANSWER, 3, "rename", "succeeded", "succeeded"),
     Race("rename-campaign", Kind.CAMPAIGN, 0, "rename", "waiting_approval", "waiting_approval"),
     # ... and a failed payment that went through on a retry: failed and succeeded rank
     # alike, so only the order of the reads can tell which is newer.
@@ -88,7 +88,8 @@ async def daemon(sim: Simulator, receiver: Receiver, tmp_path: Path) -> AsyncIte
         token=TOKEN,
         sinks={
             "archive": {"type": "sqlite", "path": "fonzip.db", **retry},
-            "sheets": {"type": "csv", "directory": "csv", **retry},
+            # One row per version: the layout that shows every state a sink was given.
+            "sheets": {"type": "csv", "directory": "csv", "layout": "snapshots", **retry},
             "forward": {"type": "http", "url": receiver.url, "secret": SECRET, **retry},
         },
         extra="[reconciler]\nenabled = false\n[fetcher]\nconcurrency = 4\n",
@@ -116,7 +117,7 @@ async def create(sim: Simulator, race: Race) -> int:
             entry.extra["campaign_status"] = 0  # created, waiting approval
         if race.kind is not Kind.FORM_ANSWER or entry.transaction_id is not None:
             if race.kind is Kind.FORM_ANSWER:
-                entry.extra["approval_status"] = 1  # approved: "answered" (simulator's legend)
+                entry.extra["approval_status"] = 1  # approved (the simulator's legend)
             return fid
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fonzipd.kinds import Kind
 from fonzipd.records import Person, Record
 from fonzipd.sink import PermanentSinkError, SinkConfigError, TransientSinkError
 from fonzipd.sinks.csv import (
@@ -23,9 +24,10 @@ from fonzipd.sinks.csv import (
     CSVSink,
     ledger_path,
     relative_path,
-    text_cell,
 )
+from fonzipd.sinks.csv_format import text_cell
 from fonzipd.testing import check_sink, context_for_tests, sample_records
+from tests.fonzip_objects import detail, donation, norm
 
 
 def _sink(tmp_path: Path, out: Path, **options: object) -> CSVSink:
@@ -64,7 +66,7 @@ async def test_passes_the_conformance_suite(tmp_path: Path) -> None:
 async def test_one_file_per_kind_and_business_date_with_a_header(tmp_path: Path) -> None:
     out = tmp_path / "csv"
     recs = sample_records(12)
-    await _write_all(_sink(tmp_path, out), recs)
+    await _write_all(_sink(tmp_path, out, layout="snapshots"), recs)
     expected = {relative_path(r) for r in recs}
     assert {str(p.relative_to(out)) for p in out.glob("*/*.csv")} == expected
     assert any(r.business_date is None for r in recs)
@@ -80,7 +82,7 @@ async def test_one_file_per_kind_and_business_date_with_a_header(tmp_path: Path)
 async def test_nasty_text_survives_a_round_trip_through_csv_reader(tmp_path: Path) -> None:
     out = tmp_path / "csv"
     recs = sample_records(10)
-    await _write_all(_sink(tmp_path, out, include_data=True), recs)
+    await _write_all(_sink(tmp_path, out, include_data=True, layout="snapshots"), recs)
     rows = {row["key"]: row for row in _rows(out)}
     assert len(rows) == len(recs)
     for record in recs:
@@ -102,14 +104,14 @@ async def test_excel_bom_starts_new_files_with_one(tmp_path: Path) -> None:
     await _write_all(_sink(tmp_path, out, excel_bom=True), recs[:1], recs[1:])
     for path in out.glob("*/*.csv"):
         raw = path.read_bytes()
-        assert raw.startswith(b"\xef\xbb\xbfkey,kind,")
+        assert raw.startswith(b"\xef\xbb\xbfentry_id,entry,")
         assert raw.count(b"\xef\xbb\xbf") == 1
 
 
-async def test_a_refund_is_a_new_row_with_the_new_status(tmp_path: Path) -> None:
+async def test_snapshots_a_refund_is_a_new_row_with_the_new_status(tmp_path: Path) -> None:
     out = tmp_path / "csv"
     recs = sample_records(6)
-    await _write_all(_sink(tmp_path, out), recs)
+    await _write_all(_sink(tmp_path, out, layout="snapshots"), recs)
     first = recs[0]
     statuses = [r["status"] for r in _rows(out) if r["fonzip_id"] == str(first.fonzip_id)]
     assert statuses == ["paid", "refund"]
@@ -243,6 +245,7 @@ async def test_formula_cells_are_neutralized_and_amounts_stay_numbers(tmp_path: 
         dataclasses.replace(
             base,
             fonzip_id=base.fonzip_id + i,
+            status="succeeded",
             amount=Decimal("-12.50"),
             currency=formula,
             person=Person(name=formula, email=formula, phone=formula, fonzip_user_id=-7),
@@ -330,6 +333,9 @@ async def test_a_move_interrupted_after_the_copy_finishes_at_the_next_open(
     assert len(_rows(out)) == 4
 
 
+SNAPSHOTS: dict[str, object] = {"include_data": True, "excel_bom": True, "layout": "snapshots"}
+
+
 def _file_bytes(out: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(out.glob("*/*.csv"))}
 
@@ -339,11 +345,11 @@ async def _forget_first_person(tmp_path: Path, out: Path) -> tuple[list[Record],
     from fonzipd.privacy import Erasure
 
     recs = sample_records(12)
-    await _write_all(_sink(tmp_path, out, include_data=True, excel_bom=True), recs)
+    await _write_all(_sink(tmp_path, out, **SNAPSHOTS), recs)
     before = _file_bytes(out)
     email = recs[0].person.email
     mine = tuple(sorted({(r.kind, r.fonzip_id) for r in recs if r.person.email == email}))
-    sink = _sink(tmp_path, out, include_data=True, excel_bom=True)
+    sink = _sink(tmp_path, out, **SNAPSHOTS)
     await sink.open()
     try:
         assert await sink.forget(Erasure(mine, email=email)) == 4  # 3 records, one refunded
@@ -401,7 +407,7 @@ async def test_forget_then_a_crash_before_the_ledger_update_loses_and_doubles_no
             )
     ledger.close()
     more = sample_records(6, first_id=5000)
-    await _write_all(_sink(tmp_path, out, include_data=True, excel_bom=True), more, recs)
+    await _write_all(_sink(tmp_path, out, **SNAPSHOTS), more, recs)
     rows = _rows(out)
     assert sorted(row["key"] for row in rows) == sorted({r.key for r in recs + more})
     forgotten = {r.key for r in recs if r.person.email == recs[0].person.email}
@@ -413,13 +419,13 @@ async def test_forget_after_a_crash_mid_rewrite_leaves_no_temporary_copy(tmp_pat
 
     out = tmp_path / "csv"
     recs = sample_records(4)
-    await _write_all(_sink(tmp_path, out), recs)
+    await _write_all(_sink(tmp_path, out, layout="snapshots"), recs)
     target = out / relative_path(recs[1])
     # What a crash between writing the new file and renaming it leaves behind: a copy
     # (of other people's rows too) beside the intact old file.
     leftover = target.with_name(f".{target.name}.forget")
     leftover.write_bytes(target.read_bytes())
-    sink = _sink(tmp_path, out)
+    sink = _sink(tmp_path, out, layout="snapshots")
     await sink.open()
     try:
         assert await sink.forget(Erasure(((recs[1].kind, recs[1].fonzip_id),))) == 1
@@ -427,3 +433,132 @@ async def test_forget_after_a_crash_mid_rewrite_leaves_no_temporary_copy(tmp_pat
         await sink.close()
     assert not leftover.exists()
     assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
+
+
+# -- entries: what an accountant opens ---------------------------------------------------
+
+
+def _donation(payment_status: int, *, refund_date: str | None = None) -> Record:
+    obj = donation(payment_status)
+    obj["transaction"]["refund_date"] = refund_date
+    return norm(detail(Kind.DONATION, obj))
+
+
+def _excel_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f, delimiter=";"))
+
+
+async def test_excel_tr_a_refund_is_a_negative_row_in_its_own_days_file(tmp_path: Path) -> None:
+    out = tmp_path / "csv"
+    paid = _donation(3)
+    refunded = _donation(4, refund_date="2024-05-09T10:30:00+03:00")
+    await _write_all(_sink(tmp_path, out, profile="excel-tr"), [paid])
+    payment_day = out / "donation" / "2024-05-06.csv"
+    closed = payment_day.read_bytes()
+    assert closed.startswith(b"\xef\xbb\xbfentry_id;entry;refund_of;date;time;")
+    assert b"\r\n" in closed
+
+    await _write_all(_sink(tmp_path, out, profile="excel-tr"), [refunded])
+    # The payment's day is closed: its file did not change.
+    assert payment_day.read_bytes() == closed
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/*.csv")) == [
+        "donation/2024-05-06.csv",
+        "donation/2024-05-09.csv",
+    ]
+    (payment,) = _excel_rows(payment_day)
+    (refund,) = _excel_rows(out / "donation" / "2024-05-09.csv")
+    assert (payment["entry"], payment["amount"], payment["time"]) == (
+        "payment",
+        "250,00",
+        "2024-05-06 14:03:12",
+    )
+    assert (refund["entry"], refund["amount"], refund["refund_of"]) == (
+        "refund",
+        "-250,00",
+        payment["entry_id"],
+    )
+    assert refund["time"] == "2024-05-09 10:30:00"
+    assert refund["currency"] == payment["currency"] == "TRY"
+    # Summing both days gives what the association kept: nothing.
+    assert sum(Decimal(r["amount"].replace(",", ".")) for r in (payment, refund)) == 0
+
+
+async def test_a_record_first_seen_refunded_writes_both_entries_and_later_states_add_nothing(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "csv"
+    refunded = _donation(4, refund_date="2024-05-09T10:30:00+03:00")
+    await _write_all(_sink(tmp_path, out), [refunded])
+    before = {p: p.read_bytes() for p in out.glob("*/*.csv")}
+    assert len(before) == 2
+    # The paid state arriving late (a replay, a stale reconcile), and the refund again:
+    # each entry is in the files once already.
+    await _write_all(_sink(tmp_path, out), [_donation(3), refunded])
+    assert {p: p.read_bytes() for p in out.glob("*/*.csv")} == before
+    entries_written = [row["entry_id"] for row in _rows(out)]
+    assert entries_written == ["donation:101:payment", "donation:101:refund"]
+
+
+async def test_monthly_files_and_settings_that_override_the_profile(tmp_path: Path) -> None:
+    out = tmp_path / "csv"
+    refunded = _donation(4, refund_date="2024-06-02T10:30:00+03:00")
+    sink = _sink(tmp_path, out, profile="excel-tr", period="month", delimiter=",", excel_bom=False)
+    await _write_all(sink, [refunded])
+    may, june = out / "donation" / "2024-05.csv", out / "donation" / "2024-06.csv"
+    assert may.read_bytes().startswith(b"entry_id,entry,")
+    with june.open(newline="", encoding="utf-8") as f:
+        (row,) = csv.DictReader(f)
+    assert row["amount"] == "-250,00"  # the profile's decimal comma, quoted by the writer
+
+
+async def test_a_snapshots_folder_is_not_mixed_with_entries_until_its_files_are_moved(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "csv"
+    recs = sample_records(4)
+    await _write_all(_sink(tmp_path, out, layout="snapshots"), recs)
+    old_files = sorted(out.glob("*/*.csv"))
+    with pytest.raises(SinkConfigError, match="snapshots layout") as caught:
+        await _sink(tmp_path, out).open()
+    assert "fonzipd replay --sink under_test" in str(caught.value)
+    # The documented path: move the old files aside, start, replay.
+    archive = tmp_path / "csv-before-upgrade"
+    archive.mkdir()
+    for path in old_files:
+        path.rename(archive / f"{path.parent.name}-{path.name}")
+    await _write_all(_sink(tmp_path, out), recs)
+    assert sorted(row["key"] for row in _rows(out)) == sorted(r.key for r in recs)
+    assert next(iter(out.glob("*/*.csv"))).read_bytes().startswith(b"entry_id,")
+
+
+def test_snapshots_refuse_the_settings_of_entries() -> None:
+    with pytest.raises(ValueError, match="profile, period need layout"):
+        CSVOptions(directory=Path("/x"), layout="snapshots", profile="excel-tr", period="month")
+
+
+async def test_forget_in_an_excel_entries_folder_empties_the_persons_rows_only(
+    tmp_path: Path,
+) -> None:
+    from fonzipd.privacy import Erasure
+
+    out = tmp_path / "csv"
+    refunded = _donation(4, refund_date="2024-05-09T10:30:00+03:00")
+    other = dataclasses.replace(
+        _donation(3), fonzip_id=202, person=Person(name="Başka Kişi", email="b@example.org")
+    )
+    await _write_all(_sink(tmp_path, out, profile="excel-tr"), [refunded, other])
+    sink = _sink(tmp_path, out, profile="excel-tr")
+    await sink.open()
+    try:
+        erasure = Erasure(((Kind.DONATION, 101),), email=refunded.person.email)
+        assert await sink.forget(erasure) == 2  # the payment and the refund rows
+    finally:
+        await sink.close()
+    rows = {
+        row["entry_id"]: row for path in sorted(out.glob("*/*.csv")) for row in _excel_rows(path)
+    }
+    for entry_id in ("donation:101:payment", "donation:101:refund"):
+        assert (rows[entry_id]["person_name"], rows[entry_id]["person_email"]) == ("", "")
+    assert rows["donation:101:refund"]["amount"] == "-250,00"  # the accounting stays
+    assert rows["donation:202:payment"]["person_name"] == "Başka Kişi"

@@ -1,9 +1,19 @@
-"""The CSV sink: one file per kind and business date, each record version written once.
+"""The CSV sink: files per kind and business date (or month), each row written once.
 
-Files are ``<directory>/<kind>/<YYYY-MM-DD>.csv`` (``<kind>/undated.csv`` for records
-without a business date), UTF-8, a header row, RFC 4180 quoting, CRLF line ends, and
-the columns of :data:`COLUMNS` (plus ``data``, the full Fonzip object as JSON, with
-``include_data = true``). A refund is a new row with the new status: a new version.
+Files are ``<directory>/<kind>/<YYYY-MM-DD>.csv`` (``<YYYY-MM>.csv`` with
+``period = "month"``; ``<kind>/undated.csv`` for rows without a date), a header row,
+RFC 4180 quoting, CRLF line ends. Two layouts:
+
+* ``entries`` (the default): bookkeeping entries, not snapshots. A payment is a row
+  in the file of its business date; its refund is a row of its own, with the amount
+  negated, in the file of the refund's business date, pointing at the payment; a
+  day's file changes only when something on that day happens. Columns
+  :data:`~fonzipd.sinks.csv_format.ENTRY_COLUMNS`; see :mod:`fonzipd.sinks.csv_format`.
+  Separator, decimal mark, BOM and local or UTC times follow a ``profile``
+  (``standard``, ``excel-tr``), each overridable on its own.
+* ``snapshots``: the format of fonzipd before issue 12, kept for existing folders:
+  one row per record version (a refund is a second row, in the payment's file), the
+  columns of :data:`COLUMNS`, comma, decimal point, UTC times.
 
 Cells a spreadsheet would run as a formula (text starting with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return: a donor named ``=HYPERLINK(...)``) get a single
@@ -14,15 +24,16 @@ value.
 
 Files and the directories fonzipd creates are 0600 and 0700, whatever the umask.
 
-Exactly one row per version, even across ``kill -9``: a ledger (SQLite,
-``synchronous=FULL``, in fonzipd's state directory, not among the files: see
-:func:`ledger_path`) holds each file's committed size and every key written. A
-batch: skip keys already in the ledger; for each file, cut it back to its committed
-size (rows of a write whose ledger commit never happened, or half a row) and append
-the rows; fsync the files (and the directories of new files); then record the keys
-and new sizes in one ledger transaction. A crash before that commit leaves rows the
-next write cuts away and writes again; a crash after it leaves keys the next write
-skips.
+Exactly one row per entry (snapshots: per version), even across ``kill -9``: a ledger
+(SQLite, ``synchronous=FULL``, in fonzipd's state directory, not among the files: see
+:func:`ledger_path`) holds each file's committed size and every row key written
+(entries: the ``entry_id``; snapshots: the record key). A batch: skip keys already in
+the ledger; for each file, cut it back to its committed size (rows of a write whose
+ledger commit never happened, or half a row) and append the rows; fsync the files
+(and the directories of new files); then record the keys and new sizes in one ledger
+transaction. A crash before that commit leaves rows the next write cuts away and
+writes again; a crash after it leaves keys the next write skips. The ledger records
+its layout: a folder written in the other layout is not mixed into (see ``_open``).
 
 ``forget`` (``fonzipd forget``) finds the files holding a person's records through the
 ledger and rewrites each one: the person cells and ``data`` of those rows emptied, every
@@ -45,8 +56,9 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+import pydantic
 import structlog
 
 from fonzipd import crashpoints
@@ -60,6 +72,15 @@ from fonzipd.sink import (
     SinkContext,
     SinkOptions,
     TransientSinkError,
+)
+from fonzipd.sinks.csv_format import (
+    ENTRY_COLUMNS,
+    PROFILES,
+    Layout,
+    entries,
+    entry_path,
+    entry_row,
+    text_cell,
 )
 
 log = structlog.get_logger(__name__)
@@ -81,7 +102,7 @@ COLUMNS: tuple[str, ...] = (
     "fetched_at",
     "version",
 )
-"""The columns of every file, in order; ``data`` follows when ``include_data`` is set."""
+"""The columns of a ``snapshots`` file, in order; ``data`` follows with ``include_data``."""
 
 OLD_LEDGER_NAME = ".fonzipd-csv-ledger.db"
 """Where the ledger was kept before (inside the directory): moved away at open."""
@@ -89,7 +110,6 @@ LOCK_NAME = ".fonzipd-csv.lock"
 """An empty lock file in the directory: two sinks (or two daemons) never share it."""
 LEDGERS_DIR = "csv-ledgers"
 _BOM = "\ufeff".encode()
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 _LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -113,21 +133,62 @@ class CSVOptions(SinkOptions):
 
     directory: Path
     """Where the ``<kind>/<date>.csv`` files go; created (0700) if missing."""
+    layout: Literal["entries", "snapshots"] = "entries"
+    """``entries``: a row per payment and per refund, each in the file of its own day.
+    ``snapshots``: a row per record version (the format before issue 12, for folders
+    written by it)."""
+    profile: Literal["standard", "excel-tr"] = "standard"
+    """``standard``: ``,`` separator, decimal point, no BOM, UTC times. ``excel-tr``:
+    ``;`` separator, decimal comma, BOM, local times (Excel in Turkish locales)."""
+    delimiter: Literal[",", ";", "\t"] | None = None
+    """Overrides the profile's field separator."""
+    decimal_comma: bool | None = None
+    """Overrides the profile's decimal mark: ``250,50`` instead of ``250.50``."""
+    excel_bom: bool | None = None
+    """Overrides the profile: start new files with a UTF-8 byte order mark."""
+    local_times: bool | None = None
+    """Overrides the profile: times in the configured timezone (``2026-11-25 14:03:00``)
+    instead of UTC ISO-8601."""
+    period: Literal["day", "month"] = "day"
+    """One file per kind and day, or per kind and month (``<kind>/<YYYY-MM>.csv``)."""
     include_data: bool = False
     """Add a ``data`` column with the full Fonzip object as JSON."""
-    excel_bom: bool = False
-    """Start new files with a UTF-8 byte order mark, so that Excel reads them as UTF-8."""
+
+    @pydantic.model_validator(mode="after")
+    def _snapshots_keep_their_format(self) -> CSVOptions:
+        if self.layout == "snapshots":
+            set_keys = [
+                key
+                for key in ("delimiter", "decimal_comma", "local_times")
+                if getattr(self, key) is not None
+            ]
+            if self.profile != "standard":
+                set_keys.insert(0, "profile")
+            if self.period != "day":
+                set_keys.append("period")
+            if set_keys:
+                raise ValueError(
+                    f'{", ".join(set_keys)} need layout = "entries": the snapshots layout '
+                    "is the format of earlier versions, kept as it was for existing folders"
+                )
+        return self
+
+    def resolved(self) -> Layout:
+        """The profile with the individual settings applied."""
+        base = PROFILES[self.profile]
+        return Layout(
+            delimiter=base.delimiter if self.delimiter is None else self.delimiter,
+            decimal_comma=(
+                base.decimal_comma if self.decimal_comma is None else self.decimal_comma
+            ),
+            bom=base.bom if self.excel_bom is None else self.excel_bom,
+            local_times=base.local_times if self.local_times is None else self.local_times,
+        )
 
 
 def _number(value: object) -> str:
     # An int or a Decimal: written as is, so that "-12.50" stays a number.
     return "" if value is None else str(value)
-
-
-def text_cell(value: object) -> str:
-    """A text cell a spreadsheet will not run: a leading ``= + - @ TAB CR`` gets a ``'``."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _fields(record: Record, include_data: bool) -> list[str]:
@@ -153,15 +214,17 @@ def _fields(record: Record, include_data: bool) -> list[str]:
     return row
 
 
-def _csv_text(rows: list[list[str]]) -> str:
+def _csv_text(rows: list[list[str]], delimiter: str = ",") -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer = csv.writer(
+        buffer, delimiter=delimiter, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL
+    )
     writer.writerows(rows)
     return buffer.getvalue()
 
 
 def relative_path(record: Record) -> str:
-    """The file of a record, relative to the directory: ``<kind>/<date or undated>.csv``."""
+    """The file of a record in the snapshots layout: ``<kind>/<date or undated>.csv``."""
     day = "undated" if record.business_date is None else record.business_date.isoformat()
     return f"{record.kind}/{day}.csv"
 
@@ -198,7 +261,11 @@ class CSVSink(Sink):
         self._opts = options
         self._dir = options.directory
         self._ledger_path = ledger_path(context.state_dir, options.directory)
-        self._header = _csv_text([[*COLUMNS, "data"] if options.include_data else list(COLUMNS)])
+        self._layout = options.resolved()
+        columns = list(ENTRY_COLUMNS if options.layout == "entries" else COLUMNS)
+        if options.include_data:
+            columns.append("data")
+        self._header = _csv_text([columns], self._layout.delimiter)
         self._ledger: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._log = log.bind(sink_id=context.sink_id, directory=str(self._dir))
@@ -324,6 +391,7 @@ class CSVSink(Sink):
                     "INSERT OR IGNORE INTO meta (name, value) VALUES ('directory', ?)",
                     (str(self._dir.resolve()),),
                 )
+                self._check_layout(ledger)
                 self._recover(ledger)
             except BaseException:
                 os.close(lock_fd)
@@ -367,6 +435,41 @@ class CSVSink(Sink):
         _fsync_dir(self._dir)
         self._log.info("csv_ledger_moved", to=str(self._ledger_path))
 
+    def _check_layout(self, ledger: sqlite3.Connection) -> None:
+        """Never mix layouts in one folder; start afresh once the old files are moved away.
+
+        A ledger without a layout was written before layouts existed: snapshots. When
+        the configured layout differs and a file the ledger wrote is still in the
+        folder, opening fails (a SinkConfigError saying what to do). When none is left
+        (the user moved them aside), the ledger is emptied and takes the new layout, so
+        that ``fonzipd replay`` can write every record again in it.
+        """
+        wanted = self._opts.layout
+        row = ledger.execute("SELECT value FROM meta WHERE name = 'layout'").fetchone()
+        paths = [str(p) for (p,) in ledger.execute("SELECT path FROM files")]
+        have = str(row[0]) if row is not None else ("snapshots" if paths else wanted)
+        if have != wanted:
+            present = [p for p in paths if (self._dir / p).exists()]
+            if present:
+                raise SinkConfigError(
+                    f"sinks.{self.context.sink_id}: {self._dir} holds CSV files in the "
+                    f"{have} layout ({len(present)} file(s), e.g. {present[0]}); to write "
+                    f"{wanted}, move them out of the folder (or set directory to a new "
+                    f"one), start fonzipd, and run `fonzipd replay --sink "
+                    f"{self.context.sink_id}` to write every stored record in the new "
+                    f'layout; or set layout = "{have}" to keep the old format'
+                )
+            ledger.execute("BEGIN IMMEDIATE")
+            ledger.execute("DELETE FROM keys")
+            ledger.execute("DELETE FROM files")
+            ledger.execute("COMMIT")
+            self._log.info("csv_ledger_reset", old_layout=have, layout=wanted)
+        ledger.execute(
+            "INSERT INTO meta (name, value) VALUES ('layout', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (wanted,),
+        )
+
     def _recover(self, ledger: sqlite3.Connection) -> None:
         """Cut every file back to its committed size: the tail is a write never acknowledged."""
         for rel, size in ledger.execute("SELECT path, size FROM files").fetchall():
@@ -377,10 +480,28 @@ class CSVSink(Sink):
                     os.truncate(path, size)
                     self._log.warning("torn_write_truncated", file=rel, removed_bytes=actual - size)
 
+    def _rows(self, record: Record) -> list[tuple[str, str, list[str]]]:
+        """(ledger key, file, cells) of each row a record gives, in the layout configured."""
+        opts = self._opts
+        if opts.layout == "snapshots":
+            return [(record.key, relative_path(record), _fields(record, opts.include_data))]
+        tz = self.context.timezone
+        return [
+            (
+                entry.entry_id,
+                entry_path(entry, opts.period),
+                entry_row(entry, tz=tz, layout=self._layout, include_data=opts.include_data),
+            )
+            for entry in entries(record, tz)
+        ]
+
     def _write(self, batch: Sequence[Record]) -> int:
         assert self._ledger is not None
         ledger = self._ledger
-        keys = [r.key for r in batch]
+        # (ledger key, record key, cells) per file, in the order of the batch.
+        by_file: dict[str, list[tuple[str, str, list[str]]]] = {}
+        candidates = [(record, self._rows(record)) for record in batch]
+        keys = [key for _, rows in candidates for key, _, _ in rows]
         with self._os_errors(f"read its ledger in {self._dir}"):
             done = {
                 k
@@ -393,22 +514,27 @@ class CSVSink(Sink):
                 rel: (size, header)
                 for rel, size, header in ledger.execute("SELECT path, size, header FROM files")
             }
-        by_file: dict[str, list[Record]] = {}
-        for record in batch:
-            if record.key in done:
-                continue
-            done.add(record.key)  # the same key twice in one batch: one row
-            by_file.setdefault(relative_path(record), []).append(record)
+        for record, rows in candidates:
+            for key, rel, cells in rows:
+                if key in done:
+                    continue
+                done.add(key)  # the same key twice in one batch: one row
+                by_file.setdefault(rel, []).append((key, record.key, cells))
         if not by_file:
             return 0
 
         new_sizes: dict[str, int] = {}
         rejected: list[PermanentSinkError] = []
-        for rel, records in list(by_file.items()):
+        for rel, file_rows in list(by_file.items()):
             size, header = files.get(rel, (0, self._header))
-            rows = [_fields(r, self._opts.include_data) for r in records]
             try:
-                new_sizes[rel] = self._append(rel, size, header, rows)
+                new_sizes[rel] = self._append(
+                    rel,
+                    size,
+                    header,
+                    [cells for _, _, cells in file_rows],
+                    record_keys=[record_key for _, record_key, _ in file_rows],
+                )
             except PermanentSinkError as exc:
                 rejected.append(exc)
                 del by_file[rel]
@@ -418,7 +544,7 @@ class CSVSink(Sink):
             try:
                 ledger.executemany(
                     "INSERT OR IGNORE INTO keys (key, path) VALUES (?, ?)",
-                    [(r.key, rel) for rel, recs in by_file.items() for r in recs],
+                    [(key, rel) for rel, rows in by_file.items() for key, _, _ in rows],
                 )
                 ledger.executemany(
                     "INSERT INTO files (path, size, header) VALUES (?, ?, ?) "
@@ -436,9 +562,17 @@ class CSVSink(Sink):
                 "; ".join(str(e) for e in rejected),
                 failed_keys=frozenset().union(*(e.failed_keys or () for e in rejected)),
             )
-        return sum(len(recs) for recs in by_file.values())
+        return sum(len(rows) for rows in by_file.values())
 
-    def _append(self, rel: str, committed: int, header: str, rows: list[list[str]]) -> int:
+    def _append(
+        self,
+        rel: str,
+        committed: int,
+        header: str,
+        rows: list[list[str]],
+        *,
+        record_keys: list[str],
+    ) -> int:
         """Append ``rows`` after the first ``committed`` bytes of a file; its new size."""
         path = self._dir / rel
         with self._os_errors(f"write {path}"):
@@ -459,13 +593,14 @@ class CSVSink(Sink):
                     committed = actual
                 if committed > 0 and header != self._header:
                     raise PermanentSinkError(
-                        f"CSV sink: {path} was started with other columns (include_data "
-                        f"changed?); move it away, then replay the dead letters",
-                        failed_keys=[r[0] for r in rows],
+                        f"CSV sink: {path} was started with other columns (include_data, "
+                        f"the profile or the separator changed?); move it away, then replay "
+                        f"the dead letters",
+                        failed_keys=record_keys,
                     )
-                data = _csv_text(rows).encode()
+                data = _csv_text(rows, self._layout.delimiter).encode()
                 if committed == 0:
-                    data = (_BOM if self._opts.excel_bom else b"") + self._header.encode() + data
+                    data = (_BOM if self._layout.bom else b"") + self._header.encode() + data
                 os.lseek(fd, committed, os.SEEK_SET)
                 crashpoints.reached("csv_torn_line", lambda: os.write(fd, data[: len(data) // 2]))
                 view = memoryview(data)
@@ -488,8 +623,9 @@ def erase_rows(raw: bytes, keys: set[str]) -> tuple[bytes, int]:
     """The file ``raw`` with the person cells and ``data`` of the rows whose ``key`` is
     in ``keys`` emptied, every other byte kept; and how many rows changed.
 
-    The separator is read from the header (the character after ``key``), so files
-    written with another one are rewritten with theirs.
+    The separator is read from the header (the character after its first name), so
+    files written with another one are rewritten with theirs. Rows are matched on
+    ``entry_id`` in entries files, on ``key`` in snapshots files.
     """
     bom = _BOM if raw.startswith(_BOM) else b""
     lines = raw[len(bom) :].decode("utf-8").splitlines(keepends=True)
@@ -501,7 +637,10 @@ def erase_rows(raw: bytes, keys: set[str]) -> tuple[bytes, int]:
             yield line
 
     header_line = lines[0] if lines else ""
-    delimiter = header_line[3] if header_line.startswith("key") and len(header_line) > 3 else ","
+    # The header's first name is "key" (snapshots) or "entry_id" (entries): the
+    # character after it is the separator.
+    first = "entry_id" if header_line.startswith("entry_id") else "key"
+    delimiter = header_line[len(first)] if len(header_line) > len(first) else ","
     reader = csv.reader(feed(), delimiter=delimiter)
     out: list[str] = []
     changed = 0
@@ -513,7 +652,9 @@ def erase_rows(raw: bytes, keys: set[str]) -> tuple[bytes, int]:
             header = cells
             out.append(text)
             continue
-        at = header.index("key") if "key" in header else len(cells)
+        # The ledger's keys: entry ids (entries) or record keys (snapshots).
+        key_column = "entry_id" if "entry_id" in header else "key"
+        at = header.index(key_column) if key_column in header else len(cells)
         if at >= len(cells) or cells[at] not in keys:
             out.append(text)
             continue
