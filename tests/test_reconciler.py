@@ -696,11 +696,11 @@ async def test_a_day_is_built_from_list_rows_and_edits_that_keep_the_status_are_
     assert stored[repriced]["status"] == "succeeded"
 
 
-def _csv_rows(directory: Path) -> list[list[str]]:
-    rows: list[list[str]] = []
+def _csv_rows(directory: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
     for path in sorted(directory.glob("donation/*.csv")):
         with path.open(encoding="utf-8", newline="") as f:
-            rows.extend(list(csv.reader(f))[1:])
+            rows.extend(csv.DictReader(f))
     return rows
 
 
@@ -763,7 +763,9 @@ async def test_enrichment_fetches_the_details_last_and_spares_a_csv_sink_without
     # The SQLite sink took the enrichment (a second version, the detail's data)...
     assert {versions[i] for i in ids} == {2}
     assert all('"_fonzipd"' not in data[i] for i in ids)
-    # ...the CSV sink without a data column wrote one row per record, no repeat.
-    csv_ids = [int(r[2]) for r in _csv_rows(tmp_path / "csv")]
-    assert sorted(csv_ids) == sorted(set(csv_ids))
-    assert ids <= set(csv_ids)
+    # ...the CSV sink without a data column wrote each entry once (a payment, and a
+    # refund for a refunded record), no repeat for the enrichment.
+    rows = _csv_rows(tmp_path / "csv")
+    entry_ids = [r["entry_id"] for r in rows]
+    assert sorted(entry_ids) == sorted(set(entry_ids))
+    assert ids <= {int(r["fonzip_id"]) for r in rows}
