@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import resource
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -562,3 +563,84 @@ async def test_every_valid_delivery_is_seen_and_the_committer_task_is_watched(
 
 async def _ready() -> tuple[bool, dict[str, Any]]:
     return True, {}
+
+
+async def test_a_dead_committer_answers_its_batch_and_the_queued_ones_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    watched: list[asyncio.Task[None]] = []
+    committer = GroupCommitter(store, max_batch=1, on_commit=lambda: None, watch=watched.append)
+
+    async def bug(events: object) -> list[bool]:
+        raise RuntimeError("a bug in the store")
+
+    monkeypatch.setattr(store.inbox, "add_events", bug)
+    committer.start()
+    try:
+        answers = await asyncio.gather(
+            *(committer.submit(InboxEvent(Kind.DONATION, i, 3, Source.WEBHOOK)) for i in (1, 2, 3)),
+            return_exceptions=True,
+        )
+        assert [str(a) for a in answers] == [
+            "the event could not be stored",
+            "the group committer is not running",
+            "the group committer is not running",
+        ]
+        assert all(isinstance(a, StoreError) for a in answers)
+        assert watched[0].done()
+        assert watched[0].get_name() == "group-committer"
+    finally:
+        await committer.stop()
+        await store.close()
+
+
+async def test_events_arriving_together_are_committed_max_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    sizes: list[int] = []
+    add_events = store.inbox.add_events
+
+    async def counted(events: list[InboxEvent]) -> list[bool]:
+        sizes.append(len(events))
+        return await add_events(events)
+
+    monkeypatch.setattr(store.inbox, "add_events", counted)
+    committer = GroupCommitter(store, max_batch=2, on_commit=lambda: None)
+    committer.start()
+    try:
+        events = [InboxEvent(Kind.DONATION, i, 3, Source.WEBHOOK) for i in range(1, 6)]
+        assert await asyncio.gather(*(committer.submit(e) for e in events)) == [True] * 5
+        assert sizes == [2, 2, 1]
+        assert (committer.commits, committer.committed) == (3, 5)
+    finally:
+        await committer.stop()
+        await store.close()
+
+
+async def test_a_failed_commit_is_logged_with_its_size_and_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await Store.open(tmp_path / "s.db")
+
+    async def full(events: object) -> list[bool]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store.inbox, "add_events", full)
+    committer = GroupCommitter(store, max_batch=8, on_commit=lambda: None)
+    committer.start()
+    try:
+        with capture_logs() as lines, pytest.raises(StoreError, match="disk is full"):
+            await committer.submit(InboxEvent(Kind.DONATION, 1, 3, Source.WEBHOOK))
+        assert [ln for ln in lines if ln["log_level"] == "error"] == [
+            {
+                "event": "commit_failed",
+                "events": 1,
+                "error": "database or disk is full",
+                "log_level": "error",
+            }
+        ]
+    finally:
+        await committer.stop()
+        await store.close()
