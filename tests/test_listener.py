@@ -520,14 +520,14 @@ async def test_a_committer_that_is_not_running_refuses_at_once(tmp_path: Path) -
     committer = GroupCommitter(store, max_batch=8, on_commit=lambda: committed.append(1))
     event = InboxEvent(Kind.DONATION, 5, 3, Source.WEBHOOK)
     try:
-        with pytest.raises(StoreError, match="group committer is not running"):
+        with pytest.raises(StoreError, match=r"^the group committer is not running$"):
             await committer.submit(event)  # never started
         committer.start()
         assert await committer.submit(event) is True
         assert await committer.submit(event) is False  # the same pending event: a duplicate
         assert (committer.commits, committer.committed, committed) == (2, 2, [1, 1])
         await committer.stop()
-        with pytest.raises(StoreError, match="group committer is not running"):
+        with pytest.raises(StoreError, match=r"^the group committer is not running$"):
             await committer.submit(InboxEvent(Kind.DONATION, 6, 3, Source.WEBHOOK))
         assert await store.inbox.counts() == {"pending": 1}
     finally:
@@ -643,4 +643,21 @@ async def test_a_failed_commit_is_logged_with_its_size_and_reason(
         ]
     finally:
         await committer.stop()
+        await store.close()
+
+
+async def test_stop_commits_what_is_queued_before_it_ends(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    committer = GroupCommitter(store, max_batch=1, on_commit=lambda: None)
+    committer.start()
+    try:
+        submits = [
+            asyncio.create_task(committer.submit(InboxEvent(Kind.DONATION, i, 3, Source.WEBHOOK)))
+            for i in (1, 2, 3)
+        ]
+        await asyncio.sleep(0)  # the three are queued; none is committed yet
+        await committer.stop()
+        assert [await s for s in submits] == [True, True, True]
+        assert await store.inbox.counts() == {"pending": 3}
+    finally:
         await store.close()
