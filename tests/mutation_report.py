@@ -50,15 +50,20 @@ def _diff(functions: dict[str, list[str]], key: str) -> list[str]:
     ]
 
 
+_SQL = re.compile(
+    r"\b(select|insert|update|delete|create|from|where|values|set|on conflict|order by)\b", re.I
+)
+
+
 def sql_case_only(diff: list[str]) -> bool:
-    """A mutant that only changed the letter case of strings: the same SQL."""
+    """A mutant that only changed the letter case of SQL statements: the same SQL."""
     old = [line[1:] for line in diff if line.startswith("-")]
     new = [line[1:] for line in diff if line.startswith("+")]
     return (
         bool(old)
-        and len(old) == len(new)
-        and [o.lower() for o in old] == [n.lower() for n in new]
         and old != new
+        and [o.lower() for o in old] == [n.lower() for n in new]
+        and all(_SQL.search(o) for o in old)
     )
 
 
