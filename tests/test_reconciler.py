@@ -370,6 +370,9 @@ async def test_dry_run_queues_nothing_and_the_command_reports_open_days(tmp_path
         code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], dry_run=True, out=out)
         assert code == 1  # everything is missing locally
         assert "dry run" in out.getvalue()
+        paid = sum(1 for r in sim.rows(Kind.DONATION) if r["transaction__payment_status"] == 3)
+        assert f"dry_run_open (local 0 != Fonzip {paid}, {paid} to fetch)" in out.getvalue()
+        assert "dry_run_closed" not in out.getvalue()
         store = await Store.open(settings.state.path)
         try:
             assert await store.inbox.counts() == {}
@@ -379,8 +382,14 @@ async def test_dry_run_queues_nothing_and_the_command_reports_open_days(tmp_path
         # Now for real, in this process (no daemon runs): the day closes.
         out = io.StringIO()
         code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], out=out)
-    assert code == 0, out.getvalue()
-    assert f"{day.isoformat()}: closed" in out.getvalue()
+        assert code == 0, out.getvalue()
+        assert f"{day.isoformat()}: closed" in out.getvalue()
+        # A dry run of the day now finds nothing to do: every list would close.
+        out = io.StringIO()
+        code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], dry_run=True, out=out)
+        assert code == 0, out.getvalue()
+        assert out.getvalue().count("dry_run_closed") == 3
+        assert "dry_run_open" not in out.getvalue()
     status = await cli._status(settings)
     assert {r["list_status"] for r in status["reconcile_runs"]} == {"paid", "refund", "failed"}
     assert status["open_days"] == []
