@@ -88,7 +88,35 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--dead", action="store_true", help="the sink's dead letters only")
     rp.add_argument("--since", type=dt.date.fromisoformat, help="business date YYYY-MM-DD")
     rp.add_argument("--kind", type=Kind, choices=list(Kind), help="one kind only")
+    rp.add_argument("--until", type=dt.date.fromisoformat, help="last business date YYYY-MM-DD")
+    rp.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="only this object, kind:fonzip_id (a record key's version is ignored; repeatable)",
+    )
+    rp.add_argument(
+        "--id",
+        action="append",
+        type=int,
+        default=[],
+        dest="ids",
+        help="only this dead letter (an id from fonzipd dead-letters; implies --dead; repeatable)",
+    )
     rp.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    tl = with_config(sub.add_parser("tail", help="print records as they are stored (Ctrl-C ends)"))
+    tl.add_argument("--kind", action="append", type=Kind, choices=list(Kind), default=[])
+    tl.add_argument("--status", action="append", default=[], help="only this status (repeatable)")
+    tl.add_argument("--last", type=int, default=0, help="first print the N latest matching records")
+    tl.add_argument("--json", action="store_true", help="whole records, one JSON object a line")
+    tl.add_argument("--interval", type=_seconds, default=1.0, help="seconds between reads")
+    dl = with_config(sub.add_parser("dead-letters", help="list the dead letters, or show one"))
+    dl.add_argument("--sink", help="one sink only")
+    dl_actions = dl.add_subparsers(dest="dead_command", metavar="ACTION")
+    dl_show = dl_actions.add_parser("show", help="one dead letter in full, with its record")
+    dl_show.add_argument("which", help="its id, or its record key (kind:fonzip_id[:version])")
+    # --config after "show" too; SUPPRESS keeps one given before it.
+    dl_show.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     fg = with_config(
         sub.add_parser(
             "forget",
@@ -106,6 +134,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--webhook-url", help="where the simulator sends webhooks")
     sim.add_argument("--webhook-token", help="X-FZ-Auth-Token it sends")
+    sim_actions = sim.add_subparsers(dest="simulate_command", metavar="ACTION")
+    trig = sim_actions.add_parser(
+        "trigger", help="make an event happen in a running simulator (donation.refunded...)"
+    )
+    trig.add_argument(
+        "event", help="KIND.succeeded | KIND.failed | KIND.refunded | campaign.created"
+    )
+    trig.add_argument(
+        "--url", default=None, help="the simulator (default http://<--host>:<--port>)"
+    )
+    trig.add_argument("--id", type=int, dest="fonzip_id", help="refund this object (.refunded)")
     demo = sub.add_parser("demo", help="simulator + daemon + a stream of webhooks, then a summary")
     demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="output folder")
     demo.add_argument("--events", type=int, default=40, help="webhooks to send")
@@ -456,8 +495,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         try:
             return await store.outbox.requeue(
                 args.sink,
-                dead=args.dead,
+                dead=args.dead or bool(args.ids),
                 since=args.since,
+                until=args.until,
+                keys=args.key,
+                ids=args.ids,
                 kind=args.kind,
                 dry_run=args.dry_run,
                 policy=SinkPolicy.from_settings(settings.sinks[args.sink]),
@@ -465,11 +507,70 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
+    bad = [k for k in args.key if len(k.split(":")) < 2 or not k.split(":")[1].isdigit()]
+    if bad:
+        print(
+            f"fonzipd: --key wants kind:fonzip_id (donation:10042), got {bad[0]!r}", file=sys.stderr
+        )
+        return EXIT_USAGE
     count = asyncio.run(replay())
-    what = "dead letters" if args.dead else "records"
+    what = "dead letters" if args.dead or args.ids else "records"
     verb = "would requeue" if args.dry_run else "requeued"
     print(f"{verb} {count} {what} for sink {args.sink}")
     return EXIT_OK
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from fonzipd.tail import follow
+
+    settings = _load(args)
+    if not settings.state.path.exists():
+        raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
+
+    async def tail() -> None:
+        store = await Store.open(settings.state.path)
+        try:
+            await follow(
+                store,
+                kinds=[str(k) for k in args.kind],
+                statuses=args.status,
+                last=args.last,
+                as_json=args.json,
+                interval=args.interval,
+                emit=lambda line: print(line, flush=True),
+            )
+        finally:
+            await store.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail())
+    return EXIT_OK
+
+
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    from fonzipd import dead_letters
+
+    settings = _load(args)
+    if not settings.state.path.exists():
+        raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
+
+    async def read() -> tuple[int, str]:
+        store = await Store.open(settings.state.path)
+        try:
+            if args.dead_command == "show":
+                row = await dead_letters.one(store, args.which)
+                if row is None:
+                    return EXIT_FAILED, f"fonzipd: no dead letter {args.which!r}"
+                return EXIT_OK, dead_letters.render_one(row)
+            return EXIT_OK, dead_letters.render_listing(
+                await dead_letters.listing(store, args.sink)
+            )
+        finally:
+            await store.close()
+
+    code, text = asyncio.run(read())
+    print(text, file=sys.stderr if code else sys.stdout)
+    return code
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
@@ -515,6 +616,18 @@ def _cmd_sinks(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from fonzipd.simulator import serve
+
+    if args.simulate_command == "trigger":
+        from fonzipd.simulator.trigger import TriggerError, trigger
+
+        base = (args.url or f"http://{args.host}:{args.port}").rstrip("/")
+        try:
+            done = asyncio.run(trigger(f"{base}/_sim", args.event, fonzip_id=args.fonzip_id))
+        except TriggerError as exc:
+            print(f"fonzipd: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"triggered {args.event}: {done}")
+        return EXIT_OK
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
@@ -586,6 +699,8 @@ _COMMANDS = {
     "check": _cmd_check,
     "status": _cmd_status,
     "replay": _cmd_replay,
+    "dead-letters": _cmd_dead_letters,
+    "tail": _cmd_tail,
     "forget": _cmd_forget,
     "sinks": _cmd_sinks,
     "simulate": _cmd_simulate,

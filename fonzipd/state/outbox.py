@@ -125,13 +125,18 @@ class Outbox:
         kind: Kind | None = None,
         dry_run: bool = False,
         policy: SinkPolicy = NO_POLICY,
+        until: dt.date | None = None,
+        keys: Sequence[str] = (),
+        ids: Sequence[int] = (),
     ) -> int:
         """Queue records for one sink again; returns how many.
 
         ``dead``: the sink's dead letters (queued redacted already). Otherwise: the
-        latest version of every stored record (optionally since a business date, of one
-        kind) that the sink's ``policy`` admits, redacted by it, through the same
-        idempotent path as any delivery.
+        latest version of every stored record (optionally since and until a business
+        date, of one kind) that the sink's ``policy`` admits, redacted by it, through
+        the same idempotent path as any delivery. ``keys`` (``kind:fonzip_id``, a
+        version suffix ignored) limits either to those objects; ``ids`` to those dead
+        letters (the ids ``fonzipd dead-letters`` lists).
         """
         now = ts(self._conn.clock.now())
         where = ["sink_id = ?", "state = 'dead'"] if dead else []
@@ -139,9 +144,26 @@ class Outbox:
         if since is not None:
             where.append("business_date >= ?")
             params.append(since.isoformat())
+        if until is not None:
+            where.append("business_date <= ?")
+            params.append(until.isoformat())
         if kind is not None:
             where.append("kind = ?")
             params.append(str(kind))
+        if keys:
+            objects = [":".join(k.split(":")[:2]) for k in keys]
+            if dead:
+                where.append(
+                    "(" + " OR ".join("substr(record_key, 1, ?) = ?" for _ in objects) + ")"
+                )
+                for prefix in (o + ":" for o in objects):
+                    params += [len(prefix), prefix]
+            else:
+                where.append(f"(kind || ':' || fonzip_id) IN ({','.join('?' * len(objects))})")
+                params.extend(objects)
+        if ids:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         async with self._conn.transaction() as tx:
             if dead:
