@@ -181,6 +181,11 @@ def request_rows(tmp_path: Path) -> list[dict[str, object]]:
         return [dict(r) for r in db.execute("SELECT * FROM reconcile_requests ORDER BY id")]
 
 
+def refused(sim: Simulator, path: str) -> bool:
+    """True once the simulator has answered ``path`` with a 503."""
+    return any(r.path == path and r.status == 503 for r in sim.requests)
+
+
 async def wait_for(check: Callable[[], object], within: float = 20.0) -> None:
     async with asyncio.timeout(within):
         while not check():
@@ -243,7 +248,12 @@ async def test_a_daemon_killed_mid_request_bounds_the_wait_and_the_next_daemon_r
             cwd=tmp_path,
         )
     )
-    await wait_for(lambda: bool(request_rows(tmp_path)) and request_rows(tmp_path)[0]["started_at"])
+    # Killed once Fonzip has answered the stuck detail 503: the run is under way, and the
+    # daemon has stored its token (it asks for one only when the run starts). A kill
+    # between Fonzip issuing the token and fonzipd storing it would lose the key's one
+    # live token, and the next daemon would wait out its hour of 409s.
+    await wait_for(lambda: refused(sim, f"/api/v2/donation/{stuck}"))
+    assert request_rows(tmp_path)[0]["started_at"] is not None
     daemon.kill()  # claimed, not finished
     code, out, err, took = await command
     assert code == 1, out + err
