@@ -192,6 +192,16 @@ async def wait_for(check: Callable[[], object], within: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def logged(daemon: DaemonProcess, event: str) -> list[dict[str, object]]:
+    """The live daemon's ``event`` log lines, once it has written one.
+
+    fonzipd writes its log in batches, up to 0.1 s after the line was logged
+    (fonzipd/logs.py): a line can trail the database change a test saw first.
+    """
+    await wait_for(lambda: daemon.find(event) is not None, within=10)
+    return [e for e in daemon.events() if e.get("event") == event]
+
+
 async def test_the_daemon_runs_the_request_and_the_command_reports_the_open_day_by_its_wait(
     tmp_path: Path, sim: Simulator, daemon: DaemonProcess
 ) -> None:
@@ -215,7 +225,7 @@ async def test_the_daemon_runs_the_request_and_the_command_reports_the_open_day_
     assert line.split()[9] == "open", line
     assert f"donation {stuck} still retrying" in line
     assert "HTTP 503" in line
-    (served,) = [e for e in daemon.events() if e.get("event") == "reconcile_request_served"]
+    (served,) = await logged(daemon, "reconcile_request_served")
     assert served["outcome"] == "open"
     # The verdict is in the books: status and /metrics show the open day.
     code, out, err, _ = await fonzipd("status", "--config", str(daemon.config), cwd=tmp_path)
@@ -265,7 +275,7 @@ async def test_a_daemon_killed_mid_request_bounds_the_wait_and_the_next_daemon_r
     sim.faults.failing_details = []
     await daemon.start()
     await wait_for(lambda: request_rows(tmp_path)[0]["finished_at"] is not None, within=30)
-    assert daemon.find("reconcile_requests_reclaimed") is not None
+    assert await logged(daemon, "reconcile_requests_reclaimed")
     assert request_rows(tmp_path)[0]["outcome"] == "closed"
 
 
@@ -300,28 +310,60 @@ async def test_a_backfill_stops_following_a_daemon_whose_heartbeat_stopped(
     assert "the daemon stopped (no heartbeat) before finishing request 1 (claimed)" in out
 
 
+async def stop_outside_a_write(daemon: DaemonProcess) -> None:
+    """SIGSTOP the daemon at a moment it holds no write lock on the state database.
+
+    Its scheduler claims requests in a write transaction every ``poll_interval``;
+    stopped inside one (about 1 stop in 17 under load), it would keep every other
+    writer, the command's request included, out until SIGCONT.
+    """
+    assert daemon.proc is not None
+    async with asyncio.timeout(20):
+        while True:
+            daemon.proc.send_signal(signal.SIGSTOP)
+            # Returns once every thread has stopped.
+            await asyncio.to_thread(os.waitpid, daemon.proc.pid, os.WUNTRACED)
+            with contextlib.closing(
+                sqlite3.connect(daemon.workdir / "state.db", timeout=0.2, isolation_level=None)
+            ) as db:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute("ROLLBACK")
+                    return
+                except sqlite3.OperationalError:
+                    pass  # stopped inside a write: let it finish, then stop it again
+            daemon.proc.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.05)
+
+
 async def test_ctrl_c_withdraws_the_request(
     tmp_path: Path, sim: Simulator, daemon: DaemonProcess
 ) -> None:
     day = sim.end_date - dt.timedelta(days=1)
     assert daemon.proc is not None
-    daemon.proc.send_signal(signal.SIGSTOP)  # alive, holding its lock, claiming nothing
+    await stop_outside_a_write(daemon)  # alive, holding its lock, claiming nothing
     try:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fonzipd",
-            "reconcile",
-            "--config",
-            str(daemon.config),
-            "--date",
-            day.isoformat(),
-            cwd=tmp_path,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        # The command starts with Ctrl-C's default action, as from a terminal: a test
+        # run started in the background has SIGINT ignored, and exec keeps it ignored.
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fonzipd",
+                "reconcile",
+                "--config",
+                str(daemon.config),
+                "--date",
+                day.isoformat(),
+                cwd=tmp_path,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        finally:
+            signal.signal(signal.SIGINT, before)
         await wait_for(lambda: bool(request_rows(tmp_path)))
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(20):
@@ -346,7 +388,7 @@ async def test_ctrl_c_withdraws_the_request(
     )
     assert code == 1, out + err
     assert "dry run" in out
-    served = [e["request"] for e in daemon.events() if e.get("event") == "reconcile_request_served"]
+    served = [e["request"] for e in await logged(daemon, "reconcile_request_served")]
     assert served == [2]
     assert [r["outcome"] for r in request_rows(tmp_path)] == ["withdrawn", "open"]
 
@@ -370,7 +412,7 @@ async def test_a_dry_run_is_handed_to_the_daemon_and_lists_under_its_rate_limit(
     assert code == 1, out + err  # everything is missing locally
     assert "(dry run: nothing was queued or recorded)" in out
     assert "dry_run_open" in list_line(out, day, "paid")
-    (served,) = [e for e in daemon.events() if e.get("event") == "reconcile_request_served"]
+    (served,) = await logged(daemon, "reconcile_request_served")
     assert served["dry_run"] is True
     # Listed once, by the daemon (its limiter), one page per list; nothing fetched.
     made = [r.path for r in sim.requests[before:] if r.path != "/api/v2/token"]
