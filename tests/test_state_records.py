@@ -158,9 +158,13 @@ async def test_each_sink_gets_what_its_filters_admit_redacted_before_it_is_queue
         "full": SinkPolicy(),
         "crm": SinkPolicy(redact=frozenset(SENSITIVE_FIELDS), person=frozenset({"email"})),
         "tickets": SinkPolicy(kinds=frozenset({Kind.TICKET_SALE})),
+        "ids": SinkPolicy(redact=frozenset({"tckno"})),
     }
     applied = await store.records.apply_record(None, rec, sinks)
-    assert applied.enqueued == 2
+    assert applied.enqueued == 3
+    (ids,) = await store.outbox.batch("ids", 10)
+    assert "tckno" not in ids.record.data
+    assert ids.record.person == rec.person  # its own policy's copy, not another's
     assert await store.outbox.batch("tickets", 10) == []
     (full,) = await store.outbox.batch("full", 10)
     (crm,) = await store.outbox.batch("crm", 10)

@@ -110,14 +110,17 @@ async def _queue(
     An ``enrichment`` goes only to the sinks whose policy takes enrichments."""
     bdate = None if record.business_date is None else record.business_date.isoformat()
     enqueued = 0
+    # Sinks sharing a policy share its redacted copy: redacted once per policy.
+    copies: dict[SinkPolicy, str] = {}
     for sink_id, policy in sinks.items():
         if not policy.admits(record) or (enrichment and not policy.enrichments):
             continue
-        queued = (
-            json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
-            if policy.redacts
-            else payload
-        )
+        queued = payload
+        if policy.redacts:
+            queued = copies.get(policy) or json.dumps(
+                policy.apply(record).to_json_dict(), ensure_ascii=False
+            )
+            copies[policy] = queued
         cur = await tx.execute(
             "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
             " business_date, record, state, created_at)"
