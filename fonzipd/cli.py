@@ -491,7 +491,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     async def replay() -> int:
-        store = await Store.open(settings.state.path)
+        store = await Store.open(settings.state.path, read_only=args.dry_run)
         try:
             return await store.outbox.requeue(
                 args.sink,
@@ -551,11 +551,9 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     from fonzipd import dead_letters
 
     settings = _load(args)
-    if not settings.state.path.exists():
-        raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
 
     async def read() -> tuple[int, str]:
-        store = await Store.open(settings.state.path)
+        store = await Store.open(settings.state.path, read_only=True)
         try:
             if args.dead_command == "show":
                 row = await dead_letters.one(store, args.which)

@@ -14,7 +14,7 @@ from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.config import Settings
 from fonzipd.days import NightlySchedule
 from fonzipd.scheduler import LAST_NIGHT_KEY
-from fonzipd.state import Store, StoreError
+from fonzipd.state import Store
 from fonzipd.state.connection import iso
 from fonzipd.webhooks import SEEN_META_PREFIX as SEEN_PREFIX
 
@@ -25,9 +25,8 @@ async def gather(
     settings: Settings, *, health: dict[str, Any] | None, running: bool, clock: Clock = SYSTEM_CLOCK
 ) -> dict[str, Any]:
     """Everything status shows, as plain JSON-able values."""
-    if not settings.state.path.exists():
-        raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
-    store = await Store.open(settings.state.path)
+    # Read-only: no migration, no write, no file created; a wrong path is refused.
+    store = await Store.open(settings.state.path, read_only=True)
     try:
         depth, age = await store.inbox.depth()
         runs = await store.books.runs(limit=1000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from fonzipd import __version__
 from fonzipd.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from fonzipd.state import Store
+from fonzipd.state.migrations import SCHEMA_VERSION
 from tests.support import make_record
+from tests.test_state_migrations import make_v2_database
 
 TOKEN = "cli-test-webhook-token-123"
 
@@ -206,7 +209,75 @@ def test_status_without_a_state_database(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["status", "--config", str(config(tmp_path))]) == EXIT_FAILED
-    assert "no state database yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'state.db'}: no fonzipd state database here" in err
+    assert not (tmp_path / "state.db").exists()
+
+
+def fonzipd(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "fonzipd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_status_with_a_wrong_config_creates_no_database(tmp_path: Path) -> None:
+    """Probe: a wrong --config silently created a new, empty state database."""
+    (tmp_path / "elsewhere").mkdir()
+    path = config(tmp_path / "elsewhere")
+    done = fonzipd("status", "--config", str(path))
+    assert done.returncode == EXIT_FAILED
+    db = tmp_path / "elsewhere" / "state.db"
+    assert f"fonzipd: {db}: no fonzipd state database here" in done.stderr
+    assert sorted(p.name for p in db.parent.iterdir()) == ["config.toml"]
+
+
+def test_read_only_commands_change_nothing_and_create_no_file(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    asyncio.run(_seed_state(tmp_path / "state.db"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    status = fonzipd("status", "--config", str(path), "--json")
+    assert status.returncode == EXIT_FAILED, status.stderr  # it has a dead letter
+    assert json.loads(status.stdout)["sinks"]["archive"]["dead"] == 1
+    dry = fonzipd("replay", "--config", str(path), "--sink", "archive", "--dead", "--dry-run")
+    assert (dry.returncode, dry.stdout.strip()) == (
+        0,
+        "would requeue 1 dead letters for sink archive",
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_status_never_migrates_a_database_an_older_daemon_runs(tmp_path: Path) -> None:
+    """Probe: `status` from a newer install migrated the schema under the running daemon."""
+    path = config(tmp_path)
+    make_v2_database(tmp_path / "state.db")
+    done = fonzipd("status", "--config", str(path))
+    assert done.returncode == EXIT_FAILED
+    assert f"schema version 2 is older than this fonzipd's ({SCHEMA_VERSION})" in done.stderr
+    assert str(tmp_path / "state.db") in done.stderr
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "2",
+        )
+    db.close()
+
+
+def test_status_refuses_a_file_that_is_not_a_fonzipd_database(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("CREATE TABLE contacts (name TEXT)")
+    db.close()
+    done = fonzipd("status", "--config", str(path))
+    assert done.returncode == EXIT_FAILED
+    assert f"{tmp_path / 'state.db'}: not a fonzipd state database" in done.stderr
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master")]
+    db.close()
+    assert names == ["contacts"]
 
 
 def test_sinks_says_which_driver_extras_are_missing(

@@ -25,9 +25,35 @@ async def test_event_is_deduplicated_only_while_pending(store: Store) -> None:
     await store.inbox.add_events([hook(1)])
     row = await store.inbox.claim()
     assert row is not None
-    assert await store.inbox.add_events([hook(1)]) == [False]  # claimed counts as pending
-    await store.records.apply_record(row.id, make_record(1), ["a"])
+    # The claimed row's fetch may have read the older state: the new notification
+    # gets a fetch of its own; a third one is a duplicate of that pending row.
     assert await store.inbox.add_events([hook(1)]) == [True]
+    assert await store.inbox.add_events([hook(1)]) == [False]
+    await store.records.apply_record(row.id, make_record(1), ["a"])
+    again = await store.inbox.claim()
+    assert again is not None
+    assert (again.fonzip_id, again.id != row.id) == (1, True)
+
+
+async def test_a_claimed_row_given_back_beside_a_pending_twin_is_superseded(
+    store: Store,
+) -> None:
+    for give_back in ("retry_later", "unclaim", "release_claims"):
+        await store.inbox.add_events([hook(1)])
+        row = await store.inbox.claim()
+        assert row is not None
+        assert await store.inbox.add_events([hook(1)]) == [True]
+        if give_back == "retry_later":
+            await store.inbox.retry_later(row.id, "Fonzip unavailable", 30)
+        elif give_back == "unclaim":
+            await store.inbox.unclaim(row.id)
+        else:
+            await store.inbox.release_claims()
+        assert (await store.inbox.depth())[0] == 1, give_back
+        twin = await store.inbox.claim()
+        assert twin is not None
+        assert twin.id != row.id
+        await store.records.apply_record(twin.id, make_record(1), ["a"])
 
 
 async def test_events_survive_a_reopen(tmp_path: Path, clock: FakeClock) -> None:

@@ -1,9 +1,11 @@
-"""Tests of fonzipd.state.migrations: form answers re-normalized once by migration 4."""
+"""Tests of fonzipd.state.migrations: existing databases migrate forward, keeping their rows."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import sqlite3
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,7 +18,7 @@ from fonzipd.privacy import NO_POLICY, SinkPolicy
 from fonzipd.records import Record, Source, content_version
 from fonzipd.state import Store, migrations
 from tests.fonzip_objects import form_answer
-from tests.support import FakeClock, make_record
+from tests.support import FakeClock, hook, make_record
 
 
 def _answer(approval_status: int | None, payment_status: int | None, answer_id: int) -> Record:
@@ -74,7 +76,7 @@ async def test_stored_form_answers_get_their_payment_status_and_reach_each_sink_
     clock.advance(60)
     store = await Store.open(path, clock=clock)
     try:
-        assert await store.schema_version() == migrations.SCHEMA_VERSION == 5
+        assert await store.schema_version() == migrations.SCHEMA_VERSION == 6
         stored = await store.records.get(Kind.FORM_ANSWER, 401)
         assert stored is not None
         assert (stored.status, stored.approval) == ("succeeded", "waiting_approval")
@@ -129,3 +131,52 @@ async def test_stored_form_answers_get_their_payment_status_and_reach_each_sink_
         assert len(await again.outbox.batch("sql", 100)) == 3
     finally:
         await again.close()
+
+
+def make_v2_database(path: Path) -> None:
+    """A state database as fonzipd 2's schema left it, with rows in flight."""
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        for script in migrations.MIGRATIONS[:2]:
+            assert isinstance(script, str)
+            db.executescript(script)
+        db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '2')")
+        rec = make_record(1)
+        for n, sink in enumerate(("csv", "http", "csv"), start=1):
+            db.execute(
+                "INSERT INTO outbox (id, sink_id, record_key, kind, record, state, created_at)"
+                " VALUES (?, ?, ?, 'donation', ?, 'pending', 0)",
+                (n, sink, f"{rec.key}:{n}", json.dumps(rec.to_json_dict())),
+            )
+        db.execute(
+            "INSERT INTO inbox (kind, fonzip_id, event_status, source, priority, state,"
+            " next_attempt_at, received_at) VALUES ('donation', 7, 3, 'webhook', 0,"
+            " 'claimed', 0, 0)"
+        )
+    db.close()
+
+
+async def test_a_version_2_database_migrates_and_keeps_its_rows(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "state.db"
+    make_v2_database(path)
+    store = await Store.open(path, clock=clock)
+    try:
+        assert await store.schema_version() == migrations.SCHEMA_VERSION
+        assert [r.id for r in await store.outbox.batch("csv", 10)] == [1, 3]
+        assert [r.id for r in await store.outbox.batch("http", 10)] == [2]
+        # Outbox ids are never reused any more: the highest one deleted, the next is new.
+        await store.outbox.acknowledge("csv", [3])
+        await store.records.apply_record(None, make_record(2), ["http"])
+        assert [r.id for r in await store.outbox.batch("http", 10)] == [2, 4]
+        # The claimed event no longer hides a new notification of the same object.
+        assert await store.inbox.add_events([hook(7)]) == [True]
+        assert await store.inbox.release_claims() == 0  # superseded by its pending twin
+        assert (await store.inbox.depth())[0] == 1
+    finally:
+        await store.close()
+    # Migrated once: opening again changes nothing.
+    store = await Store.open(path, clock=clock)
+    assert await store.schema_version() == migrations.SCHEMA_VERSION
+    await store.close()

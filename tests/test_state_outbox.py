@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
+import json
+import sqlite3
 
 from fonzipd.kinds import Kind
 from fonzipd.state import Store
@@ -88,3 +92,87 @@ async def test_replay_selects_by_date_and_kind_and_a_dry_run_counts_the_same(
     assert await store.outbox.requeue("a", dead=True, dry_run=True, kind=Kind.TICKET_SALE) == 1
     assert await store.outbox.requeue("a", dead=True, dry_run=True) == 2
     assert await store.outbox.requeue("a", dead=True, since=late) == 1
+
+
+async def test_a_read_never_sees_a_transaction_another_task_has_open(store: Store) -> None:
+    """Probe: an uncommitted csv row was read, rolled back, and its id reused."""
+    opened, release = asyncio.Event(), asyncio.Event()
+    rec = make_record(1)
+
+    async def queue_then_fail() -> None:
+        with contextlib.suppress(sqlite3.OperationalError):
+            async with store.connection.transaction() as tx:
+                await tx.execute(
+                    "INSERT INTO outbox (sink_id, record_key, kind, record, state, created_at)"
+                    " VALUES ('csv', ?, 'donation', ?, 'pending', 0)",
+                    (rec.key, json.dumps(rec.to_json_dict())),
+                )
+                opened.set()
+                await release.wait()
+                raise sqlite3.OperationalError("database or disk is full")  # COMMIT failed
+
+    task = asyncio.create_task(queue_then_fail())
+    await opened.wait()
+    assert await store.outbox.batch("csv", 10) == []
+    assert (await store.outbox.sink_status(["csv"]))["csv"]["pending"] == 0
+    release.set()
+    await task
+    assert await store.outbox.batch("csv", 10) == []
+
+
+async def test_an_acknowledgement_only_ever_deletes_its_own_sinks_rows(store: Store) -> None:
+    await store.records.apply_record(None, make_record(1), ["csv"])
+    [csv_row] = await store.outbox.batch("csv", 10)
+    await store.outbox.acknowledge("csv", [csv_row.id])  # the highest id, now deleted
+    await store.records.apply_record(None, make_record(2), ["http"])
+    [http_row] = await store.outbox.batch("http", 10)
+    assert http_row.id > csv_row.id  # ids are never reused
+    # Even an acknowledgement naming another sink's id deletes nothing of it.
+    await store.outbox.acknowledge("csv", [csv_row.id, http_row.id])
+    await store.outbox.dead_letter("csv", [http_row.id], "refused")
+    assert await store.outbox.record_failure("csv", [http_row.id], "bug", dead_after=1) == 0
+    assert await store.outbox.batch("http", 10) == [http_row]
+
+
+async def test_replaying_a_dead_letter_never_sends_an_older_version_after_a_newer_one(
+    store: Store,
+) -> None:
+    """Probe: ``replay --dead`` queued v1 after the sink had got v2."""
+    v1, v2 = make_record(1), make_record(1, name="Ayşe Yılmaz Demir")
+    await store.records.apply_record(None, v1, ["csv"])
+    [row1] = await store.outbox.batch("csv", 10)
+    await store.outbox.dead_letter("csv", [row1.id], "HTTP 400: refused")
+    await store.records.apply_record(None, v2, ["csv"])
+    [row2] = await store.outbox.batch("csv", 10)
+    await store.outbox.acknowledge("csv", [row2.id])  # the sink holds v2
+    assert await store.outbox.requeue("csv", dead=True, dry_run=True) == 1
+    assert await store.outbox.requeue("csv", dead=True) == 1
+    # The latest state is queued in v1's place, behind everything queued before.
+    [again] = await store.outbox.batch("csv", 10)
+    assert again.record_key == v2.key
+    assert again.id > row2.id
+    assert (await store.outbox.sink_status(["csv"]))["csv"]["dead"] == 0
+    assert await store.outbox.requeue("csv", dead=True) == 0  # once
+
+
+async def test_replay_of_dead_letters_queues_only_each_records_latest_version(
+    store: Store,
+) -> None:
+    v1, v2, v3 = (make_record(1, name=n) for n in ("A", "B", "C"))
+    other = make_record(2)
+    for rec in (v1, v2, other):
+        await store.records.apply_record(None, rec, ["csv"])
+    rows = await store.outbox.batch("csv", 10)
+    await store.outbox.dead_letter("csv", [r.id for r in rows], "HTTP 400: refused")
+    await store.records.apply_record(None, v3, ["csv"])  # v3 pending, not yet sent
+    assert await store.outbox.requeue("csv", dead=True) == 1  # record 2; v3 is queued
+    keys = [r.record_key for r in await store.outbox.batch("csv", 10)]
+    assert keys == [other.key, v3.key]
+    # Dead letters that are their record's latest version return in their place.
+    rows = await store.outbox.batch("csv", 10)
+    await store.outbox.dead_letter("csv", [r.id for r in rows], "HTTP 400: refused")
+    await store.records.apply_record(None, make_record(3), ["csv"])
+    assert await store.outbox.requeue("csv", dead=True, dry_run=True) == 2
+    assert await store.outbox.requeue("csv", dead=True) == 2
+    keys = [r.record_key for r in await store.outbox.batch("csv", 10)]
+    assert keys == [other.key, v3.key, make_record(3).key]

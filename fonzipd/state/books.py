@@ -119,7 +119,7 @@ class ReconcileBooks:
         for Fonzip then).
         """
         async with self._conn.transaction() as tx:
-            cur = await tx.execute(
+            done = await tx.execute(
                 "INSERT INTO reconcile_requests (days, kinds, source, dry_run, requested_at,"
                 " deadline_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -131,21 +131,19 @@ class ReconcileBooks:
                     None if deadline_at is None else ts(deadline_at),
                 ),
             )
-            assert cur.lastrowid is not None
-            return int(cur.lastrowid)
+            assert done.lastrowid is not None
+            return int(done.lastrowid)
 
     async def claim_request(self) -> dict[str, Any] | None:
         """The oldest request neither started nor finished, marked started; None if none."""
         async with self._conn.transaction() as tx:
-            cur = await tx.execute(
+            row = await tx.fetchone(
                 "UPDATE reconcile_requests SET started_at = ? WHERE id = (SELECT id FROM"
                 " reconcile_requests WHERE started_at IS NULL AND finished_at IS NULL"
                 " ORDER BY id LIMIT 1)"
                 " RETURNING id, days, kinds, source, dry_run, deadline_at",
                 (ts(self._conn.clock.now()),),
             )
-            row = await cur.fetchone()
-            await cur.close()
         if row is None:
             return None
         return {

@@ -23,13 +23,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from fonzipd.fonzip.endpoints import ECARD_FIELDS_FROM_LIST
 from fonzipd.kinds import Kind
 from fonzipd.privacy import anonymized, scrubbed, thinned
 from fonzipd.records import Record
-from fonzipd.state.connection import Connection, ts
+from fonzipd.state.connection import Connection, Tx, ts
 
 _LIST_ROW_KEEPS = ("id", "custom_form_id", *ECARD_FIELDS_FROM_LIST)
 """What a pending fetch still needs of its list row (the form id, the e-card's date and
@@ -137,7 +135,7 @@ class Erasures:
             for kind, fid in idents:
                 counts = _add(counts, await _erase_one(tx, kind, fid, now, dry_run))
         if not dry_run:
-            async with self._conn.statement() as db:
+            async with self._conn.autocommit() as db:
                 # secure_delete (always on) zeroes what this transaction freed; VACUUM
                 # rewrites the file, so that copies freed before (by a database older
                 # than secure_delete) go too; the WAL is emptied last.
@@ -157,12 +155,11 @@ class Erasures:
         total = 0
         while True:
             async with self._conn.transaction() as tx:
-                async with tx.execute(
+                rows = await tx.fetchall(
                     "SELECT kind, fonzip_id, record FROM records"
                     " WHERE data_dropped_at IS NULL AND updated_at < ? LIMIT ?",
                     (cutoff, _CHUNK),
-                ) as cur:
-                    rows = list(await cur.fetchall())
+                )
                 for kind, fid, raw in rows:
                     payload = json.loads(raw)
                     payload["data"] = thinned(payload.get("data") or {})
@@ -188,19 +185,16 @@ def _add(a: ErasureCounts, b: ErasureCounts) -> ErasureCounts:
     )
 
 
-async def _erase_one(
-    tx: aiosqlite.Connection, kind: Kind, fid: int, now: float, dry_run: bool
-) -> ErasureCounts:
+async def _erase_one(tx: Tx, kind: Kind, fid: int, now: float, dry_run: bool) -> ErasureCounts:
     records = outbox = inbox = 0
     if not dry_run:
         await tx.execute(
             "INSERT OR IGNORE INTO forgotten (kind, fonzip_id, forgotten_at) VALUES (?, ?, ?)",
             (str(kind), fid, now),
         )
-    async with tx.execute(
+    row = await tx.fetchone(
         "SELECT record FROM records WHERE kind = ? AND fonzip_id = ?", (str(kind), fid)
-    ) as cur:
-        row = await cur.fetchone()
+    )
     if row is not None:
         stored = Record.from_json_dict(json.loads(row[0]))
         erased = anonymized(stored)
@@ -211,11 +205,10 @@ async def _erase_one(
                     "UPDATE records SET record = ?, version = ? WHERE kind = ? AND fonzip_id = ?",
                     (_dump(erased), erased.version, str(kind), fid),
                 )
-    async with tx.execute(
+    queued = await tx.fetchall(
         "SELECT id, record FROM outbox WHERE kind = ? AND json_extract(record, '$.fonzip_id') = ?",
         (str(kind), fid),
-    ) as cur:
-        queued = list(await cur.fetchall())
+    )
     for oid, raw in queued:
         copy = Record.from_json_dict(json.loads(raw))
         clean = scrubbed(copy)
@@ -223,12 +216,11 @@ async def _erase_one(
             outbox += 1
             if not dry_run:
                 await tx.execute("UPDATE outbox SET record = ? WHERE id = ?", (_dump(clean), oid))
-    async with tx.execute(
+    listed = await tx.fetchall(
         "SELECT id, state, list_row FROM inbox WHERE kind = ? AND fonzip_id = ?"
         " AND list_row IS NOT NULL",
         (str(kind), fid),
-    ) as cur:
-        listed = list(await cur.fetchall())
+    )
     for iid, state, raw in listed:
         kept = _kept_list_row(raw) if state in ("pending", "claimed") else None
         if kept == raw:

@@ -10,7 +10,7 @@ from typing import Any
 
 from fonzipd.kinds import Kind
 from fonzipd.records import Source
-from fonzipd.state.connection import Connection, StoreError, ts
+from fonzipd.state.connection import Connection, StoreError, Tx, ts
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +48,24 @@ class InboxRow:
     list_row: dict[str, Any] | None
 
 
+# An event is deduplicated only against rows still pending, never against a claimed
+# one: its fetch may already have read the object's older state, so a notification
+# that arrives meanwhile needs a fetch of its own. A claimed row given back while
+# such a twin is pending is finished as superseded (the twin's fetch covers it).
+_HAS_PENDING_TWIN = (
+    "EXISTS (SELECT 1 FROM inbox AS twin WHERE twin.state = 'pending'"
+    " AND twin.kind = inbox.kind AND twin.fonzip_id = inbox.fonzip_id"
+    " AND coalesce(twin.event_status, -1) = coalesce(inbox.event_status, -1))"
+)
+_SUPERSEDE = "UPDATE inbox SET state = 'done', finished_at = ?, outcome = 'superseded'"
+
+
+async def _supersede(tx: Tx, row_id: int, now: float) -> None:
+    await tx.execute(
+        _SUPERSEDE + " WHERE id = ? AND state = 'claimed' AND " + _HAS_PENDING_TWIN, (now, row_id)
+    )
+
+
 class Inbox:
     """The ``inbox`` table: add, claim, give back, finish, prune, count."""
 
@@ -80,8 +98,8 @@ class Inbox:
         # so no BEGIN/COMMIT round trips are needed; the lock keeps it out of another
         # task's open transaction. RETURNING names the rows actually inserted; rows go
         # in order, so of two equal events in one group the first is the one added.
-        async with self._conn.statement() as db:
-            rows = await db.execute_fetchall(
+        async with self._conn.autocommit() as tx:
+            rows = await tx.fetchall(
                 "INSERT OR IGNORE INTO inbox (kind, fonzip_id, event_status, source,"
                 " priority, state, next_attempt_at, list_row, received_at)"
                 " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
@@ -91,7 +109,7 @@ class Inbox:
                 " RETURNING kind, fonzip_id, coalesce(event_status, -1)",
                 (now, now, json.dumps(values)),
             )
-            if db.in_transaction:
+            if self._conn.db.in_transaction:
                 # Never expected; a statement left open would hold the commit back.
                 raise StoreError("the inbox insert did not complete its transaction")
         inserted = {(str(k), int(i), int(st)) for k, i, st in rows}
@@ -104,9 +122,20 @@ class Inbox:
 
     async def release_claims(self) -> int:
         """Put every claimed row back to pending (at start, and at shutdown)."""
+        now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
-            cur = await tx.execute("UPDATE inbox SET state = 'pending' WHERE state = 'claimed'")
-            return cur.rowcount
+            # Of claimed twins (the same event claimed again after it came back), the
+            # newest returns to pending; the others are superseded by it.
+            await tx.execute(
+                _SUPERSEDE + " WHERE state = 'claimed' AND (" + _HAS_PENDING_TWIN + " OR "
+                "EXISTS (SELECT 1 FROM inbox AS twin WHERE twin.state = 'claimed'"
+                " AND twin.id > inbox.id AND twin.kind = inbox.kind"
+                " AND twin.fonzip_id = inbox.fonzip_id"
+                " AND coalesce(twin.event_status, -1) = coalesce(inbox.event_status, -1)))",
+                (now,),
+            )
+            done = await tx.execute("UPDATE inbox SET state = 'pending' WHERE state = 'claimed'")
+            return done.rowcount
 
     async def claim(self) -> InboxRow | None:
         """Claim the next ready inbox row: live work first, then oldest first.
@@ -118,7 +147,7 @@ class Inbox:
         """
         now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
-            cur = await tx.execute(
+            row = await tx.fetchone(
                 "UPDATE inbox SET state = 'claimed', attempts = attempts + 1"
                 " WHERE id = (SELECT id FROM inbox WHERE state = 'pending'"
                 "   AND (next_attempt_at <= ? OR attempts = 0)"
@@ -127,8 +156,6 @@ class Inbox:
                 " list_row",
                 (now,),
             )
-            row = await cur.fetchone()
-            await cur.close()
         if row is None:
             return None
         return InboxRow(
@@ -157,17 +184,20 @@ class Inbox:
 
     async def retry_later(self, row_id: int, error: str, delay: float) -> None:
         """Give a claimed row back, to be tried again after ``delay`` seconds."""
-        when = ts(self._conn.clock.now()) + delay
+        now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
+            await _supersede(tx, row_id, now)
             await tx.execute(
                 "UPDATE inbox SET state = 'pending', next_attempt_at = ?, last_error = ?"
                 " WHERE id = ? AND state = 'claimed'",
-                (when, error, row_id),
+                (now + delay, error, row_id),
             )
 
     async def unclaim(self, row_id: int) -> None:
         """Give a claimed row back untouched (shutdown): the attempt does not count."""
+        now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
+            await _supersede(tx, row_id, now)
             await tx.execute(
                 "UPDATE inbox SET state = 'pending', attempts = max(attempts - 1, 0)"
                 " WHERE id = ? AND state = 'claimed'",
@@ -180,7 +210,7 @@ class Inbox:
         async with self._conn.transaction() as tx:
             await tx.execute(
                 "UPDATE inbox SET state = 'failed', last_error = ?, finished_at = ?,"
-                " outcome = 'failed' WHERE id = ?",
+                " outcome = 'failed' WHERE id = ? AND state = 'claimed'",
                 (error, now, row_id),
             )
 
@@ -189,7 +219,8 @@ class Inbox:
         now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
             await tx.execute(
-                "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ? WHERE id = ?",
+                "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?"
+                " WHERE id = ? AND state = 'claimed'",
                 (now, outcome, row_id),
             )
 
@@ -197,10 +228,10 @@ class Inbox:
         """Delete finished (done) inbox rows older than ``older_than``; failed rows stay."""
         cutoff = ts(self._conn.clock.now() - older_than)
         async with self._conn.transaction() as tx:
-            cur = await tx.execute(
+            done = await tx.execute(
                 "DELETE FROM inbox WHERE state = 'done' AND finished_at < ?", (cutoff,)
             )
-            return cur.rowcount
+            return done.rowcount
 
     async def depth(self) -> tuple[int, float | None]:
         """Pending and claimed rows, and the age in seconds of the oldest."""

@@ -6,24 +6,23 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 
-import aiosqlite
 import structlog
 
 from fonzipd.fonzip.fields import BadField
 from fonzipd.fonzip.normalizer import form_answer_states
 from fonzipd.records import DELETED, Record, content_version
-from fonzipd.state.connection import Connection, StoreError, ts
+from fonzipd.state.connection import Connection, StoreError, Tx, ts
 from fonzipd.state.records import status_rank
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
-Step = Callable[[aiosqlite.Connection, Connection], Awaitable[None]]
+Step = Callable[[Tx, Connection], Awaitable[None]]
 """A migration in Python, for changes SQL alone cannot make (records re-normalized)."""
 
 
-async def _form_answer_status(tx: aiosqlite.Connection, conn: Connection) -> None:
+async def _form_answer_status(tx: Tx, conn: Connection) -> None:
     """Form answers: ``status`` from the payment, the approval in ``approval`` (issue 12).
 
     Every stored form answer whose state changes under the new rule (a paid answer was
@@ -40,12 +39,12 @@ async def _form_answer_status(tx: aiosqlite.Connection, conn: Connection) -> Non
         " PRIMARY KEY (kind, fonzip_id))"
     )
     now = conn.clock.now()
-    async with tx.execute(
+    rows = await tx.fetchall(
         "SELECT record FROM records WHERE kind = 'form_answer' AND data_dropped_at IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM forgotten f"
         " WHERE f.kind = records.kind AND f.fonzip_id = records.fonzip_id)"
-    ) as cur:
-        stored = [Record.from_json_dict(json.loads(row[0])) for row in await cur.fetchall()]
+    )
+    stored = [Record.from_json_dict(json.loads(row[0])) for row in rows]
     changed = 0
     for old in stored:
         try:
@@ -106,7 +105,7 @@ MIGRATIONS: list[str | Step] = [
         finished_at REAL,
         outcome TEXT
     );
-    -- Deduplicated while pending on (operation, id, status).
+    -- Deduplicated while pending on (operation, id, status) (pending only: see 6).
     CREATE UNIQUE INDEX inbox_pending_event
         ON inbox (kind, fonzip_id, coalesce(event_status, -1))
         WHERE state IN ('pending', 'claimed');
@@ -233,28 +232,68 @@ MIGRATIONS: list[str | Step] = [
     """,
     # 5: form answers' status comes from their payment; approval is its own field.
     _form_answer_status,
+    # 6: outbox ids are never reused (an acknowledgement names rows by id, and a
+    # reused id would delete another sink's row); an inbox event is deduplicated only
+    # against rows still pending, not claimed ones (their fetch may have read the
+    # object's older state).
+    """
+    CREATE TABLE outbox_v6 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sink_id TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        business_date TEXT,
+        record TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        dead_at REAL
+    );
+    INSERT INTO outbox_v6 (id, sink_id, record_key, kind, business_date, record, state,
+        attempts, last_error, created_at, dead_at)
+        SELECT id, sink_id, record_key, kind, business_date, record, state,
+        attempts, last_error, created_at, dead_at FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v6 RENAME TO outbox;
+    CREATE UNIQUE INDEX outbox_sink_key ON outbox (sink_id, record_key);
+    CREATE INDEX outbox_ready ON outbox (sink_id, state, id);
+
+    DROP INDEX inbox_pending_event;
+    CREATE UNIQUE INDEX inbox_pending_event
+        ON inbox (kind, fonzip_id, coalesce(event_status, -1))
+        WHERE state = 'pending';
+    """,
 ]
 
 
 async def schema_version(conn: Connection) -> int:
     """The schema version of the database (0 for an empty file)."""
+    tables = await conn.fetchall(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    )
+    if not tables:
+        return 0
     row = await conn.fetchone("SELECT value FROM meta WHERE key = 'schema_version'")
     return 0 if row is None else int(row[0])
 
 
+def _newer(conn: Connection, version: int) -> StoreError:
+    return StoreError(
+        f"{conn.path}: schema version {version} is newer than this fonzipd "
+        f"understands ({SCHEMA_VERSION}); upgrade fonzipd"
+    )
+
+
 async def migrate(conn: Connection) -> None:
     """Bring the database to :data:`SCHEMA_VERSION`; refuse one from a newer fonzipd."""
-    await conn.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     version = await schema_version(conn)
     if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{conn.path}: schema version {version} is newer than this fonzipd "
-            f"understands ({SCHEMA_VERSION}); upgrade fonzipd"
-        )
+        raise _newer(conn, version)
     for step in range(version, SCHEMA_VERSION):
         async with conn.transaction() as tx:
             if step == 0:
-                await tx.execute("DROP TABLE meta")
+                await tx.execute("DROP TABLE IF EXISTS meta")
             migration = MIGRATIONS[step]
             if isinstance(migration, str):
                 for statement in migration.split(";"):
@@ -267,3 +306,18 @@ async def migrate(conn: Connection) -> None:
                 (str(step + 1),),
             )
         log.info("schema_migrated", path=str(conn.path), version=step + 1)
+
+
+async def check(conn: Connection) -> None:
+    """For a read-only open: the database must be a fonzipd one at this very version."""
+    version = await schema_version(conn)
+    if version == 0:
+        raise StoreError(f"{conn.path}: not a fonzipd state database (no schema version)")
+    if version > SCHEMA_VERSION:
+        raise _newer(conn, version)
+    if version < SCHEMA_VERSION:
+        raise StoreError(
+            f"{conn.path}: schema version {version} is older than this fonzipd's "
+            f"({SCHEMA_VERSION}); a read-only command never migrates it: restart the "
+            "daemon with this fonzipd first"
+        )

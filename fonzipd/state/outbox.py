@@ -11,7 +11,7 @@ from typing import Any
 from fonzipd.kinds import Kind
 from fonzipd.privacy import NO_POLICY, SinkPolicy
 from fonzipd.records import Record
-from fonzipd.state.connection import Connection, iso, ts
+from fonzipd.state.connection import Connection, Tx, iso, ts
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,10 +58,16 @@ class Outbox:
         return max(0.0, ts(self._conn.clock.now()) - float(row[0]))
 
     async def acknowledge(self, sink_id: str, row_ids: Sequence[int]) -> None:
-        """The sink holds these durably: forget them."""
+        """The sink holds these durably: forget them.
+
+        Rows are named by (sink, id), and ids are never reused (AUTOINCREMENT), so an
+        acknowledgement can only ever delete the rows this sink's runner was given.
+        """
         now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
-            await tx.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in row_ids])
+            await tx.executemany(
+                "DELETE FROM outbox WHERE sink_id = ? AND id = ?", [(sink_id, i) for i in row_ids]
+            )
             await tx.execute(
                 "INSERT INTO sink_state (sink_id, delivered, last_success_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (sink_id) DO UPDATE SET delivered = delivered + excluded.delivered,"
@@ -80,17 +86,18 @@ class Outbox:
         dead = 0
         async with self._conn.transaction() as tx:
             await tx.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                [(error, i) for i in row_ids],
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?"
+                " WHERE sink_id = ? AND id = ?",
+                [(error, sink_id, i) for i in row_ids],
             )
-            if dead_after > 0:
+            if dead_after > 0 and row_ids:
                 marks = ",".join("?" * len(row_ids))
-                cur = await tx.execute(
-                    f"UPDATE outbox SET state = 'dead', dead_at = ? WHERE id IN ({marks})"
-                    " AND attempts >= ?",
-                    (now, *row_ids, dead_after),
+                done = await tx.execute(
+                    "UPDATE outbox SET state = 'dead', dead_at = ? WHERE sink_id = ?"
+                    f" AND state = 'pending' AND id IN ({marks}) AND attempts >= ?",
+                    (now, sink_id, *row_ids, dead_after),
                 )
-                dead = cur.rowcount
+                dead = done.rowcount
             await tx.execute(
                 "INSERT INTO sink_state (sink_id, last_error, last_error_at, failing_since)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sink_id) DO UPDATE SET"
@@ -106,8 +113,8 @@ class Outbox:
         async with self._conn.transaction() as tx:
             await tx.executemany(
                 "UPDATE outbox SET state = 'dead', dead_at = ?, last_error = ?,"
-                " attempts = attempts + 1 WHERE id = ?",
-                [(now, reason, i) for i in row_ids],
+                " attempts = attempts + 1 WHERE sink_id = ? AND id = ?",
+                [(now, reason, sink_id, i) for i in row_ids],
             )
             await tx.execute(
                 "INSERT INTO sink_state (sink_id, last_error, last_error_at) VALUES (?, ?, ?)"
@@ -137,10 +144,15 @@ class Outbox:
         the same idempotent path as any delivery. ``keys`` (``kind:fonzip_id``, a
         version suffix ignored) limits either to those objects; ``ids`` to those dead
         letters (the ids ``fonzipd dead-letters`` lists).
+
+        A sink must never get an older version of a record after a newer one. So a
+        dead letter is requeued only if it is the record's latest stored version;
+        dead letters of older versions are dropped and the latest version is queued
+        instead, once, behind every version queued before it.
         """
         now = ts(self._conn.clock.now())
-        where = ["sink_id = ?", "state = 'dead'"] if dead else []
-        params: list[Any] = [sink_id] if dead else []
+        where: list[str] = []
+        params: list[Any] = []
         if since is not None:
             where.append("business_date >= ?")
             params.append(since.isoformat())
@@ -165,36 +177,32 @@ class Outbox:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             params.extend(ids)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
+        if dry_run:
+            # Reads only: a dry run works on a database opened read-only.
+            reads = self._conn.reads()
+            if dead:
+                return await _requeue_dead(reads, sink_id, where, params, now, True, policy)
+            if policy != NO_POLICY:
+                return await self._requeue_with(reads, sink_id, policy, clause, params, now, True)
+            row = await reads.fetchone(f"SELECT count(*) FROM records{clause}", params)
+            return 0 if row is None else int(row[0])
         async with self._conn.transaction() as tx:
             if dead:
-                if dry_run:
-                    sql = f"SELECT count(*) FROM outbox{clause}"
-                    async with tx.execute(sql, params) as cur:
-                        row = await cur.fetchone()
-                    return 0 if row is None else int(row[0])
-                cur = await tx.execute(
-                    f"UPDATE outbox SET state = 'pending', attempts = 0, dead_at = NULL{clause}",
-                    params,
-                )
-                return cur.rowcount
+                return await _requeue_dead(tx, sink_id, where, params, now, False, policy)
             if policy != NO_POLICY:
-                return await self._requeue_with(tx, sink_id, policy, clause, params, now, dry_run)
-            if dry_run:
-                async with tx.execute(f"SELECT count(*) FROM records{clause}", params) as cur:
-                    row = await cur.fetchone()
-                return 0 if row is None else int(row[0])
-            cur = await tx.execute(
+                return await self._requeue_with(tx, sink_id, policy, clause, params, now, False)
+            done = await tx.execute(
                 "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind, business_date,"
                 " record, state, created_at)"
                 " SELECT ?, kind || ':' || fonzip_id || ':' || version, kind, business_date,"
                 f" record, 'pending', ? FROM records{clause} ORDER BY updated_at",
                 (sink_id, now, *params),
             )
-            return cur.rowcount
+            return done.rowcount
 
     @staticmethod
     async def _requeue_with(
-        tx: Any,
+        tx: Tx,
         sink_id: str,
         policy: SinkPolicy,
         clause: str,
@@ -204,11 +212,8 @@ class Outbox:
     ) -> int:
         """``requeue`` of stored records through a sink's filters and redaction."""
         count = 0
-        async with tx.execute(
-            f"SELECT record FROM records{clause} ORDER BY updated_at", params
-        ) as cur:
-            rows = [r[0] async for r in cur]
-        for raw in rows:
+        rows = await tx.fetchall(f"SELECT record FROM records{clause} ORDER BY updated_at", params)
+        for (raw,) in rows:
             record = Record.from_json_dict(json.loads(raw))
             if not policy.admits(record):
                 continue
@@ -248,3 +253,67 @@ class Outbox:
                 "failing_since": iso(state[4]) if state else None,
             }
         return out
+
+
+async def _requeue_dead(
+    tx: Tx,
+    sink_id: str,
+    where: list[str],
+    params: list[Any],
+    now: float,
+    dry_run: bool,
+    policy: SinkPolicy,
+) -> int:
+    """``requeue(dead=True)``: each record's latest version, never an older one."""
+    clause = "".join(f" AND {w}" for w in where)
+    rows = await tx.fetchall(
+        "SELECT o.id, o.record_key, r.kind, r.fonzip_id, r.version, r.record FROM"
+        f" (SELECT * FROM outbox WHERE sink_id = ? AND state = 'dead'{clause}) AS o"
+        " LEFT JOIN records AS r ON r.kind = o.kind"
+        " AND r.fonzip_id = json_extract(o.record, '$.fonzip_id') ORDER BY o.id",
+        (sink_id, *params),
+    )
+    revive: list[int] = []  # dead letters that are their record's latest version
+    drop: list[int] = []  # dead letters of older versions
+    latest: dict[str, str] = {}  # what to queue in their place: key -> stored record
+    for row_id, key, r_kind, r_id, r_version, r_record in rows:
+        latest_key = None if r_kind is None else f"{r_kind}:{r_id}:{r_version}"
+        if latest_key is None or key == latest_key:
+            revive.append(int(row_id))
+        else:
+            drop.append(int(row_id))
+            latest[latest_key] = str(r_record)
+    for _, key, *_rest in rows:
+        latest.pop(str(key), None)  # the latest version is itself a dead letter: revived
+    if latest:
+        marks = ",".join("?" * len(latest))
+        queued_already = await tx.fetchall(
+            f"SELECT record_key FROM outbox WHERE sink_id = ? AND record_key IN ({marks})",
+            (sink_id, *latest),
+        )
+        for (key,) in queued_already:
+            latest.pop(str(key), None)
+    # The latest versions go through the sink's filters and redaction, like any other.
+    replacements = [Record.from_json_dict(json.loads(raw)) for raw in latest.values()]
+    replacements = [r for r in replacements if policy.admits(r)]
+    if dry_run:
+        return len(revive) + len(replacements)
+    if drop:
+        await tx.executemany(
+            "DELETE FROM outbox WHERE sink_id = ? AND id = ?", [(sink_id, i) for i in drop]
+        )
+    if revive:
+        await tx.executemany(
+            "UPDATE outbox SET state = 'pending', attempts = 0, dead_at = NULL"
+            " WHERE sink_id = ? AND id = ?",
+            [(sink_id, i) for i in revive],
+        )
+    for record in replacements:
+        bdate = None if record.business_date is None else record.business_date.isoformat()
+        payload = json.dumps(policy.apply(record).to_json_dict(), ensure_ascii=False)
+        await tx.execute(
+            "INSERT INTO outbox (sink_id, record_key, kind, business_date, record, state,"
+            " created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (sink_id, record.key, str(record.kind), bdate, payload, now),
+        )
+    return len(revive) + len(replacements)

@@ -9,15 +9,13 @@ import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import aiosqlite
-
 from fonzipd.fonzip.fields import parse_fonzip_datetime
 from fonzipd.fonzip.list_rows import is_list_shape, same_fields
 from fonzipd.fonzip.statuses import list_state
 from fonzipd.kinds import Kind
 from fonzipd.privacy import NO_POLICY, SinkPolicy, anonymized
 from fonzipd.records import Record
-from fonzipd.state.connection import Connection, ts
+from fonzipd.state.connection import Connection, Tx, ts
 
 _UTC = zoneinfo.ZoneInfo("UTC")
 
@@ -98,7 +96,7 @@ def _policies(sink_ids: Mapping[str, SinkPolicy] | Iterable[str]) -> dict[str, S
 
 
 async def _queue(
-    tx: aiosqlite.Connection,
+    tx: Tx,
     record: Record,
     payload: str,
     sinks: Mapping[str, SinkPolicy],
@@ -121,13 +119,19 @@ async def _queue(
                 policy.apply(record).to_json_dict(), ensure_ascii=False
             )
             copies[policy] = queued
-        cur = await tx.execute(
-            "INSERT OR IGNORE INTO outbox (sink_id, record_key, kind,"
+        # The content may have changed back to a version still queued (or dead) for
+        # this sink: queue it again behind the versions queued since, so that the sink
+        # ends with the latest state.
+        await tx.execute(
+            "DELETE FROM outbox WHERE sink_id = ? AND record_key = ?", (sink_id, record.key)
+        )
+        done = await tx.execute(
+            "INSERT INTO outbox (sink_id, record_key, kind,"
             " business_date, record, state, created_at)"
             " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
             (sink_id, record.key, str(record.kind), bdate, queued, now),
         )
-        enqueued += cur.rowcount
+        enqueued += done.rowcount
     return enqueued
 
 
@@ -177,24 +181,22 @@ class Records:
 
     async def _apply(
         self,
-        tx: aiosqlite.Connection,
+        tx: Tx,
         row_id: int | None,
         record: Record,
         sinks: dict[str, SinkPolicy],
     ) -> Applied:
         now = ts(self._conn.clock.now())
-        async with tx.execute(
+        if await tx.fetchone(
             "SELECT 1 FROM forgotten WHERE kind = ? AND fonzip_id = ?",
             (str(record.kind), record.fonzip_id),
-        ) as cur:
-            if await cur.fetchone() is not None:
-                record = anonymized(record)
+        ):
+            record = anonymized(record)
         rank = status_rank(record.status)
-        async with tx.execute(
+        current = await tx.fetchone(
             "SELECT version, record FROM records WHERE kind = ? AND fonzip_id = ?",
             (str(record.kind), record.fonzip_id),
-        ) as cur:
-            current = await cur.fetchone()
+        )
         # Decided inside the transaction: no other fetch can land in between.
         enrichment = False
         if current is None:
@@ -238,7 +240,7 @@ class Records:
         if row_id is not None:
             await tx.execute(
                 "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?,"
-                " last_error = NULL WHERE id = ?",
+                " last_error = NULL WHERE id = ? AND state = 'claimed'",
                 (now, outcome, row_id),
             )
         return Applied(outcome=outcome, enqueued=enqueued)
@@ -253,11 +255,11 @@ class Records:
         sinks = _policies(sink_ids)
         now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
-            async with tx.execute(
+            rows = await tx.fetchall(
                 "SELECT r.record FROM redeliver d JOIN records r"
                 " ON r.kind = d.kind AND r.fonzip_id = d.fonzip_id ORDER BY r.kind, r.fonzip_id"
-            ) as cur:
-                payloads = [str(row[0]) for row in await cur.fetchall()]
+            )
+            payloads = [str(row[0]) for row in rows]
             for payload in payloads:
                 await _queue(tx, Record.from_json_dict(json.loads(payload)), payload, sinks, now)
             await tx.execute("DELETE FROM redeliver")

@@ -14,7 +14,7 @@ from fonzipd.state.erasures import Erasures
 from fonzipd.state.form_ids import FormIdTable
 from fonzipd.state.inbox import Inbox
 from fonzipd.state.meta import Meta
-from fonzipd.state.migrations import migrate, schema_version
+from fonzipd.state.migrations import check, migrate, schema_version
 from fonzipd.state.outbox import Outbox
 from fonzipd.state.records import Records
 from fonzipd.state.tokens import TokenTable
@@ -29,9 +29,9 @@ class Store:
     (erasure and retention).
     """
 
-    def __init__(self, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, path: Path, *, clock: Clock = SYSTEM_CLOCK, read_only: bool = False) -> None:
         self.path = path
-        self.connection = Connection(path, clock=clock)
+        self.connection = Connection(path, clock=clock, read_only=read_only)
         self.inbox = Inbox(self.connection)
         self.records = Records(self.connection)
         self.outbox = Outbox(self.connection)
@@ -42,12 +42,18 @@ class Store:
         self.erasures = Erasures(self.connection)
 
     @classmethod
-    async def open(cls, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> Store:
-        """Open (creating and migrating if needed) the database at ``path``."""
-        store = cls(path, clock=clock)
+    async def open(
+        cls, path: Path, *, clock: Clock = SYSTEM_CLOCK, read_only: bool = False
+    ) -> Store:
+        """Open (creating and migrating if needed) the database at ``path``.
+
+        ``read_only`` (commands that only read): nothing is created, migrated or
+        written; a path that holds no fonzipd database at this schema is refused.
+        """
+        store = cls(path, clock=clock, read_only=read_only)
         await store.connection.connect()
         try:
-            await migrate(store.connection)
+            await (check if read_only else migrate)(store.connection)
         except sqlite3.DatabaseError as exc:
             await store.close()
             raise StoreError(f"{path}: not a usable state database: {exc}") from exc
