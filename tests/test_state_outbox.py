@@ -10,6 +10,7 @@ import json
 import sqlite3
 
 from fonzipd.kinds import Kind
+from fonzipd.privacy import SinkPolicy
 from fonzipd.state import Store
 from tests.support import FakeClock, make_record
 
@@ -176,3 +177,26 @@ async def test_replay_of_dead_letters_queues_only_each_records_latest_version(
     assert await store.outbox.requeue("csv", dead=True) == 2
     keys = [r.record_key for r in await store.outbox.batch("csv", 10)]
     assert keys == [other.key, v3.key, make_record(3).key]
+
+
+async def test_a_replayed_dead_letters_latest_version_is_redacted_for_its_sink(
+    store: Store,
+) -> None:
+    policy = SinkPolicy(person=frozenset({"email"}))
+    v1, v2 = make_record(1), make_record(1, name="Ayşe Yılmaz Demir")
+    await store.records.apply_record(None, v1, {"csv": policy})
+    [row1] = await store.outbox.batch("csv", 10)
+    await store.outbox.dead_letter("csv", [row1.id], "HTTP 400: refused")
+    await store.records.apply_record(None, v2, {"csv": policy})
+    [row2] = await store.outbox.batch("csv", 10)
+    await store.outbox.acknowledge("csv", [row2.id])
+    assert await store.outbox.requeue("csv", dead=True, policy=policy) == 1
+    [again] = await store.outbox.batch("csv", 10)
+    assert again.record_key == v2.key
+    assert again.record.person.email is None  # as the sink gets every record
+    # A sink whose filters do not admit the latest version gets nothing instead.
+    await store.outbox.dead_letter("csv", [again.id], "HTTP 400: refused")
+    await store.records.apply_record(None, make_record(1, name="C"), ["other"])
+    only_campaigns = SinkPolicy(kinds=frozenset({Kind.CAMPAIGN}))
+    assert await store.outbox.requeue("csv", dead=True, policy=only_campaigns) == 0
+    assert await store.outbox.batch("csv", 10) == []
