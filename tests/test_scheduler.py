@@ -147,6 +147,8 @@ class HandClock:
         self._start = start
         self.t = 0.0
         self._moved = asyncio.Condition()
+        self.sleeping = 0
+        """Tasks waiting in ``sleep`` now."""
 
     def now(self) -> dt.datetime:
         return self._start + dt.timedelta(seconds=self.t)
@@ -157,7 +159,11 @@ class HandClock:
     async def sleep(self, seconds: float) -> None:
         deadline = self.t + seconds
         async with self._moved:
-            await self._moved.wait_for(lambda: self.t >= deadline)
+            self.sleeping += 1
+            try:
+                await self._moved.wait_for(lambda: self.t >= deadline)
+            finally:
+                self.sleeping -= 1
 
     async def advance(self, seconds: float) -> None:
         async with self._moved:
@@ -197,8 +203,10 @@ async def test_a_long_run_keeps_the_heartbeat_fresh_so_a_restart_catches_up_noth
         assert first.runs == ["nightly:2026-11-27"]
 
         async def fresh() -> bool:
+            # Written, and the heartbeat task asleep again: the next advance wakes it
+            # (moved before it sleeps, it would sleep from the new time and skip a beat).
             raw = await store.meta.get(HEARTBEAT_KEY)
-            return raw == clock.now().isoformat()
+            return raw == clock.now().isoformat() and clock.sleeping > 0
 
         for _ in range(30):  # three hours into the run, in six-minute steps
             await clock.advance(360)
