@@ -273,7 +273,9 @@ class Receiver:
         self.messages: dict[str, dict[str, Any]] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.arrivals: list[dict[str, Any]] = []
-        """Every verified delivery's body, in the order they arrived."""
+        """Every verified delivery's record (its payload's ``data``), in arrival order."""
+        self.types: list[str] = []
+        """Every verified delivery's payload ``type``, in arrival order."""
         self.bad_signatures = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -292,7 +294,9 @@ class Receiver:
             self.bad_signatures += 1
             return web.Response(status=401)
         self.counts[msg_id] += 1
-        self.arrivals.append(json.loads(body))
+        payload = json.loads(body)  # Standard Webhooks: type, timestamp, data (the record)
+        self.types.append(payload["type"])
+        self.arrivals.append(payload["data"])
         self.messages.setdefault(msg_id, self.arrivals[-1])
         return web.Response(status=204)
 

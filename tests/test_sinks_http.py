@@ -20,9 +20,11 @@ import structlog.testing
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
+from fonzipd.kinds import Kind
 from fonzipd.sink import PermanentSinkError, SinkConfigError, SinkContext, TransientSinkError
 from fonzipd.sinks.http import HTTPOptions, HTTPSink, batch_id, sign
 from fonzipd.testing import ISTANBUL, check_sink, sample_records
+from tests.fonzip_objects import detail, donation, norm
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
 NOW = dt.datetime(2025, 3, 12, 9, 0, tzinfo=dt.UTC)
@@ -47,6 +49,7 @@ class Receiver:
     answers: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
     hang: bool = False
     messages: dict[str, Any] = field(default_factory=dict)
+    bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     bad_signatures: int = 0
     requests: int = 0
@@ -66,6 +69,7 @@ class Receiver:
             self.bad_signatures += 1
             return web.Response(status=401, text="bad signature")
         self.headers.append(dict(request.headers))
+        self.bodies.append(body)
         if self.hang:
             await self.released.wait()
         if self.answers:
@@ -109,7 +113,10 @@ async def test_batch_mode_passes_the_conformance_suite(tmp_path: Path, receiver:
     async def keys() -> list[str]:
         return list(
             dict.fromkeys(
-                r["key"] for m in receiver.messages.values() for r in m.get("records", ())
+                payload["data"]["key"]
+                for m in receiver.messages.values()
+                if m.get("type") == "batch"
+                for payload in m["data"]
             )
         )
 
@@ -132,7 +139,15 @@ async def test_posts_the_record_json_signed_with_its_key(
     assert logs
     assert "Bearer abc" not in repr(logs)
     assert SECRET.removeprefix("whsec_") not in repr(logs)
-    assert receiver.messages == {r.key: r.to_json_dict() for r in recs}
+    # Standard Webhooks payloads: receivers route on type without reading the record.
+    assert receiver.messages == {
+        r.key: {
+            "type": f"{r.kind}.{r.status}",
+            "timestamp": r.fetched_at.isoformat(),
+            "data": r.to_json_dict(),
+        }
+        for r in recs
+    }
     assert all(h["webhook-timestamp"] == str(int(NOW.timestamp())) for h in receiver.headers)
     assert all(h["Authorization"] == "Bearer abc" for h in receiver.headers)
 
@@ -164,9 +179,11 @@ async def test_batch_mode_sends_one_post_with_a_stable_id(
     await sink.close()
     assert receiver.requests == 2
     assert list(receiver.messages) == [batch_id([r.key for r in recs])]
-    assert receiver.messages[batch_id([r.key for r in recs])]["records"] == [
-        r.to_json_dict() for r in recs
-    ]
+    body = receiver.messages[batch_id([r.key for r in recs])]
+    assert body["type"] == "batch"
+    assert body["timestamp"] == max(r.fetched_at for r in recs).isoformat()
+    assert [p["data"] for p in body["data"]] == [r.to_json_dict() for r in recs]
+    assert [p["type"] for p in body["data"]] == [f"{r.kind}.{r.status}" for r in recs]
 
 
 @pytest.mark.parametrize("status", [500, 503, 408, 409])
@@ -402,3 +419,25 @@ async def test_forget_refused_by_the_receiver_is_an_error(
     with pytest.raises(TransientSinkError):
         await sink.forget(Erasure(((Kind.DONATION, 7),), fonzip_user_id=12))
     await sink.close()
+
+
+async def test_a_refund_is_typed_donation_refunded_and_a_retry_sends_the_same_bytes(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    paid = norm(detail(Kind.DONATION, donation(3)))
+    refunded = norm(
+        detail(Kind.DONATION, donation(4)), fetched_at=paid.fetched_at + dt.timedelta(1)
+    )
+    sink = _sink(tmp_path, receiver)
+    await sink.open()
+    receiver.answers.append((503, {}, "busy"))
+    with pytest.raises(TransientSinkError):
+        await sink.write([paid])
+    await sink.write([paid, refunded])
+    await sink.close()
+    assert [receiver.messages[r.key]["type"] for r in (paid, refunded)] == [
+        "donation.succeeded",
+        "donation.refunded",
+    ]
+    assert receiver.messages[refunded.key]["data"]["status"] == "refunded"
+    assert receiver.bodies[0] == receiver.bodies[1]  # the refused one, then its retry

@@ -1,8 +1,16 @@
 """The HTTP forwarder: POSTs records as JSON, signed the Standard Webhooks way.
 
-Each record is one POST of ``Record.to_json_dict()`` (or, with ``batch_mode``, one
-POST of ``{"records": [...]}`` per batch), with the headers of the Standard Webhooks
-convention (https://www.standardwebhooks.com):
+Each record is one POST of a Standard Webhooks payload (https://www.standardwebhooks.com),
+:func:`envelope`::
+
+    {"type": "donation.refunded", "timestamp": "2026-11-30T07:30:00.123456+00:00",
+     "data": {...Record.to_json_dict()...}}
+
+``type`` is ``<kind>.<status>`` so that receivers route without reading the record;
+``timestamp`` is when fonzipd read that state from Fonzip (``fetched_at``): the same on
+every retry, so that a re-sent body is byte for byte the same. With ``batch_mode``, one
+POST per batch of ``{"type": "batch", "timestamp": <the latest>, "data": [<payloads>]}``.
+The headers follow the same convention:
 
 * ``webhook-id``: the record's key (batch mode: ``batch_`` + a hash of the keys), the
   same on every retry, so that the receiver can drop duplicates: delivery is at least
@@ -92,7 +100,8 @@ class HTTPOptions(SinkOptions):
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers (``Authorization``...); a value ``env:NAME`` is read from $NAME at open."""
     batch_mode: bool = False
-    """One POST of ``{"records": [...]}`` per batch instead of one POST per record."""
+    """One POST per batch (``type`` ``batch``, ``data`` the records' payloads) instead of
+    one POST per record."""
     timeout: float = Field(default=10, gt=0)
     """Seconds for one request, connection included."""
     concurrency: int = Field(default=1, ge=1, le=64)
@@ -143,6 +152,29 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` value of one message."""
     mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
     return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def event_type(record: Record) -> str:
+    """The payload's ``type``: ``<kind>.<status>`` (``donation.refunded``)."""
+    return f"{record.kind}.{record.status}"
+
+
+def envelope(record: Record) -> dict[str, Any]:
+    """The Standard Webhooks payload of one record: ``type``, ``timestamp``, ``data``."""
+    return {
+        "type": event_type(record),
+        "timestamp": record.fetched_at.isoformat(),
+        "data": record.to_json_dict(),
+    }
+
+
+def batch_envelope(batch: Sequence[Record]) -> dict[str, Any]:
+    """The payload of a batch (``batch_mode``): ``type`` ``batch``, ``data`` the payloads."""
+    return {
+        "type": "batch",
+        "timestamp": max(r.fetched_at for r in batch).isoformat(),
+        "data": [envelope(r) for r in batch],
+    }
 
 
 def batch_id(keys: Sequence[str]) -> str:
@@ -233,8 +265,7 @@ class HTTPSink(Sink):
             return
         if self._opts.batch_mode:
             keys = [r.key for r in batch]
-            body = {"records": [r.to_json_dict() for r in batch]}
-            await self._post(self._session, batch_id(keys), body, failed_keys=None)
+            await self._post(self._session, batch_id(keys), batch_envelope(batch), failed_keys=None)
         else:
             await self._write_each(self._session, batch)
         self._log.debug("batch_written", records=len(batch))
@@ -258,7 +289,7 @@ class HTTPSink(Sink):
                         return
                     try:
                         await self._post(
-                            session, record.key, record.to_json_dict(), failed_keys=[record.key]
+                            session, record.key, envelope(record), failed_keys=[record.key]
                         )
                     except TransientSinkError as exc:
                         transient.append(exc)
