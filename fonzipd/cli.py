@@ -180,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument(
         "--kind", action="append", type=Kind, choices=list(Kind), help="only this kind (repeatable)"
     )
+    bf.add_argument("--verbose", action="store_true", help="the full table per day, kind and list")
     return p
 
 
@@ -684,6 +685,7 @@ def _cmd_reconcile(args: argparse.Namespace, *, backfill: bool = False) -> int:
             source=source,
             dry_run=getattr(args, "dry_run", False),
             wait=None if backfill else (args.wait or DEFAULT_WAIT),
+            verbose=not backfill or args.verbose,
         )
     )
 

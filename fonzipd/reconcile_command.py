@@ -22,10 +22,11 @@ and shows its progress); only ``reconciler.fetch_wait`` bounds each of its days.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from fonzipd.clock import SYSTEM_CLOCK, Clock
@@ -36,7 +37,6 @@ from fonzipd.kinds import Kind
 from fonzipd.reconciler import (
     DayReport,
     ListRun,
-    Progress,
     Reconciler,
     reports_from_json,
     run_key_now,
@@ -56,55 +56,112 @@ OPEN_HINT = (
 )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunFigures:
+    """Where a reconcile or backfill stands, read from the state database."""
+
+    days_total: int
+    days_done: int
+    requests_done: int
+    """Requests the days finished in this run took (list pages and detail fetches)."""
+    days_measured: int
+    """Days finished in this run that made requests (a resumed backfill skips some)."""
+    in_progress: bool
+    """A day is listed but not finished: its fetches are among ``pending``."""
+    pending: int
+    """Inbox rows waiting for their fetch, whoever queued them: all share the limit."""
+
+    def requests_left(self) -> int | None:
+        """The requests still to make, or None before a day is done (no average yet)."""
+        days_left = self.days_total - self.days_done - (1 if self.in_progress else 0)
+        if days_left <= 0:
+            return self.pending
+        if self.days_measured == 0:
+            return None
+        return self.pending + round(days_left * self.requests_done / self.days_measured)
+
+
+def eta_seconds(requests_left: int, rate_per_minute: float) -> float:
+    """Seconds the requests left take at the rate budget: a lower bound (no retries)."""
+    return requests_left / (rate_per_minute / 60.0)
+
+
+async def read_figures(store: Store, days: Sequence[dt.date], since: float) -> RunFigures:
+    """The figures of the run over ``days`` that started at ``since`` (Unix time)."""
+    wanted = sorted(set(days))
+    done = {
+        r["business_date"]
+        for r in await store.books.days(days=wanted)
+        if float(r["updated_at"]) >= since
+    }
+    runs = [
+        r
+        for r in await store.books.runs(days=wanted, limit=1_000_000)
+        if float(r["started_at"]) >= since
+    ]
+    pending, _ = await store.inbox.depth()
+    measured = [r for r in runs if r["business_date"] in done]
+    return RunFigures(
+        days_total=len(wanted),
+        days_done=len(done),
+        requests_done=sum(int(r["calls"]) for r in measured),
+        days_measured=len({r["business_date"] for r in measured}),
+        in_progress=any(r["business_date"] not in done for r in runs),
+        pending=pending,
+    )
+
+
 class ProgressView:
     """Progress on a terminal (stderr, one rewritten line); silent when not a terminal.
 
-    The ETA is derived from the rate limit: the requests the finished days took on
-    average, times the days left, at ``rate_per_minute``. It is a lower bound: Fonzip
-    answering slowly or refusing requests makes it longer.
+    The same bar whether this process runs the reconcile or the daemon does: both read
+    the state database every ``interval`` seconds. The ETA is the requests left (every
+    fetch waiting in the inbox, plus the days not started at the finished days'
+    average of list pages and fetches) at the rate budget: a lower bound, since
+    retries and a slow Fonzip add to it, and live webhooks go first.
     """
 
-    def __init__(self, days: int, rate_per_minute: float, *, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        days: Sequence[dt.date],
+        rate_per_minute: float,
+        *,
+        out: TextIO | None = None,
+        interval: float = 1.0,
+    ) -> None:
         self.out = out if out is not None else sys.stderr
         self.enabled = self.out.isatty()
-        self.days = days
+        self.days = list(days)
         self.rate = rate_per_minute
-        self.done = 0
-        self.calls_done = 0
-        self.calls_day = 0
+        self.interval = interval
         self.text = ""
 
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the rate limit; None before the first day is done."""
-        if self.done == 0:
-            return None
-        per_day = self.calls_done / self.done
-        return (self.days - self.done) * per_day / (self.rate / 60.0)
-
-    def __call__(self, event: Progress) -> None:
-        if event.stage == "listed" and event.run is not None:
-            self.calls_day += event.run.calls
-            r = event.run
-            queued = len(r.expected)
-            what = f"{event.day} {r.kind}/{r.list_status}: Fonzip {r.window_total}, queued {queued}"
-        elif event.stage == "waiting":
-            what = f"{event.day}: waiting for {event.pending} fetches"
-        else:
-            self.done = event.days_done
-            self.calls_done += self.calls_day
-            self.calls_day = 0
-            what = f"{event.day} done"
+    def render(self, f: RunFigures, note: str = "") -> str:
+        """One line: the bar, the days, the requests left and the ETA."""
         width = 20
-        filled = int(width * self.done / self.days) if self.days else width
-        eta = self.eta_seconds()
-        eta_text = "ETA estimating" if eta is None else f"ETA ≥ {_duration(eta)}"
+        filled = int(width * f.days_done / f.days_total) if f.days_total else width
+        left = f.requests_left()
+        if left is None:
+            eta = f"ETA after the first day ({f.pending:,} fetches queued)"
+        else:
+            eta = f"{left:,} requests left, ETA ≥ {_duration(eta_seconds(left, self.rate))}"
         self.text = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.days} days, "
-            f"{eta_text} at {self.rate:.0f} req/min  {what}"
+            f"[{'#' * filled}{'.' * (width - filled)}] {f.days_done}/{f.days_total} days, "
+            f"{eta} at {self.rate:.0f} req/min" + (f"  {note}" if note else "")
         )
-        if self.enabled:
-            self.out.write("\r\x1b[2K" + self.text[:150])
+        return self.text
+
+    async def follow(
+        self, store: Store, since: float, note: Callable[[], str] | None = None
+    ) -> None:
+        """Redraw the line every ``interval`` seconds until cancelled."""
+        if not self.enabled:
+            return
+        while True:
+            figures = await read_figures(store, self.days, since)
+            self.out.write("\r\x1b[2K" + self.render(figures, note() if note else "")[:160])
             self.out.flush()
+            await asyncio.sleep(self.interval)
 
     def finish(self) -> None:
         if self.enabled:
@@ -146,6 +203,26 @@ def render_table(reports: Sequence[DayReport]) -> str:
     return "\n".join(lines)
 
 
+def render_summary(reports: Sequence[DayReport]) -> str:
+    """One line per day, then the totals: a year's backfill without 6,000 table rows."""
+    lines = []
+    for rep in reports:
+        found = sum(r.missing + r.changed for r in rep.runs)
+        failed = sum(r.failed for r in rep.runs)
+        calls = sum(r.calls for r in rep.runs)
+        state = "closed" if rep.closed else f"OPEN: {rep.reason}"
+        lines.append(
+            f"{rep.day.isoformat()}  {rep.records:>6} records, {found:>6} new or changed, "
+            f"{failed:>4} not fetched, {calls:>6} requests  {state}"
+        )
+    open_days = sum(1 for r in reports if not r.closed)
+    lines.append(
+        f"{len(reports)} day(s): {len(reports) - open_days} closed, {open_days} open; "
+        f"{sum(r.records for r in reports):,} records (--verbose: the table per kind and list)"
+    )
+    return "\n".join(lines)
+
+
 def _num(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -161,11 +238,13 @@ async def reconcile_now(
     progress_out: TextIO | None = None,
     clock: Clock = SYSTEM_CLOCK,
     wait: float | None = None,
+    verbose: bool = True,
 ) -> int:
     """Run a reconcile (or backfill) of ``days`` now; print the table; the exit code.
 
     0 when every day asked for is closed, 1 otherwise. ConfigError without credentials.
     ``wait`` bounds the run in seconds (None: only ``reconciler.fetch_wait`` per day).
+    ``verbose`` False prints one line per day instead of the table.
     """
     out = out if out is not None else sys.stdout
     f = settings.fonzip
@@ -206,7 +285,7 @@ async def reconcile_now(
     else:
         await store.close()
         reports = await _in_process(settings, days, chosen, source, rate, progress_out, clock, wait)
-    print(render_table(reports), file=out)
+    print(render_table(reports) if verbose else render_summary(reports), file=out)
     closed = bool(reports) and all(r.closed for r in reports)
     if dry_run:
         print("(dry run: nothing was queued or recorded)", file=out)
@@ -263,8 +342,11 @@ async def _in_process(
 
     deadline = _deadline(clock, wait)
     daemon = Daemon(settings, clock=clock, listen=False, schedule=False)
-    view = ProgressView(len(days), rate, out=progress_out)
+    view = ProgressView(days, rate, out=progress_out)
+    since = clock.now().timestamp()
     await daemon.start()
+    assert daemon.store is not None
+    watching = asyncio.create_task(view.follow(daemon.store, since))
     try:
         assert daemon.reconciler is not None
         return await daemon.reconciler.run(
@@ -272,10 +354,12 @@ async def _in_process(
             run_key=_run_key(source, days, clock),
             kinds=kinds,
             source=source,
-            progress=view,
             deadline=deadline,
         )
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
         view.finish()
         await daemon.stop()
 
@@ -311,9 +395,20 @@ async def _through_daemon(
     request_id = await store.books.add_request(
         days, kinds, source, dry_run=dry_run, deadline_at=deadline_at
     )
-    view = ProgressView(len(days), rate, out=progress_out)
+    view = ProgressView(days, rate, out=progress_out)
     if view.enabled:
-        view.out.write(f"the daemon is running: it runs this reconcile (request {request_id})\n")
+        view.out.write(
+            f"the daemon is running: it runs this (request {request_id}); Ctrl-C withdraws it\n"
+        )
+    since = clock.now().timestamp()
+    row: Mapping[str, Any] | None = None
+
+    def state() -> str:
+        if row is not None and row["started_at"]:
+            return ""
+        return "(waiting for the daemon to pick it up)"
+
+    watching = asyncio.create_task(view.follow(store, since, state))
     # The daemon stops waiting for Fonzip at the deadline; the grace covers its last
     # poll and bookkeeping. Past it, the daemon died or is stuck: stop following.
     give_up = None if wait is None else clock.monotonic() + wait + HANDOFF_GRACE
@@ -329,11 +424,6 @@ async def _through_daemon(
                 if not reports:
                     return [DayReport(d, False, reason, []) for d in sorted(set(days))]
                 return [dataclasses.replace(r, closed=False, reason=reason) for r in reports]
-            done = {r["business_date"] for r in await store.books.days(days=list(days))}
-            if view.enabled:
-                started = "started" if row and row["started_at"] else "waiting for the daemon"
-                view.out.write(f"\r\x1b[2K{started}: {len(done)}/{len(days)} days reported")
-                view.out.flush()
             await asyncio.sleep(poll)
     except asyncio.CancelledError:
         # Ctrl-C: nobody waits for this run any more. A daemon that has not claimed it
@@ -341,7 +431,11 @@ async def _through_daemon(
         await asyncio.shield(store.books.withdraw_request(request_id))
         raise
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
         view.finish()
+    assert row is not None
     if row["result"]:
         return reports_from_json(row["result"])
     return await reports_from_store(store, days, kinds)

@@ -433,3 +433,45 @@ async def test_a_wait_that_is_not_a_positive_number_is_refused(
     assert code == 2, out + err
     assert f"--wait: not a positive number of seconds: {value!r}" in err
     assert not (tmp_path / "state.db").exists()  # refused before anything was opened
+
+
+async def test_a_backfill_through_the_daemon_shows_the_bar_and_a_line_per_day(
+    tmp_path: Path, sim: Simulator, daemon: DaemonProcess
+) -> None:
+    # The progress line is drawn only on a terminal: give the command one.
+    main_fd, term_fd = os.openpty()
+    drawn = bytearray()
+    loop = asyncio.get_running_loop()
+
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            drawn.extend(os.read(main_fd, 65536))
+
+    loop.add_reader(main_fd, read)
+    first, last = sim.end_date - dt.timedelta(days=1), sim.end_date
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fonzipd", "backfill", "--config", str(daemon.config),
+        "--from", first.isoformat(), "--to", last.isoformat(),
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=term_fd,
+    )  # fmt: skip
+    os.close(term_fd)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        await wait_for(lambda: b"\x1b[2K" in drawn)
+    finally:
+        loop.remove_reader(main_fd)
+        os.close(main_fd)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    shown = drawn.decode(errors="replace")
+    assert proc.returncode == 0, out.decode() + shown
+    assert "the daemon is running: it runs this (request 1); Ctrl-C withdraws it" in shown
+    assert "[....................] 0/2 days, " in shown
+    assert "req/min" in shown
+    # One line per day and the totals: no table unless --verbose.
+    lines = out.decode().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == [first.isoformat(), last.isoformat()]
+    assert all(line.endswith("closed") for line in lines[:2]), lines
+    assert lines[2].startswith("2 day(s): 2 closed, 0 open; ")
+    assert "outcome" not in out.decode()

@@ -409,17 +409,23 @@ def test_the_table_shows_totals_local_missing_and_fetched() -> None:
     assert "2026-11-26: closed  (20 records, 2 first seen by the reconcile = 10%)" in text
 
 
-def test_the_eta_follows_the_rate_limit() -> None:
-    view = ProgressView(days=10, rate_per_minute=240, out=io.StringIO())
-    assert view.eta_seconds() is None
-    day = dt.date(2026, 11, 1)
-    from fonzipd.reconciler import ListRun
+def test_the_eta_counts_every_request_left_at_the_rate_budget() -> None:
+    from fonzipd.reconcile_command import RunFigures, eta_seconds
 
-    run = ListRun(day, Kind.DONATION, "paid", "k", Source.BACKFILL, 0.0, calls=120)
-    view(Progress("listed", day, run=run))
-    view(Progress("day_done", day, days_done=1, days_total=10))
-    # 9 days left at 120 requests each, 4 requests a second: 270 s.
-    assert view.eta_seconds() == pytest.approx(270)
+    view = ProgressView([dt.date(2026, 11, d) for d in range(1, 11)], 240, out=io.StringIO())
+    # Before a day is done there is no average: the queued fetches are shown instead.
+    first = RunFigures(10, 0, 0, 0, in_progress=True, pending=80)
+    assert first.requests_left() is None
+    assert "ETA after the first day (80 fetches queued)" in view.render(first)
+    # One day done with 120 requests (pages and fetches); the second listed, its 100
+    # fetches queued: 100 + 8 days x 120 = 1060 requests, at 4 a second 265 s.
+    now = RunFigures(10, 1, 120, 1, in_progress=True, pending=100)
+    assert now.requests_left() == 1060
+    assert eta_seconds(1060, 240) == pytest.approx(265)
+    assert "1,060 requests left, ETA ≥ 4m25s at 240 req/min" in view.render(now)
+    assert RunFigures(10, 10, 1200, 10, in_progress=False, pending=0).requests_left() == 0
+    # A resumed backfill: 5 days skipped (no requests), 1 measured at 120.
+    assert RunFigures(10, 6, 120, 1, in_progress=False, pending=0).requests_left() == 480
 
 
 async def test_backfill_resumes_and_marks_records_as_backfilled(tmp_path: Path) -> None:
