@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from fonzipd.config import SinkSettings
 from fonzipd.dispatcher import Dispatcher, SinkRunner
@@ -378,3 +379,44 @@ async def test_a_locked_state_database_is_waited_out_by_the_runner(
     # A batch whose acknowledgement failed is sent again: same keys, which every sink
     # drops as duplicates (the contract's idempotency).
     assert set(mem(r).keys) == {make_record(fid).key for fid in (1, 2, 3)}
+
+
+async def test_each_attempt_is_counted_logged_and_waits_longer(
+    store: Store, tmp_path: Path
+) -> None:
+    r = runner(store, "a", tmp_path, retry_initial=1.0, retry_max=100.0)
+    outcomes: list[Exception | None] = [TransientSinkError("receiver down")] * 3 + [None]
+    mem(r).fail_with = lambda batch: outcomes.pop(0)
+    await store.records.apply_record(None, make_record(1), ["a"])
+    rows = await store.outbox.batch("a", 10)
+    with capture_logs() as lines:
+        delays = [await r._deliver(rows) for _ in range(4)]
+    # Doubling waits (each drawn between half and all of 1, 2, 4 s), then none.
+    assert delays[0] <= 1.0 < 2.0 <= delays[2]
+    assert delays[3] == 0.0
+    failed = [ln for ln in lines if ln["event"] == "batch_failed"]
+    assert [(ln["records"], ln["error"], ln["retry_in"]) for ln in failed] == [
+        (1, "receiver down", round(d, 2)) for d in delays[:3]
+    ]
+    assert (r.retried, r.delivered, r.dead) == (3, 1, 0)
+    status = (await store.outbox.sink_status(["a"]))["a"]
+    assert (status["last_error"], status["pending"], status["delivered"]) == ("receiver down", 0, 1)
+
+
+async def test_refused_and_written_records_add_up_over_batches(
+    store: Store, tmp_path: Path
+) -> None:
+    r = runner(store, "a", tmp_path)
+    records = [make_record(fid) for fid in (1, 2, 3, 4)]
+    refused = {records[0].key, records[2].key}
+    mem(r).fail_with = lambda batch: PermanentSinkError(
+        "HTTP 400", failed_keys=[x.key for x in batch if x.key in refused]
+    )
+    for record in records:
+        await store.records.apply_record(None, record, ["a"])
+    rows = await store.outbox.batch("a", 10)
+    for pair in (rows[:2], rows[2:]):
+        assert await r._deliver(pair) == 0.0
+    assert (r.dead, r.delivered) == (2, 2)
+    status = (await store.outbox.sink_status(["a"]))["a"]
+    assert (status["dead"], status["delivered"], status["pending"]) == (2, 2, 0)
