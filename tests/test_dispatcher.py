@@ -415,8 +415,27 @@ async def test_refused_and_written_records_add_up_over_batches(
     for record in records:
         await store.records.apply_record(None, record, ["a"])
     rows = await store.outbox.batch("a", 10)
-    for pair in (rows[:2], rows[2:]):
-        assert await r._deliver(pair) == 0.0
+    with capture_logs() as lines:
+        for pair in (rows[:2], rows[2:]):
+            assert await r._deliver(pair) == 0.0
     assert (r.dead, r.delivered) == (2, 2)
     status = (await store.outbox.sink_status(["a"]))["a"]
     assert (status["dead"], status["delivered"], status["pending"]) == (2, 2, 0)
+    dead = [ln for ln in lines if ln["event"] == "batch_dead_lettered"]
+    assert [(ln["dead"], ln["written"], ln["error"]) for ln in dead] == [(1, 1, "HTTP 400")] * 2
+
+
+async def test_a_dead_letter_ends_a_run_of_failures(store: Store, tmp_path: Path) -> None:
+    r = runner(store, "a", tmp_path, retry_initial=1.0, retry_max=100.0)
+    outcomes: list[Exception] = [
+        TransientSinkError("down"),
+        TransientSinkError("down"),
+        PermanentSinkError("HTTP 400"),
+        TransientSinkError("down again"),
+    ]
+    mem(r).fail_with = lambda batch: outcomes.pop(0)
+    await store.records.apply_record(None, make_record(1), ["a"])
+    rows = await store.outbox.batch("a", 10)
+    delays = [await r._deliver(rows) for _ in range(4)]
+    assert delays[2] == 0.0
+    assert delays[3] <= 1.0  # the first wait again, not the third
