@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 
 import pytest
 
@@ -218,3 +219,20 @@ async def test_records_from_list_rows_are_applied_together(store: Store) -> None
     applied = await store.records.apply_records([make_record(1), make_record(2)], ["a", "b"])
     assert [(a.outcome, a.enqueued) for a in applied] == [("new", 2), ("new", 2)]
     assert set(await store.records.get_many(Kind.DONATION, [1, 2, 3])) == {1, 2}
+
+
+def test_a_naive_last_update_date_is_read_alike_on_any_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The host's zone must not decide: a naive value is read as UTC here, wherever
+    # fonzipd runs (10:00 naive is after 12:00+03:00, which is 09:00 UTC).
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        naive = state(name="B", read=0, updated="2026-11-27T10:00:00")
+        aware = state(name="A", read=5, updated="2026-11-27T12:00:00+03:00")
+        assert is_newer(naive, aware) is True
+        assert is_newer(aware, naive) is False
+    finally:
+        monkeypatch.undo()
+        time.tzset()
