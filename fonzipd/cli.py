@@ -361,6 +361,7 @@ async def _check_online(settings: Settings) -> int:
 
 async def _check_sinks_online(settings: Settings) -> int:
     """Open and close every enabled sink once: a connection and a login, no delivery."""
+    from fonzipd.preflight import reach
     from fonzipd.registry import build_sinks
 
     failed = EXIT_OK
@@ -369,6 +370,10 @@ async def _check_sinks_online(settings: Settings) -> int:
             async with asyncio.timeout(60):
                 await built.sink.open()
                 await built.sink.close()
+                url = built.settings.options.get("url")
+                if isinstance(url, str):
+                    # A forwarder opens without connecting: reach its host, send nothing.
+                    await reach(url)
         except Exception as exc:
             reason = "no answer within 60 s" if isinstance(exc, TimeoutError) else str(exc)
             print(f"fonzipd: sink {sid} ({built.type.name}): {reason}", file=sys.stderr)

@@ -9,6 +9,7 @@ changing anything: nothing is created, no port is kept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -238,3 +239,24 @@ def root_on_service_state(settings: Settings, command: str) -> str | None:
         f"that user: sudo -u '#{info.st_uid}' fonzipd {command} ... (or setpriv "
         f"--reuid={info.st_uid} --regid={info.st_gid} --clear-groups fonzipd {command} ...)"
     )
+
+
+async def reach(url: str, *, timeout: float = 10.0) -> None:
+    """Connect to ``url``'s host (with its TLS handshake for https) and hang up.
+
+    For ``check --online``: a sink that opens without connecting (the HTTP forwarder)
+    is reached this way, without a delivery. Raises OSError (or TimeoutError).
+    """
+    import asyncio
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    context = ssl.create_default_context() if secure else None
+    async with asyncio.timeout(timeout):
+        _, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()  # a peer that hangs up first is no less reachable

@@ -233,3 +233,36 @@ def test_root_is_refused_on_a_state_folder_the_service_owns(tmp_path: Path) -> N
     os.chown(state, 0, 0)
     proc = fonzipd("replay", "--sink", "archive", "--config", str(path))
     assert proc.returncode == 0, proc.stderr
+
+
+async def test_check_online_reaches_a_forwarders_host_without_a_delivery(
+    tmp_path: Path, busy_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from fonzipd import cli
+    from fonzipd.simulator import Simulator
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        free_port = closed.getsockname()[1]
+    async with Simulator(seed=1, days=1, per_day=1) as sim:
+        base = await sim.start()
+        for port, expected in ((busy_port, EXIT_OK), (free_port, 1)):
+            path = write(
+                tmp_path,
+                good(0)
+                .replace("[fonzip]\n", f'[fonzip]\nbase_url = "{base}"\n')
+                .replace('client_id = "id"', 'client_id = "sim-client"')
+                .replace('client_secret = "secret"', 'client_secret = "sim-secret"')
+                + f'[sinks.hook]\ntype = "http"\nurl = "http://127.0.0.1:{port}/hook"\n'
+                'secret = "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="\n',
+            )
+            code = await asyncio.to_thread(cli.main, ["check", "--online", "--config", str(path)])
+            assert code == expected, port
+            said = capsys.readouterr()
+            if expected == EXIT_OK:
+                assert "sink hook (http) OK" in said.out
+            else:
+                assert "fonzipd: sink hook (http): " in said.err
+                assert str(free_port) in said.err, said.err
