@@ -80,11 +80,14 @@ def _settings(base_url: str, tmp: Path, rate: float, from_lists: bool) -> Settin
         )
 
 
-def _detail_record(sim: Simulator, kind: Kind, obj: dict[str, Any], tz: Any) -> Record:
-    """What the detail path makes of the simulator's detail of one object."""
+def _detail_record(
+    kind: Kind, obj: dict[str, Any], tz: Any, rows: dict[int, dict[str, Any]] | None = None
+) -> Record:
+    """What the detail path makes of the simulator's detail of one object (e-cards: with
+    the list row's date and ISO currency, as the client completes them)."""
     if kind is Kind.ECARD_SALE:
-        row = next(r for r in sim.rows(kind) if r["id"] == obj["id"])
-        obj = {**obj, **{k: row[k] for k in ECARD_FIELDS_FROM_LIST}}
+        assert rows is not None
+        obj = {**obj, **{k: rows[obj["id"]][k] for k in ECARD_FIELDS_FROM_LIST}}
     detail = Detail(kind, obj["id"], obj, None, "bench")
     return normalize(detail, tz=tz, source=Source.BACKFILL, fetched_at=dt.datetime.now(dt.UTC))
 
@@ -98,9 +101,10 @@ async def _check_fields(
     compared = from_rows = differing = 0
     for kind in kinds:
         objects = {o["id"]: o for o in sim.objects(kind)}
+        rows = {r["id"]: r for r in sim.rows(kind)}
         stored = await daemon.store.records.get_many(kind, objects)
         for fid, record in stored.items():
-            want = _detail_record(sim, kind, objects[fid], settings.fonzip.tz)
+            want = _detail_record(kind, objects[fid], settings.fonzip.tz, rows)
             compared += 1
             from_rows += is_list_shape(record)
             names = (*FIELDS, "business_date")
@@ -186,7 +190,7 @@ async def _day(
                 await store.db.execute("PRAGMA synchronous=OFF")
                 for obj in objects:
                     if obj["id"] not in absent:
-                        record = _detail_record(sim, Kind.DONATION, obj, settings.fonzip.tz)
+                        record = _detail_record(Kind.DONATION, obj, settings.fonzip.tz)
                         await store.records.apply_record(None, record, ())
                 await store.db.execute("PRAGMA synchronous=FULL")
                 before = len(sim.requests)

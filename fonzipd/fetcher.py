@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -44,6 +45,72 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
+class GroupApply:
+    """Stores the records the workers fetched in groups: one transaction (one fsync) for
+    whatever records are ready together, each with its outbox rows and inbox row.
+
+    No task of its own: the first worker to arrive commits, for itself and for every
+    worker that arrives while it does, until none is waiting. A group the database
+    refuses fails for all of it (each worker puts its row back, as before); a group
+    failing for any other reason (a record the store cannot take) is applied record by
+    record, so only that record's worker sees its error.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: list[tuple[int, Record, Any, asyncio.Future[Applied]]] = []
+        self._leading = False
+        self.commits = 0
+
+    async def apply(self, row_id: int, record: Record, sinks: Any) -> Applied:
+        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self._waiting.append((row_id, record, sinks, fut))
+        if not self._leading:
+            self._leading = True
+            try:
+                while self._waiting:
+                    group, self._waiting = self._waiting, []
+                    await self._commit(group)
+            finally:
+                self._leading = False
+                # Left by a leader that was cancelled (shutdown) or failed: never
+                # leave a worker waiting on a commit nobody will make.
+                for _, _, _, left in self._waiting:
+                    if not left.done():
+                        left.set_exception(StoreError("the group commit was interrupted"))
+                self._waiting = []
+        return await fut
+
+    async def _commit(self, group: list[tuple[int, Record, Any, asyncio.Future[Applied]]]) -> None:
+        try:
+            try:
+                results = await self._store.records.apply_many(
+                    [(row_id, record, sinks) for row_id, record, sinks, _ in group]
+                )
+            except (StoreError, sqlite3.OperationalError):
+                raise  # the database (locked, full, closed), not a record
+            except Exception:
+                if len(group) == 1:
+                    raise
+                for one in group:
+                    await self._commit([one])
+                return
+        except BaseException as exc:
+            for _, _, _, fut in group:
+                if not fut.done():
+                    if isinstance(exc, Exception):
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_exception(StoreError("the group commit was interrupted"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        for (_, _, _, fut), applied in zip(group, results, strict=True):
+            if not fut.done():
+                fut.set_result(applied)
+
+
 class Fetcher:
     """``concurrency`` workers claiming inbox rows, live work first."""
 
@@ -71,6 +138,7 @@ class Fetcher:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._group = GroupApply(store)
         self.processed = 0
 
     def wake(self) -> None:
@@ -206,7 +274,7 @@ class Fetcher:
             # which is what orders two reads of one object (apply_record).
             fetched_at = detail.read_at or self._clock.now()
             record = normalize(detail, tz=self._tz, source=row.source, fetched_at=fetched_at)
-            applied = await self._store.records.apply_record(row.id, record, self._sink_ids())
+            applied = await self._group.apply(row.id, record, self._sink_ids())
         except (StoreError, sqlite3.OperationalError):
             raise  # the database (locked, full, closed), not the event: waited out above
         except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import structlog
 
 from fonzipd.config import FetcherSettings
-from fonzipd.fetcher import Fetcher
+from fonzipd.fetcher import Fetcher, GroupApply
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.endpoints import Detail
 from fonzipd.fonzip.limiter import RateLimiter
@@ -30,7 +31,7 @@ from fonzipd.simulator import Simulator
 from fonzipd.state import InboxEvent, InboxRow, Store
 from tests.daemon_process import DaemonProcess, write_config
 from tests.fonzip_objects import HOSTILE, PERSONAL, Hostile
-from tests.support import fonzip_settings, until
+from tests.support import fonzip_settings, hook, make_record, until
 
 TZ = zoneinfo.ZoneInfo("Europe/Istanbul")
 RATE = 6000.0
@@ -178,7 +179,8 @@ async def test_an_object_deleted_at_fonzip_reaches_the_sinks_as_deleted(rig: Rig
 async def test_a_locked_state_database_is_waited_out_by_every_worker(rig: Rig) -> None:
     # "database is locked" (a CLI replay holding the write lock past the 30-s busy
     # timeout) more times than there are workers: none of them may die of it.
-    real_claim, real_apply = rig.store.inbox.claim, rig.store.records.apply_record
+    # Fetched records are stored in groups (apply_many): the refusals go there.
+    real_claim, real_apply = rig.store.inbox.claim, rig.store.records.apply_many
     left = {"claim": 10, "apply": 2}
 
     def locked(name: str) -> None:
@@ -190,12 +192,12 @@ async def test_a_locked_state_database_is_waited_out_by_every_worker(rig: Rig) -
         locked("claim")
         return await real_claim()
 
-    async def apply_record(*args: Any, **kwargs: Any) -> Any:
+    async def apply_many(*args: Any, **kwargs: Any) -> Any:
         locked("apply")
         return await real_apply(*args, **kwargs)
 
     rig.store.inbox.claim = claim  # type: ignore[method-assign]
-    rig.store.records.apply_record = apply_record  # type: ignore[method-assign]
+    rig.store.records.apply_many = apply_many  # type: ignore[method-assign]
     ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:3]
     for fid in ids:
         await rig.add(Kind.DONATION, fid)
@@ -283,7 +285,7 @@ async def test_a_locked_database_is_not_the_events_fault(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fid = int(rig.sim.objects(Kind.DONATION)[0]["id"])
-    real = rig.store.records.apply_record
+    real = rig.store.records.apply_many  # how fetched records are stored (in groups)
     refusals = 0
 
     async def locked(*args: Any, **kwargs: Any) -> Any:
@@ -293,7 +295,7 @@ async def test_a_locked_database_is_not_the_events_fault(
             raise sqlite3.OperationalError("database is locked")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(rig.store.records, "apply_record", locked)
+    monkeypatch.setattr(rig.store.records, "apply_many", locked)
     await rig.add(Kind.DONATION, fid)
     assert await rig.settled() == {"done": 1}
     assert refusals == 4
@@ -368,3 +370,31 @@ async def test_end_to_end_a_hostile_detail_is_parked_and_delivery_goes_on(tmp_pa
     for secret in PERSONAL:
         assert secret not in status.stdout
         assert secret not in daemon.log_text()
+
+
+async def test_records_fetched_together_are_stored_in_one_commit_and_a_bad_one_alone_fails(
+    store: Store,
+) -> None:
+    await store.inbox.add_events([hook(fid) for fid in range(1, 8)])
+    rows = [row for row in [await store.inbox.claim() for _ in range(7)] if row is not None]
+    group = GroupApply(store)
+    first = await asyncio.gather(
+        *(group.apply(row.id, make_record(row.fonzip_id), ["a"]) for row in rows[:4])
+    )
+    assert [a.outcome for a in first] == ["new"] * 4
+    # The first worker commits alone; the three that arrived meanwhile share one commit.
+    assert group.commits == 2
+    # A record the store cannot take (data JSON cannot hold), in a group with a good
+    # one: the group is applied record by record and only its own worker fails.
+    bad = dataclasses.replace(make_record(6), data={"not json": {1, 2}})
+    results = await asyncio.gather(
+        group.apply(rows[4].id, make_record(5), ["a"]),
+        group.apply(rows[5].id, bad, ["a"]),
+        group.apply(rows[6].id, make_record(7), ["a"]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], TypeError)
+    assert [getattr(r, "outcome", None) for r in (results[0], results[2])] == ["new", "new"]
+    assert await store.inbox.counts() == {"done": 6, "claimed": 1}
+    assert await store.records.get(Kind.DONATION, 6) is None
+    assert await store.records.get(Kind.DONATION, 7) is not None

@@ -179,6 +179,19 @@ class Records:
         async with self._conn.transaction() as tx:
             return [await self._apply(tx, None, record, sinks) for record in records]
 
+    async def apply_many(
+        self,
+        items: Sequence[tuple[int | None, Record, Mapping[str, SinkPolicy] | Iterable[str]]],
+    ) -> list[Applied]:
+        """:meth:`apply_record` for several ``(inbox row id, record, sinks)`` in one
+        transaction (the fetcher's group of workers): each record's store, queueing and
+        inbox row together, all of them or none; one commit, one fsync."""
+        async with self._conn.transaction() as tx:
+            return [
+                await self._apply(tx, row_id, record, _policies(sinks))
+                for row_id, record, sinks in items
+            ]
+
     async def _apply(
         self,
         tx: Tx,
