@@ -111,6 +111,55 @@ class GroupApply:
                 fut.set_result(applied)
 
 
+class GroupClaim:
+    """Claims inbox rows for the workers that are idle together, in one transaction.
+
+    The first worker to ask claims, in one commit, a row for itself and one for every
+    worker that asked meanwhile (never more rows than workers waiting: nothing is held
+    back from a live webhook that arrives next). A worker that gets no row is idle.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: list[asyncio.Future[InboxRow | None]] = []
+        self._leading = False
+
+    async def claim(self) -> InboxRow | None:
+        fut: asyncio.Future[InboxRow | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        if not self._leading:
+            self._leading = True
+            try:
+                while self._waiting:
+                    group, self._waiting = self._waiting, []
+                    try:
+                        rows = await self._store.inbox.claim_many(len(group))
+                    except Exception as exc:
+                        for waiter in group:
+                            if not waiter.done():
+                                waiter.set_exception(exc)
+                        continue
+                    except BaseException:
+                        self._waiting = group + self._waiting
+                        raise
+                    orphans = []
+                    for n, waiter in enumerate(group):
+                        row = rows[n] if n < len(rows) else None
+                        if not waiter.done():
+                            waiter.set_result(row)
+                        elif row is not None:
+                            orphans.append(row)  # its worker was stopped meanwhile
+                    for row in orphans:
+                        await self._store.inbox.unclaim(row.id)
+            finally:
+                self._leading = False
+                for left in self._waiting:
+                    if not left.done():
+                        left.set_exception(StoreError("the claim was interrupted"))
+                self._waiting = []
+        return await fut
+
+
 class Fetcher:
     """``concurrency`` workers claiming inbox rows, live work first."""
 
@@ -139,6 +188,7 @@ class Fetcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._group = GroupApply(store)
+        self._claims = GroupClaim(store)
         self.processed = 0
 
     def wake(self) -> None:
@@ -184,7 +234,7 @@ class Fetcher:
                 await self._pause(delay)
 
     async def _work_once(self) -> None:
-        row = await self._store.inbox.claim()
+        row = await self._claims.claim()
         if row is None:
             await self._idle()
             return

@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from fonzipd.config import FetcherSettings
-from fonzipd.fetcher import Fetcher, GroupApply
+from fonzipd.fetcher import Fetcher, GroupApply, GroupClaim
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.endpoints import Detail
 from fonzipd.fonzip.limiter import RateLimiter
@@ -179,8 +179,8 @@ async def test_an_object_deleted_at_fonzip_reaches_the_sinks_as_deleted(rig: Rig
 async def test_a_locked_state_database_is_waited_out_by_every_worker(rig: Rig) -> None:
     # "database is locked" (a CLI replay holding the write lock past the 30-s busy
     # timeout) more times than there are workers: none of them may die of it.
-    # Fetched records are stored in groups (apply_many): the refusals go there.
-    real_claim, real_apply = rig.store.inbox.claim, rig.store.records.apply_many
+    # Rows are claimed and records stored in groups (claim_many, apply_many).
+    real_claim, real_apply = rig.store.inbox.claim_many, rig.store.records.apply_many
     left = {"claim": 10, "apply": 2}
 
     def locked(name: str) -> None:
@@ -188,15 +188,15 @@ async def test_a_locked_state_database_is_waited_out_by_every_worker(rig: Rig) -
             left[name] -= 1
             raise sqlite3.OperationalError("database is locked")
 
-    async def claim() -> InboxRow | None:
+    async def claim_many(limit: int) -> list[InboxRow]:
         locked("claim")
-        return await real_claim()
+        return await real_claim(limit)
 
     async def apply_many(*args: Any, **kwargs: Any) -> Any:
         locked("apply")
         return await real_apply(*args, **kwargs)
 
-    rig.store.inbox.claim = claim  # type: ignore[method-assign]
+    rig.store.inbox.claim_many = claim_many  # type: ignore[method-assign]
     rig.store.records.apply_many = apply_many  # type: ignore[method-assign]
     ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:3]
     for fid in ids:
@@ -398,3 +398,22 @@ async def test_records_fetched_together_are_stored_in_one_commit_and_a_bad_one_a
     assert await store.inbox.counts() == {"done": 6, "claimed": 1}
     assert await store.records.get(Kind.DONATION, 6) is None
     assert await store.records.get(Kind.DONATION, 7) is not None
+
+
+async def test_workers_idle_together_claim_in_one_transaction(store: Store) -> None:
+    await store.inbox.add_events([hook(fid) for fid in range(1, 4)])
+    calls: list[int] = []
+    real = store.inbox.claim_many
+
+    async def counted(limit: int) -> list[InboxRow]:
+        calls.append(limit)
+        return await real(limit)
+
+    store.inbox.claim_many = counted  # type: ignore[method-assign]
+    claims = GroupClaim(store)
+    got = await asyncio.gather(*(claims.claim() for _ in range(5)))
+    # The first asks alone; the four that asked meanwhile share one claim, never
+    # claiming more rows than there are workers waiting.
+    assert calls == [1, 4]
+    assert sorted(r.fonzip_id for r in got if r) == [1, 2, 3]
+    assert got.count(None) == 2

@@ -131,3 +131,13 @@ async def test_enrichments_are_claimed_after_reconcile_work_and_live_work_first(
     await store.inbox.add_events([enrich, backfill, hook(3)])
     claimed = [await store.inbox.claim() for _ in range(3)]
     assert [(r.fonzip_id, r.priority) for r in claimed if r] == [(3, 0), (2, 1), (1, 2)]
+
+
+async def test_claim_many_claims_up_to_the_limit_live_work_first(store: Store) -> None:
+    bulk = [InboxEvent(Kind.DONATION, fid, None, Source.RECONCILE) for fid in (1, 2, 3)]
+    await store.inbox.add_events([*bulk, hook(4)])
+    first = await store.inbox.claim_many(2)
+    assert [(r.fonzip_id, r.priority, r.attempts) for r in first] == [(4, 0, 1), (1, 1, 1)]
+    assert [r.fonzip_id for r in await store.inbox.claim_many(5)] == [2, 3]
+    assert await store.inbox.claim_many(5) == []
+    assert await store.inbox.counts() == {"claimed": 4}
