@@ -174,7 +174,7 @@ class Inbox:
         (the fetcher's idle workers, served by one commit)."""
         now = ts(self._conn.clock.now())
         async with self._conn.transaction() as tx:
-            cur = await tx.execute(
+            rows = await tx.fetchall(
                 "UPDATE inbox SET state = 'claimed', attempts = attempts + 1"
                 " WHERE id IN (SELECT id FROM inbox WHERE state = 'pending'"
                 "   AND (next_attempt_at <= ? OR attempts = 0)"
@@ -183,8 +183,6 @@ class Inbox:
                 " list_row, next_attempt_at",
                 (now, limit),
             )
-            rows = list(await cur.fetchall())
-            await cur.close()
         # RETURNING follows no ORDER BY: put live work first again.
         rows.sort(key=lambda r: (r[5], r[8], r[0]))
         return [
