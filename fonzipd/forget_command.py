@@ -70,7 +70,10 @@ async def forget_now(
             return EXIT_FAILED
         idents = await store.erasures.find(email=email, fonzip_user_id=fonzip_user_id)
         if not idents:
-            print(f"{who}: no records about this person in the state database; nothing to do")
+            print(
+                f"{who}: no records about this person in the state database; nothing to do",
+                file=out,
+            )
             return EXIT_OK
         listed = ", ".join(f"{k} {i}" for k, i in idents)
         print(f"{who}: {len(idents)} record(s) found: {listed}", file=out)
