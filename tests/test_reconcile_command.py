@@ -475,3 +475,57 @@ async def test_a_backfill_through_the_daemon_shows_the_bar_and_a_line_per_day(
     assert all(line.endswith("closed") for line in lines[:2]), lines
     assert lines[2].startswith("2 day(s): 2 closed, 0 open; ")
     assert "outcome" not in out.decode()
+
+
+async def test_ctrl_c_stops_a_backfill_at_once_and_the_same_command_resumes(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    assert sim.base_url is not None
+    # Slow enough (5 requests a second) to be interrupted after its first day.
+    path = write_config(
+        tmp_path / "config.toml", base_url=sim.base_url, token=TOKEN, rate=300, extra=RECONCILER
+    )
+    first, last = sim.end_date - dt.timedelta(days=1), sim.end_date
+    args = (
+        "backfill",
+        "--config",
+        str(path),
+        "--from",
+        first.isoformat(),
+        "--to",
+        last.isoformat(),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fonzipd", *args, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        def one_day_done() -> bool:
+            try:
+                with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+                    return bool(db.execute("SELECT count(*) FROM reconcile_days").fetchone()[0])
+            except sqlite3.Error:
+                return False
+
+        await wait_for(one_day_done, within=60)
+        proc.send_signal(signal.SIGINT)  # one Ctrl-C
+        stopped = asyncio.get_running_loop().time()
+        await asyncio.wait_for(proc.wait(), 20)
+        took = asyncio.get_running_loop().time() - stopped
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+    assert took < 10, f"Ctrl-C took {took:.1f} s"
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        done_before = db.execute("SELECT count(*) FROM reconcile_days").fetchone()[0]
+    assert done_before < 2, "interrupted before the end"
+    code, out, err, _ = await fonzipd(*args, cwd=tmp_path)
+    assert code == 0, out + err
+    assert out.splitlines()[2].startswith("2 day(s): 2 closed, 0 open; ")
+    with contextlib.closing(sqlite3.connect(tmp_path / "fonzip.db")) as db:
+        rows = db.execute("SELECT count(*), count(DISTINCT fonzip_id) FROM records").fetchone()
+        history = db.execute("SELECT count(*) FROM record_history").fetchone()[0]
+    assert rows[0] == rows[1] == history > 0, "each record delivered once"
