@@ -195,6 +195,18 @@ async def end_to_end(
     )
 
 
+async def only_throughput(concurrency: int, records: int, rounds: int, seed: int) -> None:
+    """Only the throughput row at one concurrency, ``rounds`` times (for before/after
+    runs taking turns with another checkout)."""
+    async with Simulator(seed=seed, days=1, per_day=5, rate_per_minute=UNBOUND_RATE) as sim:
+        base_url = await sim.start()
+        sim.faults.latency = LATENCY
+        logs.configure("info", "json")
+        for _ in range(rounds):
+            row = await throughput(sim, base_url, concurrency, records)
+            print(row, file=sys.__stdout__, flush=True)
+
+
 async def bench(records: int, webhooks: int, rate: float, seed: int) -> None:
     async with Simulator(seed=seed, days=1, per_day=5, rate_per_minute=UNBOUND_RATE) as sim:
         base_url = await sim.start()
@@ -233,10 +245,21 @@ def main() -> None:
     p.add_argument("--webhooks", type=int, default=200, help="webhooks per end-to-end run")
     p.add_argument("--rate", type=float, default=20.0, help="webhooks per second (end to end)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--only-concurrency",
+        type=int,
+        help="only the throughput row at this concurrency (records: --records x c / 4)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="with --only-concurrency")
     args = p.parse_args()
     # The daemon logs as in production (JSON, info) to stderr: into /dev/null here.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-        asyncio.run(bench(args.records, args.webhooks, args.rate, args.seed))
+        if args.only_concurrency:
+            c = args.only_concurrency
+            n = max(args.records, args.records * c // 4)
+            asyncio.run(only_throughput(c, n, args.rounds, args.seed))
+        else:
+            asyncio.run(bench(args.records, args.webhooks, args.rate, args.seed))
 
 
 if __name__ == "__main__":
