@@ -11,7 +11,8 @@ each measured at 16 and 64 connections:
 - the same with one commit per request (``commit_max_batch = 1``), for comparison.
 
 Every request is a distinct valid webhook (a new inbox row, not a duplicate). The
-listener logs one JSON line per webhook at info, as the daemon does; here to /dev/null.
+listener logs at info as the daemon does (one JSON line per group commit naming each
+webhook); here to /dev/null.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ if __name__ == "__main__":
         "--log-level",
         default="info",
         choices=["info", "warning"],
-        help="info logs a line per webhook, as the daemon does; warning shows what that costs",
+        help="info logs a line per commit, as the daemon does; warning shows what that costs",
     )
     args = parser.parse_args()
     asyncio.run(main(args.duration, args.rounds, args.log_level))
