@@ -392,9 +392,16 @@ async def _through_daemon(
     ``silent_after`` seconds (the daemon died: a backfill has no ``wait``).
     """
     deadline_at = None if wait is None else clock.now() + dt.timedelta(seconds=wait)
-    request_id = await store.books.add_request(
-        days, kinds, source, dry_run=dry_run, deadline_at=deadline_at
+    adding = asyncio.ensure_future(
+        store.books.add_request(days, kinds, source, dry_run=dry_run, deadline_at=deadline_at)
     )
+    try:
+        request_id = await asyncio.shield(adding)
+    except asyncio.CancelledError:
+        # Ctrl-C while the request was being recorded (it may be committed already):
+        # once it is, withdraw it, or the daemon would run what the user called off.
+        await store.books.withdraw_request(await adding)
+        raise
     view = ProgressView(days, rate, out=progress_out)
     if view.enabled:
         view.out.write(

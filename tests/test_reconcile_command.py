@@ -12,14 +12,19 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
+from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.days import day_window
 from fonzipd.kinds import Kind
+from fonzipd.reconcile_command import _through_daemon
+from fonzipd.records import Source
 from fonzipd.simulator import Simulator
+from fonzipd.state import Store
 from tests.daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.slow
@@ -391,6 +396,46 @@ async def test_ctrl_c_withdraws_the_request(
     served = [e["request"] for e in await logged(daemon, "reconcile_request_served")]
     assert served == [2]
     assert [r["outcome"] for r in request_rows(tmp_path)] == ["withdrawn", "open"]
+
+
+async def test_ctrl_c_while_the_request_is_being_recorded_withdraws_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C (asyncio.run cancels the command) lands after the request's commit and
+    # before the command has its id: the window the test above aims at, held open.
+    store = await Store.open(tmp_path / "state.db")
+    recorded, resume = asyncio.Event(), asyncio.Event()
+    add = store.books.add_request
+
+    async def add_request(*args: Any, **kwargs: Any) -> int:
+        request_id = await add(*args, **kwargs)
+        recorded.set()
+        await resume.wait()
+        return request_id
+
+    monkeypatch.setattr(store.books, "add_request", add_request)
+    try:
+        command = asyncio.create_task(
+            _through_daemon(
+                store,
+                [dt.date(2026, 11, 1)],
+                [Kind.DONATION],
+                Source.RECONCILE,
+                RATE,
+                None,
+                SYSTEM_CLOCK,
+                60.0,
+            )
+        )
+        await asyncio.wait_for(recorded.wait(), 10)
+        command.cancel()
+        resume.set()
+        with pytest.raises(asyncio.CancelledError):
+            await command
+    finally:
+        await store.close()
+    (row,) = request_rows(tmp_path)
+    assert row["outcome"] == "withdrawn"
 
 
 async def test_a_dry_run_is_handed_to_the_daemon_and_lists_under_its_rate_limit(
