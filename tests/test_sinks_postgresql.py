@@ -194,6 +194,29 @@ async def test_an_older_layout_is_migrated_and_a_foreign_table_refused(
         await foreign.open()
 
 
+async def test_approval_is_written_and_older_tables_gain_it(tmp_path: Path, schema: str) -> None:
+    # Tables made by an earlier fonzipd: both without the approval column.
+    sink = _sink(tmp_path, schema)
+    await sink.open()
+    await sink.close()
+    for table in ("records", "record_history"):
+        await _query(f'ALTER TABLE "{schema}".{table} DROP COLUMN approval')
+    answer = next(r for r in sample_records(6) if r.approval is not None)
+    waiting = dataclasses.replace(answer, approval="waiting_approval")
+    approved = dataclasses.replace(
+        answer, version="v-approved", fetched_at=answer.fetched_at + dt.timedelta(1)
+    )
+    sink = _sink(tmp_path, schema)
+    await sink.open()
+    await sink.write([waiting])
+    await sink.write([approved])
+    await sink.close()
+    rows = await _query(f'SELECT kind, approval FROM "{schema}".records')
+    assert [tuple(r) for r in rows] == [("form_answer", "approved")]
+    history = await _query(f'SELECT approval FROM "{schema}".record_history ORDER BY seq')
+    assert [r[0] for r in history] == ["waiting_approval", "approved"]
+
+
 async def test_a_refused_record_is_a_dead_letter_alone(tmp_path: Path, schema: str) -> None:
     recs = sample_records(5)
     # A lone surrogate (a hostile API's "\\ud800" escape) and a NUL: PostgreSQL takes neither.

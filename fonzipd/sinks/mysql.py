@@ -82,6 +82,7 @@ _RECORD_COLUMNS = (
     ("data", "JSON NOT NULL", {"json", "longtext"}),  # MariaDB's JSON is LONGTEXT
     ("fetched_at", "DATETIME(6) NOT NULL", {"datetime"}),
     ("updated_at", "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)", {"datetime"}),
+    ("approval", "VARCHAR(32) NULL", {"varchar"}),
 )
 _HISTORY_COLUMNS = (
     ("seq", "BIGINT NOT NULL AUTO_INCREMENT", {"bigint"}),
@@ -97,6 +98,7 @@ _HISTORY_COLUMNS = (
     ("data", "JSON NOT NULL", {"json", "longtext"}),
     ("fetched_at", "DATETIME(6) NOT NULL", {"datetime"}),
     ("written_at", "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)", {"datetime"}),
+    ("approval", "VARCHAR(32) NULL", {"varchar"}),
 )
 _INSERTED = [c for c, _, _ in _RECORD_COLUMNS if c != "updated_at"]
 _HISTORY_WRITTEN = [c for c, _, _ in _HISTORY_COLUMNS if c not in ("seq", "written_at")]
@@ -137,12 +139,13 @@ def _row(record: Record) -> tuple[Any, ...]:
         str(record.source),
         json.dumps(record.data, ensure_ascii=False, separators=(",", ":")),
         _utc(record.fetched_at),
+        record.approval,
     )
 
 
 def _history_row(record: Record) -> tuple[Any, ...]:
     r = _row(record)
-    return (r[0], r[1], r[11], r[2], r[3], r[4], r[5], r[6], r[12], r[13], r[14])
+    return (r[0], r[1], r[11], r[2], r[3], r[4], r[5], r[6], r[12], r[13], r[14], r[15])
 
 
 def _update_row(record: Record) -> tuple[Any, ...]:
