@@ -184,6 +184,8 @@ class ListRun:
     reason: str | None = None
     expected: dict[int, str] = dataclasses.field(default_factory=dict)
     """In memory: queued ids and the status the list showed (None-like "" for extras)."""
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+    """In memory: why list rows without a valid id were skipped (they keep it open)."""
 
     @property
     def closed(self) -> bool:
@@ -436,7 +438,7 @@ class Reconciler:
         start, end = day_window(day, self.tz)
         run = ListRun(day, kind, list_status, run_key, source, self._clock.now().timestamp())
         rows: list[dict[str, Any]] = []
-        read_at: dict[int, dt.datetime] = {}
+        rows_read_at: list[dt.datetime | None] = []
         total: int | None = None
         try:
             if self._past(deadline):
@@ -448,8 +450,7 @@ class Reconciler:
                     kind, list_status, start, end, priority=Priority.BULK
                 ):
                     rows.extend(page.rows)
-                    if page.read_at is not None:
-                        read_at.update((r["id"], page.read_at) for r in page.rows)
+                    rows_read_at.extend([page.read_at] * len(page.rows))
                     total = page.total
                     run.calls += 1
         except (FonzipError, TimeoutError) as exc:
@@ -471,13 +472,24 @@ class Reconciler:
             basis = _refund_basis(kind, rows, start, end, self.tz)
             run.basis = basis
         inside: dict[int, dict[str, Any]] = {}
+        read_at: dict[int, dt.datetime] = {}
         outside = 0
-        for row in rows:
+        for row, row_read_at in zip(rows, rows_read_at, strict=True):
             when = _row_date(kind, list_status, row, self.tz, basis)
             if when is not None and not start <= when < end:
                 outside += 1
                 continue
-            inside[list_row_id(kind, row)] = row
+            try:
+                fid = list_row_id(kind, row)
+            except NormalizeError as exc:
+                # Hostile or broken: the other rows are still reconciled, but a list
+                # with a row we cannot identify is never called complete.
+                log.warning("reconcile_row_unreadable", kind=str(kind), error=str(exc))
+                run.unreadable.append(str(exc))
+                continue
+            inside[fid] = row
+            if row_read_at is not None:
+                read_at[fid] = row_read_at
         run.fonzip_total = len(rows) if total is None else total
         run.window_total = len(inside) if total is None else max(0, total - outside)
         local = await self._local(kind, list_status, day, basis)
@@ -640,10 +652,11 @@ class Reconciler:
             return
         if dry_run:
             run.local_after = run.local_before
-            ok = run.local_before == run.window_total and not run.expected
+            ok = run.local_before == run.window_total and not run.expected and not run.unreadable
             run.outcome = "dry_run_closed" if ok else "dry_run_open"
             if not ok:
                 parts = [f"{len(run.expected)} to fetch"] if run.expected else []
+                parts += self._unreadable(run)
                 run.reason = ", ".join([*self._count_gap(run), *parts]) or "unsettled"
             return
         stored = await self._store.records.statuses(run.kind, run.expected)
@@ -671,7 +684,7 @@ class Reconciler:
         basis = run.basis or "complete_date"
         run.local_after = len(await self._local(run.kind, run.list_status, run.day, basis))
         run.finished_at = self._clock.now().timestamp()
-        if run.local_after == run.window_total and run.failed == 0:
+        if run.local_after == run.window_total and run.failed == 0 and not run.unreadable:
             run.outcome, run.reason = "closed", None
         else:
             run.outcome = "open"
@@ -692,7 +705,19 @@ class Reconciler:
         if problems:
             more = " …" if len(problems) > 3 else ""
             parts.append(f"{len(problems)} not fetched ({'; '.join(problems[:3])}{more})")
+        parts += cls._unreadable(run)
         return ", ".join(parts) or "unsettled"
+
+    @staticmethod
+    def _unreadable(run: ListRun) -> list[str]:
+        """The rows skipped for want of a valid id: their count and the first problem
+        (the field and what was wrong, never the value)."""
+        if not run.unreadable:
+            return []
+        return [
+            f"{len(run.unreadable)} unreadable row(s) in {run.kind}/{run.list_status}"
+            f" ({run.unreadable[0]})"
+        ]
 
 
 def reports_to_json(reports: Sequence[DayReport]) -> str:

@@ -627,6 +627,30 @@ async def test_a_list_that_errors_leaves_the_day_open(tmp_path: Path) -> None:
     assert f"{day.isoformat()}: OPEN: donation/refund: listing failed" in table
 
 
+async def test_list_rows_without_a_valid_id_leave_their_list_open_and_break_nothing(
+    tmp_path: Path,
+) -> None:
+    async with simulator(seed=26, days=2, per_day=6) as sim:
+        settings = make_settings(tmp_path, await sim.start())
+        day = sim.end_date - dt.timedelta(days=1)
+        # Integers, so the client's page check lets them through (a missing or string
+        # id fails the listing itself): ids list_row_id refuses.
+        too_big, negative, *rest = _paid_ids(sim, day)
+        sim.tamper_row(Kind.DONATION, too_big, lambda row: row.update(id=2**63))
+        sim.tamper_row(Kind.DONATION, negative, lambda row: row.update(id=-negative))
+        code, table, _ = await _reconcile_open(settings, day, wait=10)
+    assert code == 1, table
+    paid = _list_line(table, day, "paid")
+    assert "open" in paid
+    assert "2 unreadable row(s) in donation/paid" in paid, paid
+    assert "field 'id'" in paid
+    assert str(2**63) not in table  # the problem, never the value
+    for other in ("refund", "failed"):
+        assert "closed" in _list_line(table, day, other)
+    # The run went on: every other row of the list reached the sink.
+    assert set(rest) <= set(sink_statuses(tmp_path / "fonzip.db", Kind.DONATION))
+
+
 async def test_a_changed_record_is_fetched_when_only_its_new_list_is_reconciled(
     tmp_path: Path,
 ) -> None:

@@ -273,6 +273,8 @@ class Simulator:
         self.faults = Faults()
         self.tampered: dict[tuple[Kind, int], Callable[[dict[str, Any]], None]] = {}
         """Details served edited, as a hostile API would: see :meth:`tamper`."""
+        self.tampered_rows: dict[tuple[Kind, int], Callable[[dict[str, Any]], None]] = {}
+        """List rows served edited: see :meth:`tamper_row`."""
         self.requests: list[RequestLog] = []
         self.sender = Sender(clock=clock, retry_delays=retry_delays, timeout=delivery_timeout)
         self.webhooks: dict[int, Webhook] = {}
@@ -440,6 +442,15 @@ class Simulator:
         if self.account.get(kind, fonzip_id) is None:
             raise KeyError(f"no {kind} with id {fonzip_id}")
         self.tampered[kind, fonzip_id] = change
+
+    def tamper_row(
+        self, kind: Kind, fonzip_id: int, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Serve the list row of one object edited in place by ``change`` (an id past
+        2**63-1, a missing id...), in every list that shows it."""
+        if self.account.get(kind, fonzip_id) is None:
+            raise KeyError(f"no {kind} with id {fonzip_id}")
+        self.tampered_rows[kind, fonzip_id] = change
 
     def hold_detail(
         self, kind: Kind, fonzip_id: int, *, count: int = 1, seconds: float | None = None
@@ -811,6 +822,10 @@ class Simulator:
             rows = [shapes.ecard_row(e, self.zone, status=status, wanted=wanted) for e in page]
         else:
             rows = [shapes.row(e, self.zone) for e in page]
+        for entry, row in zip(page, rows, strict=True):
+            change = self.tampered_rows.get((entry.kind, entry.id))
+            if change is not None:
+                change(row)
         total = len(entries) + self.faults.list_total_offset
         return {shapes.LIST_KEYS[kind]: rows, "total": total}
 
