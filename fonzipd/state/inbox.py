@@ -145,29 +145,8 @@ class Inbox:
         and waiting for it would hold every event queued before the step for as long
         as the step. Only retries wait for their (wall-clock) backoff.
         """
-        now = ts(self._conn.clock.now())
-        async with self._conn.transaction() as tx:
-            row = await tx.fetchone(
-                "UPDATE inbox SET state = 'claimed', attempts = attempts + 1"
-                " WHERE id = (SELECT id FROM inbox WHERE state = 'pending'"
-                "   AND (next_attempt_at <= ? OR attempts = 0)"
-                "   ORDER BY priority, next_attempt_at, id LIMIT 1)"
-                " RETURNING id, kind, fonzip_id, event_status, source, priority, attempts,"
-                " list_row",
-                (now,),
-            )
-        if row is None:
-            return None
-        return InboxRow(
-            id=row[0],
-            kind=Kind(row[1]),
-            fonzip_id=row[2],
-            event_status=row[3],
-            source=Source(row[4]),
-            priority=row[5],
-            attempts=row[6],
-            list_row=None if row[7] is None else json.loads(row[7]),
-        )
+        rows = await self.claim_many(1)
+        return rows[0] if rows else None
 
     async def claim_many(self, limit: int) -> list[InboxRow]:
         """Claim up to ``limit`` ready rows in one transaction, in :meth:`claim`'s order
