@@ -589,6 +589,10 @@ def build_app(
     """
     if settings.auth_token is None and not settings.allow_unauthenticated:
         raise ValueError("listener.auth_token is not set and allow_unauthenticated is false")
+    if settings.auth_token is not None:
+        # The backstop, as for Fonzip's secrets: a client echoing it, or an error
+        # quoting a header, never puts it in a log line.
+        logs.never_log(settings.auth_token.get_secret_value())
     # client_max_size bounds what aiohttp reads even without a Content-Length.
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard_middleware])
     rejections = RejectionLog(clock=clock)

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
@@ -644,6 +645,26 @@ async def test_a_failed_commit_is_logged_with_its_size_and_reason(
     finally:
         await committer.stop()
         await store.close()
+
+
+async def test_the_listener_token_is_redacted_from_every_log_line(tmp_path: Path) -> None:
+    token = f"listener-token-{tmp_path.name}-0123456789"
+    async with serving(tmp_path, token=token) as h:
+        out = io.StringIO()
+        logs.configure("info", "json", stream=out)
+        try:
+            structlog.get_logger("t").warning(
+                "webhook_rejected", header=f"X-FZ-Auth-Token: {token}"
+            )
+            status, _ = await h.post(hook(), token=token)
+        finally:
+            logs.flush()
+            logs.reset()
+    assert status == 200
+    text = out.getvalue()
+    assert "webhook_rejected" in text
+    assert "[redacted]" in text
+    assert token not in text
 
 
 async def test_stop_commits_what_is_queued_before_it_ends(tmp_path: Path) -> None:
