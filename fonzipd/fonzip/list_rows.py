@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from fonzipd.days import business_date
 from fonzipd.fonzip.fields import (
     BadField,
     as_amount,
@@ -39,9 +38,14 @@ from fonzipd.fonzip.fields import (
     as_text,
     check_tree,
 )
-from fonzipd.fonzip.normalizer import NormalizeError, list_row_status, normalizer_of
+from fonzipd.fonzip.normalizer import (
+    NormalizeError,
+    build_record,
+    list_row_status,
+    normalizer_of,
+)
 from fonzipd.kinds import Kind
-from fonzipd.records import Person, Record, Source, content_version
+from fonzipd.records import Person, Record, Source
 
 __all__ = [
     "LIST_FIELDS",
@@ -316,26 +320,16 @@ def record_from_row(
     data: dict[str, Any] = copy.deepcopy(dict(row))
     if kind is not Kind.TICKET_SALE:
         data[LIST_SHAPE_KEY] = {"shape": "list_row", "list": list_status}
-    return Record(
-        kind=kind,
-        fonzip_id=fonzip_id,
+    return build_record(
+        kind,
+        fonzip_id,
         status=view.status,
         amount=view.amount,
         currency=view.currency,
         occurred_at=view.occurred_at,
-        business_date=None if view.occurred_at is None else business_date(view.occurred_at, tz),
         person=view.person,
+        data=data,
+        tz=tz,
         source=source,
         fetched_at=fetched_at,
-        version=content_version(
-            kind,
-            fonzip_id,
-            view.status,
-            view.amount,
-            view.currency,
-            view.occurred_at,
-            view.person,
-            data,
-        ),
-        data=data,
     )

@@ -41,6 +41,7 @@ from fonzipd.records import Person, Record, Source, content_version
 
 __all__ = [
     "NormalizeError",
+    "build_record",
     "form_answer_states",
     "list_row_id",
     "list_row_status",
@@ -306,32 +307,64 @@ def normalize(
         fields = _NORMALIZERS[kind](data, tz)
     except BadField as exc:
         raise NormalizeError(kind, detail.fonzip_id, exc.field, exc.problem) from None
-    return Record(
-        kind=kind,
-        fonzip_id=fonzip_id,
+    return build_record(
+        kind,
+        fonzip_id,
         status=fields.status,
         amount=fields.amount,
         currency=fields.currency,
         occurred_at=fields.occurred_at,
-        business_date=(
-            None if fields.occurred_at is None else business_date(fields.occurred_at, tz)
-        ),
         person=fields.person,
+        approval=fields.approval,
+        data=data,
+        tz=tz,
+        source=source,
+        fetched_at=fetched_at,
+    )
+
+
+def build_record(
+    kind: Kind,
+    fonzip_id: int,
+    *,
+    status: str,
+    amount: Decimal | None,
+    currency: str | None,
+    occurred_at: dt.datetime | None,
+    person: Person,
+    approval: str | None = None,
+    data: dict[str, Any],
+    tz: zoneinfo.ZoneInfo,
+    source: Source,
+    fetched_at: dt.datetime,
+) -> Record:
+    """The Record of normalized fields and ``data``, from a detail or a list row alike:
+    its business date in ``tz`` and its version, so that both paths hash one state the
+    same way."""
+    return Record(
+        kind=kind,
+        fonzip_id=fonzip_id,
+        status=status,
+        amount=amount,
+        currency=currency,
+        occurred_at=occurred_at,
+        business_date=None if occurred_at is None else business_date(occurred_at, tz),
+        person=person,
         source=source,
         fetched_at=fetched_at,
         version=content_version(
             kind,
             fonzip_id,
-            fields.status,
-            fields.amount,
-            fields.currency,
-            fields.occurred_at,
-            fields.person,
+            status,
+            amount,
+            currency,
+            occurred_at,
+            person,
             data,
-            approval=fields.approval,
+            approval=approval,
         ),
         data=data,
-        approval=fields.approval,
+        approval=approval,
     )
 
 
