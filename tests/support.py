@@ -9,6 +9,7 @@ import itertools
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -129,6 +130,29 @@ def make_record(
         version=version,
         data=data,
     )
+
+
+def write_cli_config(tmp_path: Path, token: str, extra: str = "", *, creds: bool = True) -> Path:
+    """A config.toml in ``tmp_path`` for CLI tests: the webhook ``token``, state.db and one
+    SQLite sink beside it, Fonzip credentials unless ``creds`` is false, then ``extra``."""
+    path = tmp_path / "config.toml"
+    fonzip = 'client_id = "id"\nclient_secret = "secret"\n' if creds else ""
+    path.write_text(
+        f"""
+[fonzip]
+{fonzip}
+[listener]
+auth_token = "{token}"
+[state]
+path = "state.db"
+[sinks.archive]
+type = "sqlite"
+path = "fonzip.db"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
 
 
 def fonzip_settings(base_url: str, *, rate: float, **extra: object) -> FonzipSettings:

@@ -15,31 +15,14 @@ from fonzipd import __version__
 from fonzipd.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from fonzipd.state import Store
 from fonzipd.state.migrations import SCHEMA_VERSION
-from tests.support import make_record
+from tests.support import make_record, write_cli_config
 from tests.test_state_migrations import make_v2_database
 
 TOKEN = "cli-test-webhook-token-123"
 
 
 def config(tmp_path: Path, extra: str = "", *, creds: bool = True) -> Path:
-    path = tmp_path / "config.toml"
-    fonzip = 'client_id = "id"\nclient_secret = "secret"\n' if creds else ""
-    path.write_text(
-        f"""
-[fonzip]
-{fonzip}
-[listener]
-auth_token = "{TOKEN}"
-[state]
-path = "state.db"
-[sinks.archive]
-type = "sqlite"
-path = "fonzip.db"
-{extra}
-""",
-        encoding="utf-8",
-    )
-    return path
+    return write_cli_config(tmp_path, TOKEN, extra, creds=creds)
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,29 +13,13 @@ from pathlib import Path
 
 from fonzipd.cli import main
 from fonzipd.state import Store
-from tests.support import make_record
+from tests.support import make_record, write_cli_config
 
 TOKEN = "dead-letters-test-token-123"
 
 
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[fonzip]
-client_id = "id"
-client_secret = "secret"
-[listener]
-auth_token = "{TOKEN}"
-[state]
-path = "state.db"
-[sinks.archive]
-type = "sqlite"
-path = "fonzip.db"
-""",
-        encoding="utf-8",
-    )
-    return path
+    return write_cli_config(tmp_path, TOKEN)
 
 
 def fonzipd(path: Path, *args: str) -> subprocess.CompletedProcess[str]:

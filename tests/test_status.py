@@ -17,32 +17,13 @@ from fonzipd.kinds import Kind
 from fonzipd.records import Source
 from fonzipd.scheduler import LAST_NIGHT_KEY
 from fonzipd.state import InboxEvent, Store
-from tests.support import make_record
+from tests.support import make_record, write_cli_config
 
 TOKEN = "status-test-webhook-token-123"
 
 
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[fonzip]
-client_id = "id"
-client_secret = "secret"
-timezone = "Europe/Istanbul"
-[listener]
-auth_token = "{TOKEN}"
-[state]
-path = "state.db"
-[reconciler]
-at = "03:30"
-[sinks.archive]
-type = "sqlite"
-path = "fonzip.db"
-""",
-        encoding="utf-8",
-    )
-    return path
+    return write_cli_config(tmp_path, TOKEN, '[reconciler]\nat = "03:30"')
 
 
 def run(day: str, kind: str, started: float) -> dict[str, object]:
