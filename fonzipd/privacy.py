@@ -305,7 +305,3 @@ class Erasure:
         who = f"email:{self.email}|user:{self.fonzip_user_id}"
         idents = ",".join(f"{k}:{i}" for k, i in sorted(self.records))
         return "erasure_" + hashlib.sha256(f"{who}|{idents}".encode()).hexdigest()[:32]
-
-    def covers(self, kind: Kind | str, fonzip_id: int) -> bool:
-        """True when the record ``(kind, fonzip_id)`` is about the person."""
-        return (Kind(kind), fonzip_id) in set(self.records)
