@@ -223,16 +223,6 @@ class Inbox:
                 (error, now, row_id),
             )
 
-    async def finish_ignored(self, row_id: int, outcome: str) -> None:
-        """End a row that needs no record (a test delivery, say)."""
-        now = ts(self._conn.clock.now())
-        async with self._conn.transaction() as tx:
-            await tx.execute(
-                "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?"
-                " WHERE id = ? AND state = 'claimed'",
-                (now, outcome, row_id),
-            )
-
     async def prune(self, older_than: dt.timedelta) -> int:
         """Delete finished (done) inbox rows older than ``older_than``; failed rows stay."""
         cutoff = ts(self._conn.clock.now() - older_than)
