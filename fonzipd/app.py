@@ -392,6 +392,10 @@ class Daemon:
         """A stop was asked for (a signal, or a component that died)."""
         return self._stop.is_set()
 
+    async def stop_requested(self) -> None:
+        """Return once a stop is asked for (a signal, or a component that died)."""
+        await self._stop.wait()
+
     @property
     def failed(self) -> dict[str, str]:
         """The components that died (name -> error): the daemon then exits non-zero."""

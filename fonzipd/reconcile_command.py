@@ -4,7 +4,9 @@ Only one process talks to Fonzip at a time, so the two never break the rate limi
 together and never fetch the same record twice:
 
 - when no daemon runs, the command takes the worker lock and runs the pipeline itself
-  (``Daemon(listen=False, schedule=False)``: fetcher and dispatcher, no listener);
+  (``Daemon(listen=False, schedule=False)``: fetcher and dispatcher, no listener), and
+  a component of it that dies ends the run at once: every day open, the death the
+  reason, exit 1;
 - when a daemon runs, the command writes a request into the state database and the
   daemon's scheduler (which checks every ``reconciler.poll_interval`` seconds) runs it
   under the daemon's own rate limiter; the command follows the run rows and prints the
@@ -347,19 +349,35 @@ async def _in_process(
     await daemon.start()
     assert daemon.store is not None
     watching = asyncio.create_task(view.follow(daemon.store, since))
-    try:
-        assert daemon.reconciler is not None
-        return await daemon.reconciler.run(
+    assert daemon.reconciler is not None
+    running = asyncio.create_task(
+        daemon.reconciler.run(
             days,
             run_key=_run_key(source, days, clock),
             kinds=kinds,
             source=source,
             deadline=deadline,
         )
-    finally:
-        watching.cancel()
+    )
+    # A component that dies (a fetch worker, a sink runner) stops the pipeline: the run
+    # could only wait out its deadline, so it ends now, with the death as the reason.
+    stopping = asyncio.create_task(daemon.stop_requested())
+    try:
+        await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            return running.result()
+        running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await watching
+            await running
+        died = "; ".join(f"{name} died: {error}" for name, error in sorted(daemon.failed.items()))
+        reason = f"fonzipd stopped the run: {died or 'stop requested'}"
+        reports = await reports_from_store(daemon.store, days, kinds)
+        return [dataclasses.replace(r, closed=False, reason=reason) for r in reports]
+    finally:
+        for task in (running, stopping, watching):
+            task.cancel()
+        # Their outcomes are had above (or are being raised): only wait for them to end.
+        await asyncio.gather(running, stopping, watching, return_exceptions=True)
         view.finish()
         await daemon.stop()
 

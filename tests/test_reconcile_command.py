@@ -167,6 +167,60 @@ async def test_the_command_reports_a_day_it_cannot_verify_open_by_its_wait(
     assert "nightly run checks open days again" in out
 
 
+DYING_FETCHER = """
+import sys
+from fonzipd.cli import main
+from fonzipd.state.inbox import Inbox
+
+async def claim_many(self, limit):
+    raise RuntimeError("injected fault")
+
+Inbox.claim_many = claim_many  # how the fetch workers claim (together)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_a_fetch_worker_that_dies_fails_the_command_at_once_saying_so(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    day = sim.end_date - dt.timedelta(days=1)
+    path = config(tmp_path, sim)
+    wait = 120.0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    started = SYSTEM_CLOCK.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        DYING_FETCHER,
+        "reconcile",
+        "--config",
+        str(path),
+        "--date",
+        day.isoformat(),
+        "--wait",
+        str(wait),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(60):
+            out_b, err_b = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    took = SYSTEM_CLOCK.monotonic() - started
+    out = out_b.decode()
+    assert proc.returncode == 1, out + err_b.decode()
+    assert took < 30, took  # not by its --wait (120 s)
+    verdict = next(x for x in out.splitlines() if x.startswith(f"{day.isoformat()}: "))
+    assert verdict.startswith(f"{day.isoformat()}: OPEN: fonzipd stopped the run: fetcher-")
+    assert "died: RuntimeError: injected fault" in verdict
+
+
 # -- handed to a running daemon ---------------------------------------------------------------
 
 
