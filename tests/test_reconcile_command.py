@@ -10,7 +10,7 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -369,6 +369,20 @@ async def test_a_backfill_stops_following_a_daemon_whose_heartbeat_stopped(
     assert "the daemon stopped (no heartbeat) before finishing request 1 (claimed)" in out
 
 
+@contextlib.contextmanager
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Commands started inside take Ctrl-C's default action, as from a terminal.
+
+    A test run started in the background has SIGINT ignored, and exec passes an
+    ignored signal on: the command would shrug off the test's Ctrl-C.
+    """
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 async def stop_outside_a_write(daemon: DaemonProcess) -> None:
     """SIGSTOP the daemon at a moment it holds no write lock on the state database.
 
@@ -403,10 +417,7 @@ async def test_ctrl_c_withdraws_the_request(
     await stop_outside_a_write(daemon)  # alive, holding its lock, claiming nothing
     try:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # The command starts with Ctrl-C's default action, as from a terminal: a test
-        # run started in the background has SIGINT ignored, and exec keeps it ignored.
-        before = signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
+        with ctrl_c_reaches_children():
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -421,8 +432,6 @@ async def test_ctrl_c_withdraws_the_request(
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-        finally:
-            signal.signal(signal.SIGINT, before)
         await wait_for(lambda: bool(request_rows(tmp_path)))
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(20):
@@ -594,10 +603,11 @@ async def test_ctrl_c_stops_a_backfill_at_once_and_the_same_command_resumes(
         "--to",
         last.isoformat(),
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fonzipd", *args, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    with ctrl_c_reaches_children():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fonzipd", *args, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
     try:
 
         def one_day_done() -> bool:
