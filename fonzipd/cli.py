@@ -165,7 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument(
         "--kind", action="append", type=Kind, choices=list(Kind), help="only this kind (repeatable)"
     )
-    rc.add_argument("--dry-run", action="store_true", help="list and compare; queue nothing")
+    rc.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list and compare; queue and record nothing (it does store the Fonzip token "
+        "it gets in the state database: Fonzip keeps one live token per API key)",
+    )
     rc.add_argument(
         "--wait",
         type=_seconds,

@@ -383,6 +383,9 @@ async def test_dry_run_queues_nothing_and_the_command_reports_open_days(tmp_path
         out = io.StringIO()
         code = await reconcile_now(settings, [day], kinds=[Kind.DONATION], out=out)
         assert code == 0, out.getvalue()
+        # The dry run's one write: the token it got, which the next process reuses (Fonzip
+        # answers 409 to a new one while it lives).
+        assert [r.path for r in sim.requests if r.path.endswith("/token")] == ["/api/v2/token"]
         assert f"{day.isoformat()}: closed" in out.getvalue()
         # A dry run of the day now finds nothing to do: every list would close.
         out = io.StringIO()
