@@ -31,6 +31,7 @@ from fonzipd.sinks.http import HTTPOptions, HTTPSink
 from fonzipd.state import Store
 from fonzipd.testing import ISTANBUL, context_for_tests
 from tests.support import make_record
+from tests.support import until as until_async
 
 
 class MemorySink(Sink):
@@ -170,6 +171,12 @@ async def test_one_failing_sink_never_delays_another(store: Store, tmp_path: Pat
         await store.records.apply_record(None, make_record(fid), ["down", "up"])
         dispatcher.wake()
     await until(lambda: len(mem(up).keys) == 30)
+
+    async def up_acknowledged() -> bool:
+        # The sink holds the batch before its acknowledgement commits: wait for both.
+        return bool((await store.outbox.sink_status(["up"]))["up"]["pending"] == 0)
+
+    await until_async(up_acknowledged)
     status = await store.outbox.sink_status(["down", "up"])
     assert status["down"]["pending"] == 30
     assert status["down"]["dead"] == 0

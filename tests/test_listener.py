@@ -471,7 +471,7 @@ async def test_slow_clients_are_cut_off_while_webhooks_keep_landing(tmp_path: Pa
         cut = [c.closed_after for c in clients]
         never = sorted({i % 4 for i, c in enumerate(cut) if c is None})
         assert None not in cut, f"{cut.count(None)} slow connections never closed, kinds {never}"
-        assert max(c for c in cut if c is not None) < 2 * timeout + 1.5, max(cut)  # type: ignore[type-var]
+        assert max(c for c in cut if c is not None) < 2 * timeout + 3.0, max(cut)  # type: ignore[type-var]
         assert guard.open_connections == 0
         totals = h.app[REJECTIONS_KEY].totals
         assert totals["slow_headers"] >= 150  # the header and silent clients
