@@ -51,7 +51,7 @@ def _diff(functions: dict[str, list[str]], key: str) -> list[str]:
 
 
 _SQL = re.compile(
-    r"\b(select|insert|update|delete|create|from|where|values|set|on conflict|order by)\b", re.I
+    r"\b(select|insert|update|delete|create|from|where|values|set|excluded|order by)\b", re.I
 )
 
 

@@ -54,6 +54,7 @@ def test_a_deleted_version_follows_every_part_of_the_state_and_nothing_else() ->
         dataclasses.replace(base, occurred_at=now),
         dataclasses.replace(base, person=dataclasses.replace(base.person, name="Başka")),
         dataclasses.replace(base, data={**base.data, "note": "x"}),
+        dataclasses.replace(base, approval="approved"),
     ]
     versions = [
         with_status(v, DELETED, source=Source.CLI, fetched_at=now).version for v in variants

@@ -106,6 +106,17 @@ def state(
         (state(name="B", read=5), state(name="A", read=0, updated="2026-11-28T00:00:00Z"), True),
         (state(name="B", read=5, updated="not a date"), state(name="A", read=0), True),
         (state(name="B", read=0, updated="not a date"), state(name="A", read=5), False),
+        # A form answer's approval only orders two states that both carry one.
+        (
+            dataclasses.replace(state(name="B", read=5), approval=None),
+            dataclasses.replace(state(name="A", read=0), approval="approved"),
+            True,
+        ),
+        (
+            dataclasses.replace(state(name="B", read=0), approval="approved"),
+            dataclasses.replace(state(name="A", read=5), approval="waiting_approval"),
+            True,
+        ),
         # Equal read times keep the newcomer.
         (state(name="B", read=1), state(name="A", read=1), True),
         # A form answer's decision comes after its waiting, whatever the read order;
