@@ -446,3 +446,28 @@ async def test_a_dead_letter_ends_a_run_of_failures(store: Store, tmp_path: Path
     delays = [await r._deliver(rows) for _ in range(4)]
     assert delays[2] == 0.0
     assert delays[3] <= 1.0  # the first wait again, not the third
+
+
+async def test_a_buggy_sink_is_counted_logged_and_a_success_resets_the_waits(
+    store: Store, tmp_path: Path
+) -> None:
+    r = runner(store, "a", tmp_path, retry_initial=1.0, retry_max=100.0, max_attempts=2)
+    outcomes: list[Exception | None] = [RuntimeError("bug"), None, RuntimeError("bug")]
+    mem(r).fail_with = lambda batch: outcomes.pop(0)
+    await store.records.apply_record(None, make_record(1), ["a"])
+    await store.records.apply_record(None, make_record(2), ["a"])
+    rows = await store.outbox.batch("a", 10)
+    with capture_logs() as lines:
+        first = await r._deliver(rows[:1])
+        assert await r._deliver(rows[:1]) == 0.0
+        again = await r._deliver(rows[1:])
+    assert first <= 1.0
+    assert again <= 1.0  # the success in between reset the run of failures
+    assert (r.retried, r.dead, r.delivered) == (2, 0, 1)
+    crashed = [ln for ln in lines if ln["event"] == "batch_crashed"]
+    assert [(ln["records"], ln["dead"], ln["error"]) for ln in crashed] == [
+        (1, 0, "unexpected RuntimeError: bug")
+    ] * 2
+    assert [ln["retry_in"] for ln in crashed] == [round(first, 2), round(again, 2)]
+    written = [ln for ln in lines if ln["event"] == "batch_written"]
+    assert [ln["records"] for ln in written] == [1]
