@@ -9,7 +9,7 @@ import sys
 from decimal import Decimal
 
 from fonzipd.kinds import Kind
-from fonzipd.records import DELETED, Record, Source, with_status
+from fonzipd.records import DELETED, Record, Source, content_version, with_status
 from tests.fonzip_objects import campaign, detail, donation, ecard_detail_completed, norm
 from tests.support import make_record
 
@@ -64,3 +64,23 @@ def test_a_deleted_version_follows_every_part_of_the_state_and_nothing_else() ->
     again = with_status(base, DELETED, source=Source.WEBHOOK, fetched_at=now + dt.timedelta(1))
     assert again.version == versions[0]
     assert with_status(base, "removed", source=Source.CLI, fetched_at=now).version != versions[0]
+
+
+def test_versions_are_stable_across_releases_and_key_order() -> None:
+    # A version that changed between releases would make every stored record look new
+    # after an upgrade, and deliver all of them again: these values are pinned.
+    record = make_record(7)
+    assert record.version == "046970a021866258"
+    args = (
+        record.kind,
+        7,
+        record.status,
+        record.amount,
+        record.currency,
+        record.occurred_at,
+        record.person,
+    )
+    reordered = dict(reversed(list(record.data.items())))
+    assert content_version(*args, reordered) == "046970a021866258"
+    assert content_version(*args, {**record.data, "note": "ü"}) != record.version
+    assert content_version(*args, record.data, approval="approved") != record.version
