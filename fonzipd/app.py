@@ -189,12 +189,24 @@ class Daemon:
         def committed() -> None:
             # A group commit is a write that reached the disk: /readyz trusts it.
             self._last_commit = self.clock.monotonic()
+            if self._probe_error is not None:
+                self._probe_error = None
+                self._health_read = None  # ready again at once, not a second later
             fetcher.wake()
+
+        def commit_failed(error: str) -> None:
+            # As a failed write probe: not writable at once (an earlier commit or probe
+            # no longer vouches), until a commit or the next probe succeeds.
+            self._last_commit = None
+            self._probe_error = error
+            self._probed_at = self.clock.monotonic()
+            self._health_read = None
 
         self.committer = GroupCommitter(
             store,
             max_batch=s.listener.commit_max_batch,
             on_commit=committed,
+            on_failure=commit_failed,
             watch=self.supervisor.watch,
         )
         separate = s.metrics.port is not None
@@ -314,7 +326,8 @@ class Daemon:
 
         Cheap enough to be called in a loop: the database's writability comes from the
         last group commit, or a write probe at most every ``readiness_probe_interval``
-        seconds when no webhook arrived; the inbox and sink figures are read at most
+        seconds when no webhook arrived (a failed group commit counts as a failed probe,
+        at once); the inbox and sink figures are read at most
         once a second, and concurrent calls share that read.
         """
         store = self.store

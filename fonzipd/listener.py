@@ -114,11 +114,13 @@ class GroupCommitter:
         *,
         max_batch: int,
         on_commit: Callable[[], None],
+        on_failure: Callable[[str], None] | None = None,
         watch: Callable[[asyncio.Task[None]], object] | None = None,
     ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._on_commit = on_commit
+        self._on_failure = on_failure
         self._watch = watch
         self._queue: asyncio.Queue[tuple[InboxEvent, asyncio.Future[bool]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -171,6 +173,8 @@ class GroupCommitter:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(StoreError(str(exc)))
+                if self._on_failure is not None:
+                    self._on_failure(str(exc))
             except BaseException:
                 # A bug or a cancellation: the batch is answered 503, the task ends.
                 for _, fut in batch:

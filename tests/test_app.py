@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -169,6 +170,42 @@ async def test_readiness_reports_database_inbox_and_token_state(tmp_path: Path) 
             await daemon.client.fetch_detail(Kind.DONATION, fid)
             ok, details = await daemon.readiness()
             assert details["fonzip_token"].startswith("valid until ")
+        finally:
+            await daemon.stop()
+
+
+async def test_a_failed_group_commit_turns_readyz_503_at_once_until_a_commit_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Simulator(seed=1, days=1, per_day=5) as sim:
+        cfg = tmp_path / "config.toml"
+        write_config(cfg, await sim.start(), ARCHIVE)
+        daemon = Daemon(load_config(cfg), notifier=Notifier(None))
+        await daemon.start()
+        try:
+            assert daemon.store is not None
+            assert daemon.port is not None
+            inbox = daemon.store.inbox
+            real = inbox.add_events
+
+            async def full(events: Any) -> Any:
+                raise sqlite3.OperationalError("database or disk is full")
+
+            async def readyz() -> tuple[int, Any]:
+                async with aiohttp.ClientSession() as session:
+                    resp = await session.get(f"http://127.0.0.1:{daemon.port}/readyz")
+                    return resp.status, (await resp.json())["database"]
+
+            assert await post_webhook(daemon.port, 101) == 200
+            assert await readyz() == (200, "writable")  # a commit just vouched for it
+            monkeypatch.setattr(inbox, "add_events", full)
+            assert await post_webhook(daemon.port, 102) == 503
+            # At once: neither the commit before nor the readiness read of a moment ago
+            # vouches for a database that just refused a write.
+            assert await readyz() == (503, "not writable: database or disk is full")
+            monkeypatch.setattr(inbox, "add_events", real)
+            assert await post_webhook(daemon.port, 103) == 200
+            assert await readyz() == (200, "writable")
         finally:
             await daemon.stop()
 
