@@ -11,7 +11,7 @@ import warnings
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,20 +20,29 @@ import structlog
 from fonzipd import cli
 from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
-from fonzipd.config import ConfigWarning, Settings, SinkSettings, settings_from_dict
+from fonzipd.config import (
+    ConfigWarning,
+    ReconcilerSettings,
+    Settings,
+    SinkSettings,
+    settings_from_dict,
+)
 from fonzipd.days import day_window
+from fonzipd.fonzip.client import FonzipClient
 from fonzipd.kinds import Kind
 from fonzipd.reconcile_command import ProgressView, reconcile_now, render_table
 from fonzipd.reconciler import (
     INSTALLED_KEY,
     DayReport,
+    ListRun,
     Progress,
+    Reconciler,
     local_statuses,
 )
 from fonzipd.records import Source
 from fonzipd.simulator import Simulator
 from fonzipd.state import Store
-from tests.support import sim_statuses, until
+from tests.support import FakeClock, hook, make_record, sim_statuses, until
 
 RATE = 6000.0
 TOKEN = "reconcile-test-token-0123456789"
@@ -811,3 +820,201 @@ async def test_enrichment_fetches_the_details_last_and_spares_a_csv_sink_without
     entry_ids = [r["entry_id"] for r in rows]
     assert sorted(entry_ids) == sorted(set(entry_ids))
     assert ids <= {int(r["fonzip_id"]) for r in rows}
+
+
+# -- settling one list: the verdict, its reason and the counts per inbox state ----------
+
+DAY = dt.date(2026, 11, 26)
+
+
+def _settler(store: Store, clock: FakeClock) -> Reconciler:
+    """A reconciler whose settle step runs on a real state database. Settling reads only
+    the store (the listing and the fetcher have done their part), so no client."""
+    return Reconciler(
+        store,
+        cast(FonzipClient, None),
+        tz=ZoneInfo("UTC"),
+        settings=ReconcilerSettings(),
+        clock=clock,
+    )
+
+
+def _list_run(expected: dict[int, str], window_total: int, **kw: Any) -> ListRun:
+    return ListRun(
+        day=DAY,
+        kind=Kind.DONATION,
+        list_status="paid",
+        run_key="settle-test",
+        source=Source.RECONCILE,
+        started_at=0.0,
+        fonzip_total=window_total,
+        window_total=window_total,
+        local_before=0,
+        expected=dict(expected),
+        **kw,
+    )
+
+
+async def _queued(store: Store, fid: int) -> int:
+    """Queue one detail fetch of donation ``fid`` and claim it (the fetcher's first step)."""
+    await store.inbox.add_events([hook(fid)])
+    row = await store.inbox.claim()
+    assert row is not None
+    assert row.fonzip_id == fid
+    return row.id
+
+
+async def _saved(store: Store) -> dict[str, Any]:
+    (row,) = await store.books.runs(days=[DAY])
+    return row
+
+
+async def test_a_list_whose_queued_ids_were_all_fetched_closes_with_the_counts_saved(
+    store: Store, clock: FakeClock
+) -> None:
+    for fid in (1, 2):  # listed as paid, fetched as paid
+        await store.records.apply_record(await _queued(store, fid), make_record(fid), ["a"])
+    # A stored record Fonzip no longer lists in paid: fetched again, now refunded.
+    await store.records.apply_record(
+        await _queued(store, 3), make_record(3, status="refunded"), ["a"]
+    )
+    run = _list_run({1: "succeeded", 2: "succeeded", 3: ""}, window_total=2)
+    await _settler(store, clock)._settle(run, dry_run=False)
+    saved = await _saved(store)
+    assert (saved["outcome"], saved["reason"]) == ("closed", None)
+    assert (saved["fetched"], saved["failed"], saved["local_after"]) == (3, 0, 2)
+    assert saved["finished_at"] == clock.now().timestamp()
+
+
+async def _two_fetched(store: Store) -> None:
+    """Donations 1 and 2: listed as paid, fetched, and paid."""
+    for fid in (1, 2):
+        await store.records.apply_record(await _queued(store, fid), make_record(fid), ["a"])
+
+
+async def _settled_open(store: Store, clock: FakeClock, expected: dict[int, str]) -> ListRun:
+    run = _list_run({1: "succeeded", 2: "succeeded", **expected}, window_total=3)
+    await _settler(store, clock)._settle(run, dry_run=False)
+    saved = await _saved(store)
+    assert saved["outcome"] == "open"
+    assert saved["reason"] == run.reason
+    assert (saved["fetched"], saved["failed"]) == (2, len(expected))
+    return run
+
+
+async def test_a_fetch_still_retrying_keeps_the_day_open_with_its_last_error(
+    store: Store, clock: FakeClock
+) -> None:
+    await _two_fetched(store)
+    await store.inbox.retry_later(await _queued(store, 7), "HTTP 503", 60)
+    run = await _settled_open(store, clock, {7: "succeeded"})
+    assert run.reason == "local 2 != Fonzip 3, 1 not fetched (donation 7 still retrying: HTTP 503)"
+
+
+async def test_a_fetch_never_tried_in_time_keeps_the_day_open(
+    store: Store, clock: FakeClock
+) -> None:
+    await _two_fetched(store)
+    await _queued(store, 8)  # claimed, no error yet
+    await store.inbox.add_events([hook(7)])  # pending
+    run = await _settled_open(store, clock, {7: "succeeded", 8: "succeeded"})
+    assert run.reason == (
+        "local 2 != Fonzip 3, 2 not fetched (donation 7 not fetched by the time limit;"
+        " donation 8 not fetched by the time limit)"
+    )
+
+
+async def test_a_failed_fetch_keeps_the_day_open_with_its_error(
+    store: Store, clock: FakeClock
+) -> None:
+    await _two_fetched(store)
+    await store.inbox.fail(await _queued(store, 7), "HTTP 404")
+    run = await _settled_open(store, clock, {7: "succeeded"})
+    assert run.reason == "local 2 != Fonzip 3, 1 not fetched (donation 7 failed: HTTP 404)"
+
+
+async def test_a_detail_that_disagrees_with_the_list_keeps_the_day_open(
+    store: Store, clock: FakeClock
+) -> None:
+    await _two_fetched(store)
+    row = await _queued(store, 7)
+    await store.records.apply_record(row, make_record(7, status="refunded"), ["a"])
+    run = await _settled_open(store, clock, {7: "succeeded"})
+    assert run.reason == (
+        "local 2 != Fonzip 3, 1 not fetched"
+        " (donation 7 Fonzip's detail says refunded, its list succeeded)"
+    )
+
+
+async def test_an_id_never_queued_keeps_the_day_open(store: Store, clock: FakeClock) -> None:
+    await _two_fetched(store)
+    run = await _settled_open(store, clock, {7: "succeeded"})
+    assert run.reason == "local 2 != Fonzip 3, 1 not fetched (donation 7 not queued)"
+
+
+async def test_an_extra_record_not_fetched_again_keeps_the_day_open(
+    store: Store, clock: FakeClock
+) -> None:
+    # Stored as paid but Fonzip's paid list no longer has it, and its re-fetch is not done.
+    await store.records.apply_record(await _queued(store, 7), make_record(7), ["a"])
+    await _queued(store, 7)
+    run = _list_run({7: ""}, window_total=1)
+    await _settler(store, clock)._settle(run, dry_run=False)
+    assert (run.outcome, run.fetched, run.failed) == ("open", 0, 1)
+    assert run.reason == "1 not fetched (donation 7 not fetched by the time limit)"
+
+
+async def test_more_than_three_problems_name_the_first_three(
+    store: Store, clock: FakeClock
+) -> None:
+    await _two_fetched(store)
+    run = await _settled_open(store, clock, {7: "succeeded", 8: "succeeded", 9: "succeeded"})
+    run4 = _list_run({7: "succeeded", 8: "succeeded", 9: "succeeded", 10: "x"}, window_total=2)
+    await _settler(store, clock)._settle(run4, dry_run=False)
+    assert run.reason == (
+        "local 2 != Fonzip 3, 3 not fetched"
+        " (donation 7 not queued; donation 8 not queued; donation 9 not queued)"
+    )
+    assert run4.reason == (
+        "4 not fetched (donation 7 not queued; donation 8 not queued; donation 9 not queued …)"
+    )
+
+
+async def test_equal_counts_with_unreadable_rows_keep_the_day_open(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.records.apply_record(await _queued(store, 1), make_record(1), ["a"])
+    run = _list_run({1: "succeeded"}, window_total=1, unreadable=["id: not a number"])
+    await _settler(store, clock)._settle(run, dry_run=False)
+    saved = await _saved(store)
+    assert (saved["outcome"], saved["fetched"], saved["failed"]) == ("open", 1, 0)
+    assert saved["reason"] == "1 unreadable row(s) in donation/paid (id: not a number)"
+
+
+async def test_a_list_that_failed_to_list_keeps_its_reason(store: Store, clock: FakeClock) -> None:
+    run = _list_run({}, window_total=0, outcome="open", reason="listing failed: HTTP 500")
+    await _settler(store, clock)._settle(run, dry_run=False)
+    assert (run.outcome, run.reason, run.local_after) == ("open", "listing failed: HTTP 500", None)
+    assert await store.books.runs(days=[DAY]) == []
+
+
+async def test_a_dry_run_settles_on_what_it_listed_and_saves_nothing(
+    store: Store, clock: FakeClock
+) -> None:
+    settler = _settler(store, clock)
+    agreed = _list_run({}, window_total=2)
+    agreed.local_before = 2
+    await settler._settle(agreed, dry_run=True)
+    assert (agreed.outcome, agreed.reason, agreed.local_after) == ("dry_run_closed", None, 2)
+    for run, reason in [
+        (_list_run({7: "succeeded"}, window_total=2), "local 0 != Fonzip 2, 1 to fetch"),
+        (_list_run({7: "succeeded", 8: ""}, window_total=0), "2 to fetch"),
+        (
+            _list_run({}, window_total=0, unreadable=["id: missing", "id: not a number"]),
+            "2 unreadable row(s) in donation/paid (id: missing)",
+        ),
+    ]:
+        await settler._settle(run, dry_run=True)
+        assert (run.outcome, run.reason, run.local_after) == ("dry_run_open", reason, 0)
+        assert (run.fetched, run.failed) == (0, 0)
+    assert await store.books.runs(days=[DAY]) == []
