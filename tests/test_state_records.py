@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fonzipd.kinds import Kind
-from fonzipd.records import Record
+from fonzipd.records import Record, Source
 from fonzipd.state import Store
 from fonzipd.state.records import is_newer
 from tests.support import hook, make_record
@@ -247,3 +247,69 @@ def test_a_naive_last_update_date_is_read_alike_on_any_host(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+async def test_a_later_state_of_a_forgotten_object_is_stored_and_queued_anonymized(
+    store: Store,
+) -> None:
+    # Donation 1's person was erased; campaign 1 (same id, another kind) was not.
+    await store.records.apply_record(None, make_record(1), ["a"])
+    campaign = make_record(1, kind=Kind.CAMPAIGN, status="active")
+    await store.records.apply_record(None, campaign, ["a"])
+    await store.erasures.erase([(Kind.DONATION, 1)])
+    refund = await store.records.apply_record(None, make_record(1, status="refunded"), ["a"])
+    assert (refund.outcome, refund.enqueued) == ("changed", 1)
+    stored = await store.records.get(Kind.DONATION, 1)
+    assert stored is not None
+    assert stored.status == "refunded"
+    assert stored.person.name is None
+    assert stored.person.email is None
+    raw = await store.connection.fetchall(
+        "SELECT record FROM outbox WHERE sink_id = 'a' AND record_key LIKE 'donation%'"
+    )
+    assert all("ayse@example.com" not in r[0] for r in raw)
+    edited = make_record(1, kind=Kind.CAMPAIGN, status="active", name="Ayşe Yıldız")
+    await store.records.apply_record(None, edited, ["a"])
+    kept = await store.records.get(Kind.CAMPAIGN, 1)
+    assert kept == edited  # the erasure was of the donation only
+
+
+async def test_a_detail_enriching_a_list_row_goes_only_to_sinks_that_take_enrichments(
+    store: Store,
+) -> None:
+    from fonzipd.privacy import SinkPolicy
+
+    sinks = {"csv": SinkPolicy(enrichments=False), "crm": SinkPolicy()}
+    await store.records.apply_record(None, list_row_state(read=5), sinks)
+    enriched = await store.records.apply_record(None, state(read=6), sinks)
+    assert (enriched.outcome, enriched.enqueued) == ("changed", 1)
+    assert [r.record.version for r in await store.outbox.batch("csv", 10)] == ["row-Ayşe Yılmaz-5"]
+    assert len(await store.outbox.batch("crm", 10)) == 2
+    # A new state of the object (not the same fields) reaches every sink again.
+    refund = await store.records.apply_record(None, state("refunded", read=7), sinks)
+    assert (refund.outcome, refund.enqueued) == ("changed", 2)
+    # A detail replacing a detail is no enrichment either.
+    renamed = await store.records.apply_record(
+        None, state("refunded", name="Ayşe Yıldız", read=8), sinks
+    )
+    assert (renamed.outcome, renamed.enqueued) == ("changed", 2)
+
+
+async def test_the_inbox_row_records_what_its_fetch_did_and_the_first_source_stays(
+    store: Store,
+) -> None:
+    await store.inbox.add_events([hook(1), hook(2)])
+    first, second = await store.inbox.claim(), await store.inbox.claim()
+    assert first is not None
+    assert second is not None
+    await store.records.apply_record(first.id, make_record(1, status="refunded"), ["a"])
+    await store.records.apply_record(second.id, make_record(1), ["a"])  # stale
+    rows = await store.connection.fetchall(
+        "SELECT state, outcome, last_error FROM inbox ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [("done", "new", None), ("done", "stale", None)]
+    reconciled = dataclasses.replace(
+        make_record(1, status="refunded", name="Ayşe Yıldız"), source=Source.RECONCILE
+    )
+    await store.records.apply_record(None, reconciled, ["a"])
+    assert await store.records.first_sources(dt.date(2026, 11, 26)) == {"webhook": 1}
