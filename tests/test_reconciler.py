@@ -955,12 +955,16 @@ async def test_an_id_never_queued_keeps_the_day_open(store: Store, clock: FakeCl
 async def test_an_extra_record_not_fetched_again_keeps_the_day_open(
     store: Store, clock: FakeClock
 ) -> None:
-    # Stored as paid but Fonzip's paid list no longer has it, and its re-fetch is not done.
+    # Stored as paid but Fonzip's paid list no longer has them: 6 was fetched again (now
+    # refunded), 7's re-fetch is not done.
     await store.records.apply_record(await _queued(store, 7), make_record(7), ["a"])
     await _queued(store, 7)
-    run = _list_run({7: ""}, window_total=1)
+    await store.records.apply_record(
+        await _queued(store, 6), make_record(6, status="refunded"), ["a"]
+    )
+    run = _list_run({6: "", 7: ""}, window_total=1)
     await _settler(store, clock)._settle(run, dry_run=False)
-    assert (run.outcome, run.fetched, run.failed) == ("open", 0, 1)
+    assert (run.outcome, run.fetched, run.failed) == ("open", 1, 1)
     assert run.reason == "1 not fetched (donation 7 not fetched by the time limit)"
 
 
