@@ -281,18 +281,26 @@ async def test_a_detail_enriching_a_list_row_goes_only_to_sinks_that_take_enrich
 
     sinks = {"csv": SinkPolicy(enrichments=False), "crm": SinkPolicy()}
     await store.records.apply_record(None, list_row_state(read=5), sinks)
-    enriched = await store.records.apply_record(None, state(read=6), sinks)
-    assert (enriched.outcome, enriched.enqueued) == ("changed", 1)
-    assert [r.record.version for r in await store.outbox.batch("csv", 10)] == ["row-Ayşe Yılmaz-5"]
-    assert len(await store.outbox.batch("crm", 10)) == 2
-    # A new state of the object (not the same fields) reaches every sink again.
-    refund = await store.records.apply_record(None, state("refunded", read=7), sinks)
-    assert (refund.outcome, refund.enqueued) == ("changed", 2)
-    # A detail replacing a detail is no enrichment either.
-    renamed = await store.records.apply_record(
-        None, state("refunded", name="Ayşe Yıldız", read=8), sinks
+    # A corrected list row is a new state for everyone, not an enrichment.
+    corrected = await store.records.apply_record(
+        None, list_row_state(name="Ayşe Yıldız", read=6), sinks
     )
-    assert (renamed.outcome, renamed.enqueued) == ("changed", 2)
+    assert (corrected.outcome, corrected.enqueued) == ("changed", 2)
+    enriched = await store.records.apply_record(None, state(name="Ayşe Yıldız", read=7), sinks)
+    assert (enriched.outcome, enriched.enqueued) == ("changed", 1)
+    assert [r.record.version for r in await store.outbox.batch("csv", 10)] == [
+        "row-Ayşe Yılmaz-5",
+        "row-Ayşe Yıldız-6",
+    ]
+    assert len(await store.outbox.batch("crm", 10)) == 3
+    # A detail replacing a detail is no enrichment, even with the same normalized
+    # fields (Fonzip's data changed), nor is a new state of the object.
+    for later in (
+        state(name="Ayşe Yıldız", read=8, updated="2026-11-27 10:00:00"),
+        state("refunded", name="Ayşe Yıldız", read=9),
+    ):
+        applied = await store.records.apply_record(None, later, sinks)
+        assert (applied.outcome, applied.enqueued) == ("changed", 2)
 
 
 async def test_the_inbox_row_records_what_its_fetch_did_and_the_first_source_stays(
@@ -313,3 +321,14 @@ async def test_the_inbox_row_records_what_its_fetch_did_and_the_first_source_sta
     )
     await store.records.apply_record(None, reconciled, ["a"])
     assert await store.records.first_sources(dt.date(2026, 11, 26)) == {"webhook": 1}
+
+
+async def test_a_record_without_a_date_is_stored_and_queued_on_no_day(store: Store) -> None:
+    # Fonzip gave no usable date (the normalizer leaves occurred_at and the day empty).
+    undated = dataclasses.replace(make_record(1), occurred_at=None, business_date=None)
+    applied = await store.records.apply_record(None, undated, ["a"])
+    assert (applied.outcome, applied.enqueued) == ("new", 1)
+    assert await store.records.get(Kind.DONATION, 1) == undated
+    (queued,) = await store.outbox.batch("a", 10)
+    assert queued.record == undated
+    assert await store.records.local_ids(Kind.DONATION, dt.date(2026, 11, 26), ["succeeded"]) == {}
