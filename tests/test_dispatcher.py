@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from fonzipd import crashpoints
 from fonzipd.config import SinkSettings
 from fonzipd.dispatcher import Dispatcher, SinkRunner
 from fonzipd.records import Record
@@ -30,7 +31,7 @@ from fonzipd.sink import (
 from fonzipd.sinks.http import HTTPOptions, HTTPSink
 from fonzipd.state import Store
 from fonzipd.testing import ISTANBUL, context_for_tests
-from tests.support import make_record
+from tests.support import FakeClock, make_record
 from tests.support import until as until_async
 
 
@@ -471,3 +472,73 @@ async def test_a_buggy_sink_is_counted_logged_and_a_success_resets_the_waits(
     assert [ln["retry_in"] for ln in crashed] == [round(first, 2), round(again, 2)]
     written = [ln for ln in lines if ln["event"] == "batch_written"]
     assert [ln["records"] for ln in written] == [1]
+
+
+async def test_batch_written_says_how_long_the_sink_took(store: Store, tmp_path: Path) -> None:
+    # Operators read the write time from `batch_written` to see a slow destination.
+    clock = FakeClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+
+    def slow(batch: Sequence[Record]) -> None:
+        clock.advance(0.25)  # the destination takes a quarter of a second
+
+    sink.fail_with = slow
+    r = SinkRunner("a", sink, SETTINGS, store, batch_size=50, clock=clock)
+    for fid in (1, 2):
+        await store.records.apply_record(None, make_record(fid), ["a"])
+    rows = await store.outbox.batch("a", 10)
+    with capture_logs() as lines:
+        assert await r._deliver(rows) == 0.0
+    written = [ln for ln in lines if ln["event"] == "batch_written"]
+    assert [(ln["records"], ln["ms"]) for ln in written] == [(2, 250.0)]
+
+
+async def test_the_before_ack_crash_window_is_between_the_write_and_the_ack(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The crash suite kills the daemon at "before_ack" to prove a batch written but not
+    # acknowledged is sent again (and dropped as a duplicate): the point must be marked,
+    # by that name, after the sink holds the batch and before the outbox forgets it.
+    r = runner(store, "a", tmp_path)
+    await store.records.apply_record(None, make_record(1), ["a"])
+    seen: list[tuple[str, int, int]] = []
+
+    def reached(point: str, before: Callable[[], object] | None = None) -> None:
+        seen.append((point, len(mem(r).keys), r.delivered))
+
+    monkeypatch.setattr(crashpoints, "reached", reached)
+    rows = await store.outbox.batch("a", 10)
+    assert await r._deliver(rows) == 0.0
+    assert seen == [("before_ack", 1, 0)]  # written, not yet acknowledged
+    assert "before_ack" in crashpoints.POINTS
+    assert (await store.outbox.sink_status(["a"]))["a"]["pending"] == 0
+
+
+async def test_a_buggy_sink_waits_longer_each_time_and_its_dead_letters_add_up(
+    store: Store, tmp_path: Path
+) -> None:
+    # A sink with a bug is not hammered: each crash in a row waits longer. Each record is
+    # tried max_attempts times, then parked; status counts every parked record, and the
+    # crash line carries the traceback the sink's author needs.
+    r = runner(store, "a", tmp_path, retry_initial=1.0, retry_max=100.0, max_attempts=2)
+
+    def buggy(batch: Sequence[Record]) -> Exception:
+        return RuntimeError("bug")
+
+    mem(r).fail_with = buggy
+    for fid in (1, 2):
+        await store.records.apply_record(None, make_record(fid), ["a"])
+    rows = await store.outbox.batch("a", 10)
+    with capture_logs() as lines:
+        delays = [await r._deliver(rows[:1]) for _ in range(2)]
+        delays += [await r._deliver(rows[1:]) for _ in range(2)]
+    # Doubling waits: the n-th crash in a row waits between half and all of 2**(n-1) s.
+    assert delays[0] <= 1.0 < 2.0 <= delays[2] <= 4.0 <= delays[3]
+    assert (r.retried, r.dead, r.delivered) == (2, 2, 0)
+    status = (await store.outbox.sink_status(["a"]))["a"]
+    assert (status["dead"], status["pending"]) == (2, 0)
+    crashed = [ln for ln in lines if ln["event"] == "batch_crashed"]
+    assert [(ln["records"], ln["dead"]) for ln in crashed] == [(1, 0), (1, 1)] * 2
+    for line in crashed:
+        assert "in write" in line["traceback"]
+        assert line["traceback"].rstrip().endswith("RuntimeError: bug")

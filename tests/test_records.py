@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import subprocess
 import sys
 from decimal import Decimal
 
 from fonzipd.kinds import Kind
-from fonzipd.records import DELETED, Record, Source, content_version, with_status
+from fonzipd.records import DELETED, Person, Record, Source, content_version, with_status
 from tests.fonzip_objects import campaign, detail, donation, ecard_detail_completed, norm
 from tests.support import make_record
 
@@ -84,3 +85,63 @@ def test_versions_are_stable_across_releases_and_key_order() -> None:
     assert content_version(*args, reordered) == "046970a021866258"
     assert content_version(*args, {**record.data, "note": "ü"}) != record.version
     assert content_version(*args, record.data, approval="approved") != record.version
+
+
+def test_versions_hash_exactly_the_documented_payload() -> None:
+    # The version is the first 16 hex digits of the SHA-256 of the compact, key-sorted,
+    # UTF-8 JSON list of the content: written out here by hand, so that any change to
+    # what is hashed (and so every stored version, after an upgrade) fails this test.
+
+    def sha(payload: str) -> str:
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    empty_person = '{"email":null,"fonzip_user_id":null,"name":null,"phone":null}'
+    bare = content_version(Kind.CAMPAIGN, 7, "active", None, None, None, Person(), {"id": 7})
+    assert bare == sha(f'["campaign",7,"active",null,null,null,{empty_person},{{"id":7}}]')
+    assert bare == "63f32e848c1e5c96"
+    # A form answer's approval is hashed after the rest; non-ASCII stays UTF-8.
+    when = dt.datetime(2026, 11, 26, 11, 3, tzinfo=dt.UTC)
+    person = Person(name="Ayşe", fonzip_user_id=55)
+    answered = content_version(
+        Kind.CAMPAIGN,
+        8,
+        "succeeded",
+        Decimal("10.50"),
+        "TRY",
+        when,
+        person,
+        {"b": 1, "a": "ü"},
+        approval="approved",
+    )
+    assert answered == sha(
+        '["campaign",8,"succeeded","10.50","TRY","2026-11-26T11:03:00+00:00",'
+        '{"email":null,"fonzip_user_id":55,"name":"Ayşe","phone":null},{"a":"ü","b":1},'
+        '{"approval":"approved"}]'
+    )
+    # A value JSON cannot hold (a Decimal in the data) is hashed as its text, not refused.
+    assert content_version(
+        Kind.CAMPAIGN, 7, "active", None, None, None, Person(), {"id": Decimal("7.0")}
+    ) == sha(f'["campaign",7,"active",null,null,null,{empty_person},{{"id":"7.0"}}]')
+
+
+def test_a_deleted_version_is_pinned() -> None:
+    # Re-deleting after an upgrade must not deliver a second deletion of the same object.
+    record = make_record(7)
+    now = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    assert with_status(record, DELETED, source=Source.CLI, fetched_at=now).version == (
+        "d2d203894fd3d6ac"
+    )
+    answered = dataclasses.replace(record, approval="approved")
+    assert with_status(answered, DELETED, source=Source.CLI, fetched_at=now).version == (
+        content_version(
+            record.kind,
+            7,
+            DELETED,
+            record.amount,
+            record.currency,
+            record.occurred_at,
+            record.person,
+            record.data,
+            approval="approved",
+        )
+    )
