@@ -480,7 +480,7 @@ async def test_batch_written_says_how_long_the_sink_took(store: Store, tmp_path:
     sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
 
     def slow(batch: Sequence[Record]) -> None:
-        clock.advance(0.25)  # the destination takes a quarter of a second
+        clock.advance(0.25042)  # the destination takes a quarter of a second
 
     sink.fail_with = slow
     r = SinkRunner("a", sink, SETTINGS, store, batch_size=50, clock=clock)
@@ -490,7 +490,7 @@ async def test_batch_written_says_how_long_the_sink_took(store: Store, tmp_path:
     with capture_logs() as lines:
         assert await r._deliver(rows) == 0.0
     written = [ln for ln in lines if ln["event"] == "batch_written"]
-    assert [(ln["records"], ln["ms"]) for ln in written] == [(2, 250.0)]
+    assert [(ln["records"], ln["ms"]) for ln in written] == [(2, 250.4)]  # to a tenth of a ms
 
 
 async def test_the_before_ack_crash_window_is_between_the_write_and_the_ack(
