@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
+import errno
 import itertools
 import sqlite3
 import time
@@ -19,11 +21,12 @@ from structlog.testing import capture_logs
 
 from fonzipd import crashpoints
 from fonzipd.config import SinkSettings
-from fonzipd.dispatcher import Dispatcher, SinkRunner
+from fonzipd.dispatcher import Dispatcher, SinkRunner, operator_fixable
 from fonzipd.records import Record
 from fonzipd.sink import (
     PermanentSinkError,
     Sink,
+    SinkConfigError,
     SinkContext,
     SinkOptions,
     TransientSinkError,
@@ -542,3 +545,73 @@ async def test_a_buggy_sink_waits_longer_each_time_and_its_dead_letters_add_up(
     for line in crashed:
         assert "in write" in line["traceback"]
         assert line["traceback"].rstrip().endswith("RuntimeError: bug")
+
+
+def _wrapped(inner: BaseException, *, cause: bool) -> TransientSinkError:
+    """A sink's error wrapping ``inner``: as its cause (``raise ... from``) or context only."""
+    outer = TransientSinkError("cannot write")
+    if cause:
+        outer.__cause__ = inner
+    outer.__context__ = inner
+    return outer
+
+
+def test_only_failures_the_operator_must_fix_are_flagged_for_the_operator() -> None:
+    # Status tells the operator "needs the operator" for these (a retry cannot fix them)
+    # and for nothing else: a false alarm would teach them to ignore it.
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    read_only = OSError(errno.EROFS, "Read-only file system")
+    assert operator_fixable(SinkConfigError("password file unreadable"))
+    assert operator_fixable(denied)
+    assert operator_fixable(_wrapped(read_only, cause=True))
+    assert operator_fixable(_wrapped(_wrapped(denied, cause=True), cause=False))
+    assert not operator_fixable(FileNotFoundError(errno.ENOENT, "No such file"))
+    assert not operator_fixable(_wrapped(ConnectionRefusedError(), cause=True))
+    assert not operator_fixable(TransientSinkError("receiver down"))
+
+
+async def test_a_backoff_waits_its_time_and_a_drain_never_outlasts_its_deadline(
+    store: Store, tmp_path: Path
+) -> None:
+    # A failed sink waits its whole backoff, however short, before the next attempt; when
+    # stopping, a backoff that would end after the drain's deadline is not waited (its
+    # rows stay in the outbox for the next start), one that ends by then is.
+    clock = FakeClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+    r = SinkRunner("a", sink, SETTINGS, store, batch_size=50, clock=clock)
+    assert await r._back_off(0.5)
+    assert clock.slept == [0.5]
+    r._stopping, r._deadline = True, clock.monotonic() + 1.0
+    assert not await r._back_off(1.5)
+    assert clock.slept == [0.5]  # gave up at once, no wait
+    assert await r._back_off(1.0)  # ends exactly at the deadline: waited
+    assert clock.slept == [0.5, 1.0]
+
+
+class StoppedClock(FakeClock):
+    """A clock whose sleeps never end by themselves: what ends a wait is then visible."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.Event().wait()
+
+
+async def test_records_arriving_during_a_backoff_neither_end_it_nor_spin(
+    store: Store, tmp_path: Path
+) -> None:
+    # A down destination gets its schedule however many records arrive meanwhile, and
+    # the runner waits quietly: one sleep for the backoff, not a loop per wake-up.
+    clock = StoppedClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+    r = SinkRunner("a", sink, SETTINGS, store, batch_size=50, clock=clock)
+    backoff = asyncio.create_task(r._back_off(30.0))
+    await until(lambda: clock.slept)
+    for _ in range(3):
+        r.wake()
+        for _ in range(20):
+            await asyncio.sleep(0)
+    assert not backoff.done()
+    assert clock.slept == [30.0]
+    backoff.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await backoff
