@@ -186,10 +186,8 @@ class Fetcher:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._group = GroupApply(store)
         self._claims = GroupClaim(store)
-        self.processed = 0
 
     def wake(self) -> None:
         """New work was committed: stop waiting."""
@@ -379,7 +377,6 @@ class Fetcher:
         started: float,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        self.processed += 1
         bound.info(
             "record_deleted" if record.status == DELETED else "record_fetched",
             status=record.status,
