@@ -539,19 +539,15 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         raise StoreError(f"{settings.state.path}: no state database yet (has fonzipd run?)")
 
     async def tail() -> None:
-        store = await Store.open(settings.state.path)
-        try:
-            await follow(
-                store,
-                kinds=[str(k) for k in args.kind],
-                statuses=args.status,
-                last=args.last,
-                as_json=args.json,
-                interval=args.interval,
-                emit=lambda line: print(line, flush=True),
-            )
-        finally:
-            await store.close()
+        await follow(
+            settings.state.path,
+            kinds=[str(k) for k in args.kind],
+            statuses=args.status,
+            last=args.last,
+            as_json=args.json,
+            interval=args.interval,
+            emit=lambda line: print(line, flush=True),
+        )
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(tail())

@@ -119,6 +119,8 @@ class Connection:
         self.path = path
         self.clock = clock
         self.read_only = read_only
+        # Read as a snapshot (immutable): later writes by another process stay unseen.
+        self.snapshot = False
         self.faults: Faults | None = None
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -162,6 +164,7 @@ class Connection:
                 # files, which would outlive this command and, made by another user
                 # (root running `status`), could lock the daemon out of its database.
                 reader_uri += "&immutable=1"
+                self.snapshot = True
             self._reader = await self._open(reader_uri)
             await self._reader.execute("PRAGMA query_only=ON")
             self._reader.row_factory = sqlite3.Row
