@@ -158,8 +158,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def private_nats(tmp_path: Path, *, user: str, password: str) -> Iterator[int]:
-    """A NATS server of this test's own, with JetStream and a user/password; its port."""
+def private_nats(
+    tmp_path: Path,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+) -> Iterator[int]:
+    """A NATS server of this test's own, with JetStream and a user/password or a token;
+    its port."""
     if not Path(NATS_SERVER).exists():
         _unavailable(f"{NATS_SERVER} not installed")
     port = free_port()
@@ -173,10 +180,8 @@ def private_nats(tmp_path: Path, *, user: str, password: str) -> Iterator[int]:
             "-js",
             "-sd",
             str(tmp_path / "nats"),
-            "--user",
-            user,
-            "--pass",
-            password,
+            *(["--user", user, "--pass", password or ""] if user is not None else []),
+            *(["--auth", token] if token is not None else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -182,6 +182,44 @@ create_stream = true
             assert code == cli.EXIT_OK, err
 
 
+async def test_a_token_login_delivers_and_a_wrong_token_is_refused_unsaid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``user``, the secret from ``password_env`` is the server's token."""
+    from fonzipd.sinks.nats import NATSOptions, NATSSink
+
+    with servers.private_nats(tmp_path, token="right-token-5f2c") as port:
+        await servers.wait_port(port, within=20)
+        url = f"nats://127.0.0.1:{port}"
+        options = NATSOptions.model_validate(
+            {
+                "servers": [url],
+                "stream": "FZTOKEN",
+                "subject": "fztoken.{kind}",
+                "create_stream": True,
+                "password_env": "FZ_NATS_TOKEN",
+            }
+        )
+        monkeypatch.setenv("FZ_NATS_TOKEN", "wrong-token-9a1e")
+        refused = NATSSink(options, context_for_tests(tmp_path))
+        with pytest.raises(SinkConfigError) as caught:
+            await refused.open()
+        await refused.close()
+        assert "Authorization Violation" in str(caught.value)
+        assert "wrong-token-9a1e" not in str(caught.value)
+
+        monkeypatch.setenv("FZ_NATS_TOKEN", "right-token-5f2c")
+        sink = NATSSink(options, context_for_tests(tmp_path))
+        await sink.open()
+        recs = sample_records(3)
+        try:
+            await sink.write(recs)
+        finally:
+            await sink.close()
+        got = await messages("FZTOKEN", url=f"nats://right-token-5f2c@127.0.0.1:{port}")
+        assert [key for _, _, key in got] == [r.key for r in recs]
+
+
 def _cli(config: Path, password: str) -> tuple[int, str]:
     import os
 
