@@ -45,9 +45,13 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
+_Waiter = tuple[int, Record, Any, bool, "asyncio.Future[tuple[Applied, InboxRow | None]]"]
+
+
 class GroupApply:
     """Stores the records the workers fetched in groups: one transaction (one fsync) for
-    whatever records are ready together, each with its outbox rows and inbox row.
+    whatever records are ready together, each with its outbox rows and inbox row, and
+    the next inbox row for each of those workers that asks for one.
 
     No task of its own: the first worker to arrive commits, for itself and for every
     worker that arrives while it does, until none is waiting. A group the database
@@ -58,13 +62,23 @@ class GroupApply:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._waiting: list[tuple[int, Record, Any, asyncio.Future[Applied]]] = []
+        self._waiting: list[_Waiter] = []
         self._leading = False
         self.commits = 0
 
     async def apply(self, row_id: int, record: Record, sinks: Any) -> Applied:
-        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        self._waiting.append((row_id, record, sinks, fut))
+        """Store one worker's record (with the records of the others waiting)."""
+        applied, _ = await self.apply_and_claim(row_id, record, sinks, claim_next=False)
+        return applied
+
+    async def apply_and_claim(
+        self, row_id: int, record: Record, sinks: Any, *, claim_next: bool = True
+    ) -> tuple[Applied, InboxRow | None]:
+        """Store one worker's record and, in the same commit, claim its next row
+        (None: nothing is ready, or ``claim_next`` is False)."""
+        fut: asyncio.Future[tuple[Applied, InboxRow | None]]
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting.append((row_id, record, sinks, claim_next, fut))
         if not self._leading:
             self._leading = True
             try:
@@ -75,17 +89,18 @@ class GroupApply:
                 self._leading = False
                 # Left by a leader that was cancelled (shutdown) or failed: never
                 # leave a worker waiting on a commit nobody will make.
-                for _, _, _, left in self._waiting:
+                for *_, left in self._waiting:
                     if not left.done():
                         left.set_exception(StoreError("the group commit was interrupted"))
                 self._waiting = []
         return await fut
 
-    async def _commit(self, group: list[tuple[int, Record, Any, asyncio.Future[Applied]]]) -> None:
+    async def _commit(self, group: list[_Waiter]) -> None:
         try:
             try:
-                results = await self._store.records.apply_many(
-                    [(row_id, record, sinks) for row_id, record, sinks, _ in group]
+                results, rows = await self._store.records.apply_and_claim(
+                    [(row_id, record, sinks) for row_id, record, sinks, _, _ in group],
+                    sum(1 for *_, wants, _ in group if wants),
                 )
             except (StoreError, sqlite3.OperationalError):
                 raise  # the database (locked, full, closed), not a record
@@ -96,7 +111,7 @@ class GroupApply:
                     await self._commit([one])
                 return
         except BaseException as exc:
-            for _, _, _, fut in group:
+            for *_, fut in group:
                 if not fut.done():
                     if isinstance(exc, Exception):
                         fut.set_exception(exc)
@@ -106,9 +121,20 @@ class GroupApply:
                 raise
             return
         self.commits += 1
-        for (_, _, _, fut), applied in zip(group, results, strict=True):
+        claimed = iter(rows)
+        orphans = []
+        for (*_, wants, fut), applied in zip(group, results, strict=True):
+            row = next(claimed, None) if wants else None
             if not fut.done():
-                fut.set_result(applied)
+                fut.set_result((applied, row))
+            elif row is not None:
+                orphans.append(row)  # its worker was stopped meanwhile
+        for row in orphans:
+            try:
+                await self._store.inbox.unclaim(row.id)
+            except (StoreError, sqlite3.Error) as exc:
+                # Still claimed: the daemon puts claimed rows back as it stops and starts.
+                log.warning("fetch_store_failed", inbox_id=row.id, error=str(exc))
 
 
 class GroupClaim:
@@ -219,25 +245,33 @@ class Fetcher:
         # write lock, a full disk) is waited out here; anything else that escapes is
         # a bug, kills the worker, and the daemon's supervisor reports it.
         failures = 0
+        row: InboxRow | None = None  # claimed by the commit that stored the last record
         while not self._stopping:
             try:
-                await self._work_once()
+                row = await self._work_once(row)
                 failures = 0
             except (sqlite3.Error, StoreError) as exc:
+                row = None  # _work_once has put it back
                 failures += 1
                 delay = self._schedule.wait(failures)
                 log.warning(
                     "fetch_store_failed", worker=n, error=str(exc), retry_in=round(delay, 2)
                 )
                 await self._pause(delay)
+        if row is not None:
+            # Stopped between two rows: the next one goes back untouched.
+            await asyncio.shield(self._store.inbox.unclaim(row.id))
 
-    async def _work_once(self) -> None:
-        row = await self._claims.claim()
+    async def _work_once(self, row: InboxRow | None) -> InboxRow | None:
+        """Work ``row`` (or a row claimed now); the next row, when one was claimed
+        in the commit that stored this one."""
         if row is None:
-            await self._idle()
-            return
+            row = await self._claims.claim()
+            if row is None:
+                await self._idle()
+                return None
         try:
-            await self._process(row)
+            return await self._process(row)
         except asyncio.CancelledError:
             # Shutdown mid-fetch: the row goes back untouched, nothing is lost.
             await asyncio.shield(self._store.inbox.unclaim(row.id))
@@ -249,6 +283,7 @@ class Fetcher:
             # A bug, not a Fonzip problem: keep the row, retry later, keep working.
             log.exception("fetch_crashed", inbox_id=row.id, kind=str(row.kind))
             await self._put_back(row, f"internal error: {exc!r}")
+        return None
 
     async def _put_back(self, row: InboxRow, reason: str) -> None:
         """Schedule a claimed row's retry, trying until the state database takes it."""
@@ -293,7 +328,7 @@ class Fetcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    async def _process(self, row: InboxRow) -> None:
+    async def _process(self, row: InboxRow) -> InboxRow | None:
         bound = log.bind(
             inbox_id=row.id,
             kind=str(row.kind),
@@ -309,28 +344,33 @@ class Fetcher:
             )
         except (FonzipNotFound, FonzipRequestError, FonzipBadResponse) as exc:
             await self._attempt_failed(row, exc, bound)
-            return
+            return None
         except FonzipError as exc:
             # Fonzip down, rate limiting, a token lock, rejected credentials: none of it
             # is the event's fault. Retry until Fonzip is back (the wait is capped).
             bound.warning("fetch_failed", error=str(exc), final=False)
             await self._store.inbox.retry_later(row.id, str(exc), self._schedule.wait(row.attempts))
-            return
+            return None
         crashpoints.reached("mid_fetch")
         try:
             # fetched_at is when the request went out: the moment Fonzip held this state,
             # which is what orders two reads of one object (apply_record).
             fetched_at = detail.read_at or self._clock.now()
             record = normalize(detail, tz=self._tz, source=row.source, fetched_at=fetched_at)
-            applied = await self._group.apply(row.id, record, self._sink_ids())
+            # The next row is claimed in the same commit: one commit per record, and
+            # no wait on a claim of its own before the next fetch.
+            applied, following = await self._group.apply_and_claim(
+                row.id, record, self._sink_ids(), claim_next=not self._stopping
+            )
         except (StoreError, sqlite3.OperationalError):
             raise  # the database (locked, full, closed), not the event: waited out above
         except Exception as exc:
             # Whatever this object made the normalizer or the store raise is the object's
             # fault: parked after max_attempts like a malformed one, never retried forever.
             await self._attempt_failed(row, exc, bound)
-            return
+            return None
         self._applied(record, applied, started, bound)
+        return following
 
     async def _attempt_failed(
         self, row: InboxRow, exc: Exception, bound: structlog.typing.FilteringBoundLogger

@@ -179,8 +179,9 @@ async def test_an_object_deleted_at_fonzip_reaches_the_sinks_as_deleted(rig: Rig
 async def test_a_locked_state_database_is_waited_out_by_every_worker(rig: Rig) -> None:
     # "database is locked" (a CLI replay holding the write lock past the 30-s busy
     # timeout) more times than there are workers: none of them may die of it.
-    # Rows are claimed and records stored in groups (claim_many, apply_many).
-    real_claim, real_apply = rig.store.inbox.claim_many, rig.store.records.apply_many
+    # Rows are claimed in groups by idle workers (claim_many), and records stored in
+    # groups together with each worker's next row (apply_and_claim).
+    real_claim, real_apply = rig.store.inbox.claim_many, rig.store.records.apply_and_claim
     left = {"claim": 10, "apply": 2}
 
     def locked(name: str) -> None:
@@ -192,12 +193,12 @@ async def test_a_locked_state_database_is_waited_out_by_every_worker(rig: Rig) -
         locked("claim")
         return await real_claim(limit)
 
-    async def apply_many(*args: Any, **kwargs: Any) -> Any:
+    async def apply_and_claim(*args: Any, **kwargs: Any) -> Any:
         locked("apply")
         return await real_apply(*args, **kwargs)
 
     rig.store.inbox.claim_many = claim_many  # type: ignore[method-assign]
-    rig.store.records.apply_many = apply_many  # type: ignore[method-assign]
+    rig.store.records.apply_and_claim = apply_and_claim  # type: ignore[method-assign]
     ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:3]
     for fid in ids:
         await rig.add(Kind.DONATION, fid)
@@ -285,7 +286,7 @@ async def test_a_locked_database_is_not_the_events_fault(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fid = int(rig.sim.objects(Kind.DONATION)[0]["id"])
-    real = rig.store.records.apply_many  # how fetched records are stored (in groups)
+    real = rig.store.records.apply_and_claim  # how fetched records are stored (in groups)
     refusals = 0
 
     async def locked(*args: Any, **kwargs: Any) -> Any:
@@ -295,7 +296,7 @@ async def test_a_locked_database_is_not_the_events_fault(
             raise sqlite3.OperationalError("database is locked")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(rig.store.records, "apply_many", locked)
+    monkeypatch.setattr(rig.store.records, "apply_and_claim", locked)
     await rig.add(Kind.DONATION, fid)
     assert await rig.settled() == {"done": 1}
     assert refusals == 4
@@ -417,3 +418,58 @@ async def test_workers_idle_together_claim_in_one_transaction(store: Store) -> N
     assert calls == [1, 4]
     assert sorted(r.fonzip_id for r in got if r) == [1, 2, 3]
     assert got.count(None) == 2
+
+
+async def test_a_worker_stores_its_record_and_claims_its_next_row_in_one_commit(
+    rig: Rig,
+) -> None:
+    fsynced = 0
+    alone: list[int] = []  # fonzip ids claimed by a claim of their own
+    real_tx, real_claim = rig.store.connection.transaction, rig.store.inbox.claim_many
+
+    def counted(*, durable: bool = True) -> Any:
+        nonlocal fsynced
+        fsynced += durable
+        return real_tx(durable=durable)
+
+    async def claim_many(limit: int) -> list[InboxRow]:
+        rows = await real_claim(limit)
+        alone.extend(r.fonzip_id for r in rows)
+        return rows
+
+    rig.store.connection.transaction = counted  # type: ignore[method-assign]
+    rig.store.inbox.claim_many = claim_many  # type: ignore[method-assign]
+    ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:8]
+    await rig.store.inbox.add_events([InboxEvent(Kind.DONATION, f, 3, Source.WEBHOOK) for f in ids])
+    rig.fetcher.wake()
+    assert await rig.settled() == {"done": 8}
+    # Four workers: at most one row each is claimed on its own (when woken); every
+    # other row was claimed in the commit that stored its worker's last record.
+    assert len(alone) <= 4
+    assert fsynced <= 8  # one fsynced commit per record at most, claims included
+    for fid in ids:
+        assert await rig.store.records.get(Kind.DONATION, fid) is not None
+
+
+async def test_a_next_row_claimed_for_a_worker_stopped_meanwhile_goes_back(store: Store) -> None:
+    await store.inbox.add_events([hook(fid) for fid in range(1, 5)])
+    first, second = await store.inbox.claim_many(2)
+    group = GroupApply(store)
+    leader = asyncio.ensure_future(group.apply_and_claim(first.id, make_record(1), ["a"]))
+    await asyncio.sleep(0)  # the leader is committing: the next one waits for it
+    stopped = asyncio.ensure_future(group.apply_and_claim(second.id, make_record(2), ["a"]))
+    await asyncio.sleep(0)
+    stopped.cancel()
+    applied, following = await leader
+    assert applied.outcome == "new"
+    assert following is not None
+    assert following.fonzip_id == 3
+    with pytest.raises(asyncio.CancelledError):
+        await stopped
+    # Its record was in the group and is stored; the row claimed for it is pending
+    # again, its attempt not counted, and the connection is usable.
+    assert await store.records.get(Kind.DONATION, 2) is not None
+    assert await store.inbox.counts() == {"done": 2, "claimed": 1, "pending": 1}
+    again = await store.inbox.claim()
+    assert again is not None
+    assert (again.fonzip_id, again.attempts) == (4, 1)

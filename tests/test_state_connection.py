@@ -1,4 +1,5 @@
-"""Tests of fonzipd.state.connection: one worker per database; a failed commit keeps nothing."""
+"""Tests of fonzipd.state.connection: one worker per database; a failed commit keeps
+nothing; only claims commit without an fsync."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 
 from fonzipd.state import Store, StoreError
 from fonzipd.state.connection import Connection, settled
-from tests.support import FakeClock, hook
+from tests.support import FakeClock, hook, make_record
+
+NORMAL, FULL = 1, 2
 
 
 async def test_only_one_worker_per_database(tmp_path: Path, store: Store) -> None:
@@ -299,3 +302,48 @@ async def test_closing_checkpoints_and_releases_the_worker_lock(
         await again.close()
     finally:
         other.close()
+
+
+class Levels:
+    """The fault seam, used to read the write connection's synchronous level (1 NORMAL,
+    2 FULL) at every commit: at each COMMIT, and at a self-committing INSERT."""
+
+    def __init__(self, store: Store, fail: str | None = None) -> None:
+        self.store = store
+        self.fail = fail
+        self.at_commit: list[int] = []
+
+    async def __call__(self, sql: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        if sql == self.fail:
+            self.fail = None
+            raise sqlite3.OperationalError("disk I/O error")
+        if sql == "COMMIT" or sql.startswith("INSERT OR IGNORE INTO inbox"):
+            rows = await self.store.db.execute_fetchall("PRAGMA synchronous")
+            self.at_commit.append(next(iter(rows))[0])
+        return await call()
+
+
+async def test_only_claims_commit_without_fsync(store: Store) -> None:
+    levels = Levels(store)
+    store.connection.faults = levels
+    await store.inbox.add_events([hook(1), hook(2)])
+    row = await store.inbox.claim()
+    assert row is not None
+    await store.inbox.add_events([hook(3)])  # a webhook right after a claim: fsynced
+    await store.records.apply_record(row.id, make_record(1), ["a"])
+    assert await store.inbox.claim_many(2)
+    await store.inbox.retry_later(2, "down", 30)
+    assert levels.at_commit == [FULL, NORMAL, FULL, FULL, NORMAL, FULL]
+
+
+async def test_a_failed_switch_back_to_full_commits_nothing_and_is_made_again(store: Store) -> None:
+    await store.inbox.add_events([hook(1)])
+    assert await store.inbox.claim() is not None  # the connection is at NORMAL now
+    levels = Levels(store, fail="PRAGMA synchronous=FULL")
+    store.connection.faults = levels
+    with pytest.raises(sqlite3.OperationalError):
+        await store.inbox.add_events([hook(2)])
+    assert levels.at_commit == []  # nothing committed at the wrong level
+    await store.inbox.add_events([hook(2)])
+    assert levels.at_commit == [FULL]
+    assert (await store.inbox.depth())[0] == 2

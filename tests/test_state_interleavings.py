@@ -1,7 +1,8 @@
 """The state package under cancellation and failure: a stateful property test against a model.
 
 Hypothesis drives the operations the daemon's tasks perform (add events, claim,
-give back, fail, apply records, take outbox batches, acknowledge, fail and
+give back, fail, apply records, apply a record and claim the next rows in one
+transaction, take outbox batches, acknowledge, fail and
 dead-letter them, replay) against a small model of what each must do. Any step may
 carry one fault, injected at its k-th statement submitted to SQLite (BEGIN, each
 statement, COMMIT, ROLLBACK, or a read): a cancellation of the task before the
@@ -10,6 +11,8 @@ failed statement, or at COMMIT a failed commit such as a full disk), optionally 
 a second cancellation during the clean-up. After every step the database must equal
 the model, the connection must be out of any transaction, unlocked and writable, and
 no sink may ever have been handed an older version of a record after a newer one.
+Every commit of an operation must run at synchronous FULL (fsynced), a claim's at
+NORMAL (a claim needs no durability; see fonzipd/state/connection.py).
 
 A faulted step must leave all of its effect or none, and which one is fixed: none,
 except when the COMMIT was submitted (a cancellation then waits for it) or when the
@@ -62,9 +65,19 @@ class Injector:
         self.fired: tuple[str, str] | None = None
         self.count = 0
         self.count_again = 0
+        self.db: Any = None  # the write connection, to read its synchronous level
+        self.levels: list[int] = []  # the level at each commit of the step
+
+    async def _commits(self, sql: str) -> None:
+        if self.db is not None and (
+            sql == "COMMIT" or sql.startswith("INSERT OR IGNORE INTO inbox")
+        ):
+            rows = await self.db.execute_fetchall("PRAGMA synchronous")
+            self.levels.append(next(iter(rows))[0])
 
     def arm(self, plan: tuple[int, str, bool] | None, target: asyncio.Task[Any]) -> None:
         self.plan, self.target, self.seen, self.fired = plan, target, [], None
+        self.levels = []
 
     def disarm(self) -> None:
         self.plan, self.target = None, None
@@ -72,6 +85,7 @@ class Injector:
     async def __call__(self, sql: str, call: Callable[[], Awaitable[Any]]) -> Any:
         n = len(self.seen)
         self.seen.append(sql)
+        await self._commits(sql)
         if self.plan is None or self.target is None:
             return await call()
         k, kind, again = self.plan
@@ -271,6 +285,7 @@ class StateMachine(RuleBasedStateMachine):
             Store.open(self.dir / "state.db", clock=self.clock)
         )
         self.injector = Injector()
+        self.injector.db = self.store.connection.db
         self.store.connection.faults = self.injector
         self.model = Model()
         self.held: list[int] = []  # inbox rows claimed by the test's "worker"
@@ -306,8 +321,12 @@ class StateMachine(RuleBasedStateMachine):
         fault: tuple[int, str, bool] | None,
         *,
         autocommit: bool = False,
+        durable: bool = True,
     ) -> tuple[bool, Any]:
-        """Run one operation as a task with its fault; (its effect must be kept, result)."""
+        """Run one operation as a task with its fault; (its effect must be kept, result).
+
+        Every commit a durable operation makes is fsynced (synchronous FULL, 2); a
+        claim's is not (NORMAL, 1)."""
         self.clock.advance(0.001)  # distinct timestamps: updated_at orders the replay
         STATS["steps"] += 1
 
@@ -325,6 +344,7 @@ class StateMachine(RuleBasedStateMachine):
                 self.injector.disarm()
 
         outcome, result = self.loop.run_until_complete(main())
+        assert set(self.injector.levels) <= {2 if durable else 1}, self.injector.levels
         fired = self.injector.fired if fault is not None else None
         if fired is None:
             assert outcome == "ok", f"no fault was injected, yet the step ended {outcome}"
@@ -334,7 +354,10 @@ class StateMachine(RuleBasedStateMachine):
         if outcome == "error":
             assert result == "database or disk is full"  # the injected error, no other
             result = None
-        kept = kind != "error" and (sql == "COMMIT" or (autocommit and kind == "cancel_in_flight"))
+        kept = kind != "error" and (
+            sql == "COMMIT"
+            or (autocommit and kind == "cancel_in_flight" and not sql.startswith("PRAGMA"))
+        )
         return kept, result
 
     # -- inbox -------------------------------------------------------------------
@@ -354,7 +377,7 @@ class StateMachine(RuleBasedStateMachine):
 
     @rule(fault=faults)
     def claim(self, fault: Any) -> None:
-        kept, row = self.step(self.store.inbox.claim, fault)
+        kept, row = self.step(self.store.inbox.claim, fault, durable=False)
         if kept:
             expected = self.model.claim(self.now())
             if row is not None or fault is None:
@@ -425,6 +448,28 @@ class StateMachine(RuleBasedStateMachine):
             outcome = self.model.apply(rid, rec, sinks, self.now())
             assert applied is None or applied.outcome == outcome
             self.held.remove(rid)
+
+    @precondition(lambda self: self.held)
+    @rule(pick=st.integers(0, 9), name=st.integers(0, 2), claim=st.integers(0, 2), fault=faults)
+    def apply_and_claim(self, pick: int, name: int, claim: int, fault: Any) -> None:
+        """A worker's record stored and its next rows claimed in one transaction."""
+        rid = self._held(pick)
+        fid = self.model.inbox[rid].fid
+        rec = self._record(fid, name)
+        sinks = list(SINKS)
+        kept, result = self.step(
+            lambda: self.store.records.apply_and_claim([(rid, rec, sinks)], claim), fault
+        )
+        if kept:
+            outcome = self.model.apply(rid, rec, sinks, self.now())
+            self.held.remove(rid)
+            expected = [self.model.claim(self.now()) for _ in range(claim)]
+            claimed = [r for r in expected if r is not None]
+            self.held.extend(claimed)
+            if result is not None:
+                applied, rows = result
+                assert [a.outcome for a in applied] == [outcome]
+                assert sorted(r.id for r in rows) == sorted(claimed)
 
     @rule(fid=st.integers(1, 3), name=st.integers(0, 2), fault=faults)
     def apply_listed(self, fid: int, name: int, fault: Any) -> None:
@@ -613,6 +658,8 @@ def test_every_fault_at_every_statement_of_every_operation() -> None:
         sweep("unclaim", lambda f: machine.unclaim(0, f))
         top_up()
         sweep("apply_fetched", lambda f: machine.apply_fetched(0, 0, f))
+        top_up()
+        sweep("apply_and_claim", lambda f: machine.apply_and_claim(0, 1, 2, f))
         top_up()
         sweep("fail", lambda f: machine.fail(0, f))
         sweep("release_claims", machine.release_claims)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
+from typing import Any
 
 import pytest
 
 from fonzipd.kinds import Kind
 from fonzipd.records import Record, Source
-from fonzipd.state import Store
+from fonzipd.state import InboxEvent, Store
 from fonzipd.state.records import is_newer
 from tests.support import hook, make_record
 
@@ -332,3 +333,32 @@ async def test_a_record_without_a_date_is_stored_and_queued_on_no_day(store: Sto
     (queued,) = await store.outbox.batch("a", 10)
     assert queued.record == undated
     assert await store.records.local_ids(Kind.DONATION, dt.date(2026, 11, 26), ["succeeded"]) == {}
+
+
+async def test_records_are_stored_and_the_next_rows_claimed_in_one_transaction(
+    store: Store,
+) -> None:
+    await store.inbox.add_events([hook(1), hook(2)])
+    first = await store.inbox.claim_many(2)
+    backlog = [InboxEvent(Kind.DONATION, 9, 3, Source.RECONCILE)]
+    await store.inbox.add_events([*backlog, hook(3), hook(4), hook(5)])
+    begun: list[str] = []
+
+    async def seen(sql: str, call: Any) -> Any:
+        begun.append(sql)
+        return await call()
+
+    store.connection.faults = seen
+    applied, rows = await store.records.apply_and_claim(
+        [(row.id, make_record(row.fonzip_id), ["a"]) for row in first], 2
+    )
+    store.connection.faults = None
+    assert begun.count("BEGIN IMMEDIATE") == 1
+    assert [a.outcome for a in applied] == ["new", "new"]
+    # Never more rows than asked for, live work first.
+    assert [r.fonzip_id for r in rows] == [3, 4]
+    assert await store.inbox.counts() == {"done": 2, "claimed": 2, "pending": 2}
+    assert len(await store.outbox.batch("a", 10)) == 2
+    nothing, none = await store.records.apply_and_claim([(rows[0].id, make_record(3), ["a"])], 0)
+    assert ([a.outcome for a in nothing], none) == (["new"], [])
+    assert await store.inbox.counts() == {"done": 3, "claimed": 1, "pending": 2}

@@ -15,6 +15,14 @@ COMMIT), a ROLLBACK is submitted and awaited to its end before the lock is relea
 it runs after every statement the transaction submitted, and the next transaction
 starts on a clean connection. A COMMIT that was submitted is awaited to its end too,
 so a cancelled transaction either committed in full or left nothing.
+
+A transaction may be opened not ``durable`` (a claim, which a power cut may lose:
+the row is then simply pending again): it commits with ``synchronous=NORMAL``, in
+WAL mode no fsync. The level is set before BEGIN (SQLite refuses to change it
+inside a transaction), and every durable transaction and self-committing statement
+sets FULL again first: the level a durable commit runs at never depends on an
+earlier transaction having cleaned up. The WAL is append-only, so the fsync of the
+next durable commit also makes every earlier non-durable one durable.
 """
 
 from __future__ import annotations
@@ -125,6 +133,9 @@ class Connection:
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        # The write connection's synchronous level as last set, or None while unknown
+        # (a PRAGMA cancelled or failed): then the next transaction sets it again.
+        self._synchronous: str | None = None
         self._worker_lock_fd: int | None = None
 
     async def connect(self) -> None:
@@ -152,6 +163,7 @@ class Connection:
                 self._db = await self._open(f"{self._uri}?mode=rw")
                 await self._db.execute("PRAGMA journal_mode=WAL")
                 await self._db.execute("PRAGMA synchronous=FULL")
+                self._synchronous = "FULL"
                 await self._db.execute("PRAGMA foreign_keys=ON")
                 # Personal data: what an update or a delete frees is zeroed, so that an
                 # old version, an erased person or a dropped object is not left in a
@@ -224,13 +236,27 @@ class Connection:
             return result
         return await submit()
 
+    async def _synchronous_level(self, db: aiosqlite.Connection, level: str) -> None:
+        """Set the write connection's synchronous level (outside any transaction)."""
+        if self._synchronous == level:
+            return
+        self._synchronous = None
+        sql = f"PRAGMA synchronous={level}"
+        await self.call(sql, lambda: db.execute(sql))
+        self._synchronous = level
+
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        """One write transaction, atomic with respect to the process's other tasks."""
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Tx]:
+        """One write transaction, atomic with respect to the process's other tasks.
+
+        ``durable=False``: committed without an fsync (see the module's text); only
+        for what a power cut may lose without harm.
+        """
         async with self._lock:
             db = self.db
             tx = Tx(self, db)
             try:
+                await self._synchronous_level(db, "FULL" if durable else "NORMAL")
                 await self.call("BEGIN IMMEDIATE", lambda: db.execute("BEGIN IMMEDIATE"))
                 yield tx
                 await settled(self.call("COMMIT", lambda: db.execute("COMMIT")))
@@ -244,6 +270,7 @@ class Connection:
         async with self._lock:
             db = self.db
             try:
+                await self._synchronous_level(db, "FULL")
                 yield Tx(self, db)
             except BaseException:
                 # Also a barrier: it runs after the statement, which then has ended.

@@ -66,6 +66,36 @@ async def _supersede(tx: Tx, row_id: int, now: float) -> None:
     )
 
 
+async def claim_in(tx: Tx, limit: int, now: float) -> list[InboxRow]:
+    """Claim up to ``limit`` ready rows inside ``tx`` (:meth:`Inbox.claim`'s order)."""
+    if limit <= 0:
+        return []
+    rows = await tx.fetchall(
+        "UPDATE inbox SET state = 'claimed', attempts = attempts + 1"
+        " WHERE id IN (SELECT id FROM inbox WHERE state = 'pending'"
+        "   AND (next_attempt_at <= ? OR attempts = 0)"
+        "   ORDER BY priority, next_attempt_at, id LIMIT ?)"
+        " RETURNING id, kind, fonzip_id, event_status, source, priority, attempts,"
+        " list_row, next_attempt_at",
+        (now, limit),
+    )
+    # RETURNING follows no ORDER BY: put live work first again.
+    rows.sort(key=lambda r: (r[5], r[8], r[0]))
+    return [
+        InboxRow(
+            id=row[0],
+            kind=Kind(row[1]),
+            fonzip_id=row[2],
+            event_status=row[3],
+            source=Source(row[4]),
+            priority=row[5],
+            attempts=row[6],
+            list_row=None if row[7] is None else json.loads(row[7]),
+        )
+        for row in rows
+    ]
+
+
 class Inbox:
     """The ``inbox`` table: add, claim, give back, finish, prune, count."""
 
@@ -150,33 +180,16 @@ class Inbox:
 
     async def claim_many(self, limit: int) -> list[InboxRow]:
         """Claim up to ``limit`` ready rows in one transaction, in :meth:`claim`'s order
-        (the fetcher's idle workers, served by one commit)."""
+        (the fetcher's idle workers, served by one commit).
+
+        Not durable (no fsync): a claim a power cut loses leaves its row pending, to
+        be claimed and fetched again, as start-up does with the claims of a daemon
+        that died. Whatever the worker then commits durably (its record, a retry)
+        makes the claim durable with it.
+        """
         now = ts(self._conn.clock.now())
-        async with self._conn.transaction() as tx:
-            rows = await tx.fetchall(
-                "UPDATE inbox SET state = 'claimed', attempts = attempts + 1"
-                " WHERE id IN (SELECT id FROM inbox WHERE state = 'pending'"
-                "   AND (next_attempt_at <= ? OR attempts = 0)"
-                "   ORDER BY priority, next_attempt_at, id LIMIT ?)"
-                " RETURNING id, kind, fonzip_id, event_status, source, priority, attempts,"
-                " list_row, next_attempt_at",
-                (now, limit),
-            )
-        # RETURNING follows no ORDER BY: put live work first again.
-        rows.sort(key=lambda r: (r[5], r[8], r[0]))
-        return [
-            InboxRow(
-                id=row[0],
-                kind=Kind(row[1]),
-                fonzip_id=row[2],
-                event_status=row[3],
-                source=Source(row[4]),
-                priority=row[5],
-                attempts=row[6],
-                list_row=None if row[7] is None else json.loads(row[7]),
-            )
-            for row in rows
-        ]
+        async with self._conn.transaction(durable=False) as tx:
+            return await claim_in(tx, limit, now)
 
     async def next_due(self) -> dt.datetime | None:
         """When the earliest pending row becomes ready, or None when none is pending."""

@@ -16,6 +16,7 @@ from fonzipd.kinds import Kind
 from fonzipd.privacy import NO_POLICY, SinkPolicy, anonymized
 from fonzipd.records import Record
 from fonzipd.state.connection import Connection, Tx, ts
+from fonzipd.state.inbox import InboxRow, claim_in
 
 _UTC = zoneinfo.ZoneInfo("UTC")
 
@@ -191,6 +192,23 @@ class Records:
                 await self._apply(tx, row_id, record, _policies(sinks))
                 for row_id, record, sinks in items
             ]
+
+    async def apply_and_claim(
+        self,
+        items: Sequence[tuple[int | None, Record, Mapping[str, SinkPolicy] | Iterable[str]]],
+        claim: int,
+    ) -> tuple[list[Applied], list[InboxRow]]:
+        """:meth:`apply_many`, and in the same transaction claim up to ``claim`` ready
+        inbox rows (:meth:`Inbox.claim_many`'s order) for the workers that stored
+        them: one commit per record and worker instead of two. The commit is durable
+        (the records need it), so the claims are too."""
+        async with self._conn.transaction() as tx:
+            applied = [
+                await self._apply(tx, row_id, record, _policies(sinks))
+                for row_id, record, sinks in items
+            ]
+            rows = await claim_in(tx, claim, ts(self._conn.clock.now()))
+        return applied, rows
 
     async def _apply(
         self,
