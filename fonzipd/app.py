@@ -21,7 +21,7 @@ from fonzipd.dispatcher import Dispatcher, SinkRunner
 from fonzipd.fetcher import Fetcher
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
-from fonzipd.listener import GUARD_KEY, GroupCommitter, GuardedSite, build_app, listener_runner
+from fonzipd.listener import GUARD_KEY, GroupCommitter, build_app, start_listener
 from fonzipd.metrics import MeteredClient, Metrics, build_health_app, store_reconcile_figures
 from fonzipd.notify import Notifier
 from fonzipd.privacy import SinkPolicy, policies
@@ -226,9 +226,7 @@ class Daemon:
             await web.TCPSite(health, s.metrics.host, s.metrics.port).start()
             self._health_runner = health
             self.metrics_port = _bound_port(health)
-        self._runner = listener_runner(app)
-        await self._runner.setup()
-        await GuardedSite(self._runner, s.listener.host, s.listener.port).start()
+        self._runner = await start_listener(app, s.listener.host, s.listener.port)
         self.port = self._bound_port()
         if not separate:
             self.metrics_port = self.port

@@ -704,3 +704,19 @@ def listener_runner(app: web.Application) -> web.AppRunner:
         lingering_time=settings.body_timeout,
         logger=aiohttp_error_logger(app[REJECTIONS_KEY]),
     )
+
+
+async def start_listener(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve a ``build_app`` application as the daemon does (its runner, a GuardedSite).
+
+    The daemon and bench/bench_ingest.py both start the listener here, so that the
+    benchmark measures the listener as it ships.
+    """
+    runner = listener_runner(app)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
