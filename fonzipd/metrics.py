@@ -92,6 +92,9 @@ class ReconcileSource(Protocol):
 
 _UTC_ZONE = ZoneInfo("UTC")
 
+_MAX_CACHED_CHILDREN = 512
+"""Label combinations of fonzipd_webhooks_received kept at hand (the listener makes ~350)."""
+
 COVERAGE_DAYS = 7
 """Recent business days the webhook coverage is computed over."""
 
@@ -192,6 +195,7 @@ class Metrics:
         self._reconcile: ReconcileSource | None = None
         self._listener: ListenerFigures | None = None
         self._snapshot = _Snapshot()
+        self._webhook_children: dict[tuple[int | None, int | None, str], Counter] = {}
         self._lock = asyncio.Lock()
         self.registry.register(_StateCollector(self))
 
@@ -217,11 +221,19 @@ class Metrics:
 
     def observe_webhook(self, operation: int | None, status: int | None, outcome: str) -> None:
         """Count one webhook request; operation and status are None when unreadable."""
-        try:
-            op = str(Kind.from_operation(operation)) if operation is not None else "unknown"
-        except ValueError:
-            op = "unknown"
-        self.webhooks.labels(op, "unknown" if status is None else str(status), outcome).inc()
+        # Once per webhook: the labelled child is looked up by the raw values (a dict
+        # hit) rather than through labels() (~2 us, a quarter of that a lock).
+        key = (operation, status, outcome)
+        child = self._webhook_children.get(key)
+        if child is None:
+            try:
+                op = str(Kind.from_operation(operation)) if operation is not None else "unknown"
+            except ValueError:
+                op = "unknown"
+            child = self.webhooks.labels(op, "unknown" if status is None else str(status), outcome)
+            if len(self._webhook_children) < _MAX_CACHED_CHILDREN:
+                self._webhook_children[key] = child
+        child.inc()
 
     def observe_fetch(self, kind: Kind, outcome: str, seconds: float) -> None:
         """Count one detail fetch and its latency."""

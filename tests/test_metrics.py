@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fonzipd.app import Daemon
 from fonzipd.config import Settings, settings_from_dict
 from fonzipd.kinds import Kind
+from fonzipd.metrics import Metrics
 from fonzipd.simulator import Simulator
 
 TOKEN = "metrics-test-token-0123456789"
@@ -358,3 +359,26 @@ async def test_a_new_install_exports_the_alert_gauges_and_judges_coverage_after_
         assert samples[("fonzipd_webhook_coverage_ratio", ())] == pytest.approx(0.9)
     finally:
         await daemon.stop()
+
+
+def test_webhook_counts_stay_exact_per_label_set_past_the_kept_children() -> None:
+    # observe_webhook keeps the labelled children at hand; every label set still counts
+    # on its own, unreadable ones as "unknown", and past the cap nothing is lost.
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.observe_webhook(1, 3, "accepted")
+    metrics.observe_webhook(2, 3, "accepted")
+    metrics.observe_webhook(None, None, "unauthorized")
+    metrics.observe_webhook(99, 0, "invalid")
+    for op in range(1000, 1700):  # more label sets than are kept
+        metrics.observe_webhook(op, op, "invalid")
+    metrics.observe_webhook(1, 3, "accepted")
+
+    def count(**labels: str) -> float | None:
+        return metrics.registry.get_sample_value("fonzipd_webhooks_received_total", labels)
+
+    assert count(operation="donation", status="3", outcome="accepted") == 4
+    assert count(operation=str(Kind.from_operation(2)), status="3", outcome="accepted") == 1
+    assert count(operation="unknown", status="unknown", outcome="unauthorized") == 1
+    assert count(operation="unknown", status="0", outcome="invalid") == 1
+    assert count(operation="unknown", status="1699", outcome="invalid") == 1
