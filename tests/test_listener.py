@@ -30,12 +30,11 @@ from fonzipd.listener import (
     GUARD_KEY,
     REJECTIONS_KEY,
     GroupCommitter,
-    GuardedSite,
     PayloadError,
     Webhook,
     build_app,
-    listener_runner,
     parse_webhook,
+    start_listener,
 )
 from fonzipd.records import Source
 from fonzipd.state import InboxEvent, Store, StoreError
@@ -102,9 +101,7 @@ async def serving(
         return True, {"inbox": {"pending": depth}}
 
     app = build_app(listener, committer, ready, clock=clock)
-    runner = listener_runner(app)
-    await runner.setup()
-    await GuardedSite(runner, "127.0.0.1", 0).start()
+    runner = await start_listener(app, "127.0.0.1", 0)
     port = int(runner.addresses[0][1])
     client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
     try:
@@ -500,6 +497,72 @@ async def test_at_the_connection_cap_idle_clients_make_room_for_webhooks(tmp_pat
         finally:
             for _, writer in idle:
                 writer.close()
+
+
+async def _answer(reader: asyncio.StreamReader) -> int:
+    """Read one keep-alive answer (headers and Content-Length body); its status."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 10)
+    return status_of(head)
+
+
+async def test_the_header_deadline_runs_from_the_last_answer_on_a_busy_keep_alive_connection(
+    tmp_path: Path,
+) -> None:
+    # The guard arms its timer once and re-arms it when it fires (not per request):
+    # a connection that keeps sending requests, each well within header_timeout of
+    # the previous answer, is never cut, even long past header_timeout in all; once it
+    # goes quiet it is cut header_timeout after its last answer, not before.
+    timeout = 1.0
+    async with serving(tmp_path, header_timeout=timeout, keepalive_timeout=60) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        try:
+            started = time.monotonic()
+            fid = 0
+            while time.monotonic() - started < 3 * timeout:
+                fid += 1
+                writer.write(
+                    raw_post(json.dumps(hook(fid)).encode()).replace(b"close", b"keep-alive")
+                )
+                assert await _answer(reader) == 200
+                last_answer = time.monotonic()
+                await asyncio.sleep(timeout / 4)  # the client's pace, not a wait for the server
+            assert await asyncio.wait_for(reader.read(), 10 * timeout) == b""
+            quiet = time.monotonic() - last_answer
+        finally:
+            writer.close()
+        assert timeout - 0.05 <= quiet < timeout + 2.0, quiet
+        assert (await h.store.inbox.depth())[0] == fid
+        assert h.app[REJECTIONS_KEY].totals["slow_headers"] == 1
+
+
+async def test_a_body_sent_after_its_headers_is_read_within_body_timeout(tmp_path: Path) -> None:
+    # A body that came with its headers is read with no deadline (it cannot wait); one
+    # that comes later is read under body_timeout: accepted when it arrives in time,
+    # 408 when it does not.
+    async with serving(tmp_path, body_timeout=1.0) as h:
+        body = json.dumps(hook(5)).encode()
+        for late, status in ((b"", 200), (body, 200), (body[:10], 408)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+            try:
+                request = raw_post(body)
+                head = request[: -len(body)] if late else request
+                writer.write(head)
+                await writer.drain()
+                if late:
+                    await asyncio.sleep(0.2)  # the client's pace: the body comes apart
+                    writer.write(late)
+                answer = await asyncio.wait_for(reader.read(), 10)
+            finally:
+                writer.close()
+            assert status_of(answer) == status, answer
+        assert (await h.store.inbox.depth())[0] == 1
+        assert h.app[REJECTIONS_KEY].totals["slow_body"] == 1
 
 
 async def test_the_connection_cap_fits_under_the_file_limit(tmp_path: Path) -> None:
