@@ -185,6 +185,11 @@ async def test_test_deliveries_are_answered_and_not_stored(h: Harness) -> None:
         ({**hook(), "operation": 6, "status": 7}, "status: must be 0, 3, 4 or 5, got 7"),
         ({**hook(), "status": 1}, "status: must be 0, 3, 4 or 5"),
         ({**hook(), "webhook_id": None}, "webhook_id: must be an integer"),
+        # true is 1 and false is 0 to Python: in range, yet not numbers.
+        ({**hook(), "operation": True}, "operation: must be an integer, got true"),
+        ({**hook(), "status": False}, "status: must be an integer, got false"),
+        ({**hook(), "webhook_id": 2**63}, "webhook_id: out of range"),
+        ({**hook(), "status": 3.0}, "status: must be an integer, got 3.0"),
         ([hook()], "must be a JSON object, got list"),
         ("hello", "must be a JSON object"),
     ],
