@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fonzipd.kinds import Kind
+from fonzipd.privacy import NO_POLICY, SinkPolicy
 from fonzipd.records import Record, Source
 from fonzipd.state import InboxEvent, Store
 from fonzipd.state.records import is_newer
-from tests.support import hook, make_record
+from tests.support import FakeClock, hook, make_record
 
 
 async def test_apply_record_queues_each_new_version_once_per_sink(store: Store) -> None:
@@ -362,3 +365,63 @@ async def test_records_are_stored_and_the_next_rows_claimed_in_one_transaction(
     nothing, none = await store.records.apply_and_claim([(rows[0].id, make_record(3), ["a"])], 0)
     assert ([a.outcome for a in nothing], none) == (["new"], [])
     assert await store.inbox.counts() == {"done": 3, "claimed": 1, "pending": 2}
+
+
+async def test_a_group_stores_and_queues_exactly_what_its_records_one_by_one_would(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    def fetched(fid: int, n: int, **fields: Any) -> Record:
+        rec = make_record(fid, **fields)
+        return dataclasses.replace(rec, fetched_at=rec.fetched_at + dt.timedelta(seconds=n))
+
+    # One object changed, changed back and read late (stale), another new then
+    # refunded, a third fetched twice unchanged: all in one group.
+    group = [
+        fetched(1, 1),
+        fetched(2, 1),
+        fetched(1, 2, name="Ayşe Y."),
+        fetched(1, 3),  # changed back: queued again behind the version before it
+        fetched(3, 1),
+        fetched(2, 2, status="refunded"),
+        fetched(1, 0, name="Ayşe Y."),  # an older read landing last: stale
+        fetched(3, 2),
+    ]
+    refunds = SinkPolicy(statuses=frozenset({"refunded"}), person=frozenset({"name"}))
+    sinks = {"all": NO_POLICY, "refunds": refunds}
+    alone = await Store.open(tmp_path / "alone.db", clock=clock)
+    together = await Store.open(tmp_path / "together.db", clock=clock)
+    try:
+        one_by_one = [await alone.records.apply_record(None, rec, sinks) for rec in group]
+        statements: list[str] = []
+
+        async def seen(sql: str, call: Any) -> Any:
+            statements.append(sql)
+            return await call()
+
+        together.connection.faults = seen
+        grouped = await together.records.apply_many([(None, rec, sinks) for rec in group])
+        together.connection.faults = None
+        assert grouped == one_by_one
+        assert [a.outcome for a in grouped] == [
+            "new", "new", "changed", "changed", "new", "changed", "stale", "unchanged",
+        ]  # fmt: skip
+        # A constant number of statements, however many records: BEGIN, two reads,
+        # one write per table (records, outbox deletes, outbox inserts), COMMIT.
+        assert len(statements) == 7, statements
+
+        def contents(store: Store, sql: str) -> list[Any]:
+            with sqlite3.connect(store.path) as db:
+                return db.execute(sql).fetchall()
+
+        for sql in (
+            "SELECT kind, fonzip_id, status, version, record FROM records ORDER BY 1, 2",
+            "SELECT sink_id, record_key, state, record FROM outbox ORDER BY id",
+        ):
+            assert contents(together, sql) == contents(alone, sql)
+        queued = contents(together, "SELECT sink_id, record_key FROM outbox ORDER BY id")
+        first, second = group[0].key, group[2].key
+        assert [k for s, k in queued if s == "all" and k in (first, second)] == [second, first]
+        assert [k for s, k in queued if s == "refunds"] == [group[5].key]
+    finally:
+        await alone.close()
+        await together.close()

@@ -96,19 +96,22 @@ def _policies(sink_ids: Mapping[str, SinkPolicy] | Iterable[str]) -> dict[str, S
     return dict.fromkeys(sink_ids, NO_POLICY)
 
 
-async def _queue(
-    tx: Tx,
+_OutboxRow = tuple[str, str, str, str | None, str, float]
+"""An outbox row to insert: (sink_id, record_key, kind, business_date, record, created_at)."""
+
+
+def _outbox_rows(
     record: Record,
     payload: str,
     sinks: Mapping[str, SinkPolicy],
     now: float,
     *,
     enrichment: bool = False,
-) -> int:
-    """Queue a stored record for each sink its filters admit, redacted first; how many.
+) -> list[_OutboxRow]:
+    """A stored record's outbox row for each sink its filters admit, redacted first.
     An ``enrichment`` goes only to the sinks whose policy takes enrichments."""
     bdate = None if record.business_date is None else record.business_date.isoformat()
-    enqueued = 0
+    rows: list[_OutboxRow] = []
     # Sinks sharing a policy share its redacted copy: redacted once per policy.
     copies: dict[SinkPolicy, str] = {}
     for sink_id, policy in sinks.items():
@@ -120,20 +123,38 @@ async def _queue(
                 policy.apply(record).to_json_dict(), ensure_ascii=False
             )
             copies[policy] = queued
-        # The content may have changed back to a version still queued (or dead) for
-        # this sink: queue it again behind the versions queued since, so that the sink
-        # ends with the latest state.
-        await tx.execute(
-            "DELETE FROM outbox WHERE sink_id = ? AND record_key = ?", (sink_id, record.key)
-        )
-        done = await tx.execute(
-            "INSERT INTO outbox (sink_id, record_key, kind,"
-            " business_date, record, state, created_at)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-            (sink_id, record.key, str(record.kind), bdate, queued, now),
-        )
-        enqueued += done.rowcount
-    return enqueued
+        rows.append((sink_id, record.key, str(record.kind), bdate, queued, now))
+    return rows
+
+
+async def _queue(tx: Tx, rows: Sequence[_OutboxRow]) -> None:
+    """Queue outbox rows, in their order, with one statement for all the deletes and
+    one for all the inserts.
+
+    The content may have changed back to a version still queued (or dead) for a sink:
+    it is queued again behind the versions queued since (the old row deleted), so that
+    the sink ends with the latest state. Of two rows of one version for one sink in
+    ``rows``, the later one is kept, as a delete before each insert would leave it.
+    """
+    last = {(row[0], row[1]): n for n, row in enumerate(rows)}
+    kept = [row for n, row in enumerate(rows) if last[(row[0], row[1])] == n]
+    if not kept:
+        return
+    await tx.executemany(
+        "DELETE FROM outbox WHERE sink_id = ? AND record_key = ?", [row[:2] for row in kept]
+    )
+    await tx.executemany(
+        "INSERT INTO outbox (sink_id, record_key, kind, business_date, record, state,"
+        " created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+        kept,
+    )
+
+
+_KEYS = (
+    "SELECT json_extract(value, '$[0]') AS kind, json_extract(value, '$[1]') AS fonzip_id"
+    " FROM json_each(?)"
+)
+"""The (kind, fonzip_id) pairs of a JSON list, for a join."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,7 +190,8 @@ class Records:
         erased (``fonzipd forget``) is stored and queued anonymized.
         """
         async with self._conn.transaction() as tx:
-            return await self._apply(tx, row_id, record, _policies(sink_ids))
+            (applied,) = await self._apply(tx, [(row_id, record, _policies(sink_ids))])
+            return applied
 
     async def apply_records(
         self, records: Sequence[Record], sink_ids: Mapping[str, SinkPolicy] | Iterable[str]
@@ -178,7 +200,7 @@ class Records:
         from list rows), in one transaction: all are stored and queued, or none."""
         sinks = _policies(sink_ids)
         async with self._conn.transaction() as tx:
-            return [await self._apply(tx, None, record, sinks) for record in records]
+            return await self._apply(tx, [(None, record, sinks) for record in records])
 
     async def apply_many(
         self,
@@ -188,10 +210,9 @@ class Records:
         transaction (the fetcher's group of workers): each record's store, queueing and
         inbox row together, all of them or none; one commit, one fsync."""
         async with self._conn.transaction() as tx:
-            return [
-                await self._apply(tx, row_id, record, _policies(sinks))
-                for row_id, record, sinks in items
-            ]
+            return await self._apply(
+                tx, [(row_id, record, _policies(sinks)) for row_id, record, sinks in items]
+            )
 
     async def apply_and_claim(
         self,
@@ -203,50 +224,90 @@ class Records:
         them: one commit per record and worker instead of two. The commit is durable
         (the records need it), so the claims are too."""
         async with self._conn.transaction() as tx:
-            applied = [
-                await self._apply(tx, row_id, record, _policies(sinks))
-                for row_id, record, sinks in items
-            ]
+            applied = await self._apply(
+                tx, [(row_id, record, _policies(sinks)) for row_id, record, sinks in items]
+            )
             rows = await claim_in(tx, claim, ts(self._conn.clock.now()))
         return applied, rows
 
     async def _apply(
         self,
         tx: Tx,
-        row_id: int | None,
-        record: Record,
-        sinks: dict[str, SinkPolicy],
-    ) -> Applied:
+        items: Sequence[tuple[int | None, Record, dict[str, SinkPolicy]]],
+    ) -> list[Applied]:
+        """Store records in order, each as if alone (a later one of the same object is
+        compared with the earlier one), with a constant number of statements: the stored
+        states read in one, each table written in one. A statement is a round trip to
+        SQLite's thread, and one per row was most of a group commit's time."""
         now = ts(self._conn.clock.now())
-        if await tx.fetchone(
-            "SELECT 1 FROM forgotten WHERE kind = ? AND fonzip_id = ?",
-            (str(record.kind), record.fonzip_id),
-        ):
-            record = anonymized(record)
-        rank = status_rank(record.status)
-        current = await tx.fetchone(
-            "SELECT version, record FROM records WHERE kind = ? AND fonzip_id = ?",
-            (str(record.kind), record.fonzip_id),
-        )
-        # Decided inside the transaction: no other fetch can land in between.
-        enrichment = False
-        if current is None:
-            outcome = "new"
-        elif current[0] == record.version:
-            outcome = "unchanged"
-        else:
-            stored = Record.from_json_dict(json.loads(current[1]))
-            outcome = "changed" if is_newer(record, stored) else "stale"
-            # The detail of a state stored from its list row: the same normalized
-            # fields, richer data. Sinks that gain nothing from it are spared it.
-            enrichment = (
-                is_list_shape(stored) and not is_list_shape(record) and same_fields(record, stored)
+        keys = json.dumps(sorted({(str(r.kind), r.fonzip_id) for _, r, _ in items}))
+        forgotten = {
+            (str(kind), int(fid))
+            for kind, fid in await tx.fetchall(
+                f"SELECT f.kind, f.fonzip_id FROM ({_KEYS}) AS k JOIN forgotten AS f"
+                " ON f.kind = k.kind AND f.fonzip_id = k.fonzip_id",
+                (keys,),
             )
-        enqueued = 0
-        if outcome in ("new", "changed"):
-            payload = json.dumps(record.to_json_dict(), ensure_ascii=False)
-            bdate = None if record.business_date is None else record.business_date.isoformat()
-            await tx.execute(
+        }
+        current = {
+            (str(kind), int(fid)): (str(version), str(raw))
+            for kind, fid, version, raw in await tx.fetchall(
+                f"SELECT r.kind, r.fonzip_id, r.version, r.record FROM ({_KEYS}) AS k"
+                " JOIN records AS r ON r.kind = k.kind AND r.fonzip_id = k.fonzip_id",
+                (keys,),
+            )
+        }
+        results: list[Applied] = []
+        stored_rows: list[tuple[Any, ...]] = []
+        queued: list[_OutboxRow] = []
+        finished: list[tuple[float, str, int]] = []
+        for row_id, fetched, sinks in items:
+            key = (str(fetched.kind), fetched.fonzip_id)
+            record = anonymized(fetched) if key in forgotten else fetched
+            # Decided inside the transaction: no other fetch can land in between.
+            enrichment = False
+            held = current.get(key)
+            if held is None:
+                outcome = "new"
+            elif held[0] == record.version:
+                outcome = "unchanged"
+            else:
+                stored = Record.from_json_dict(json.loads(held[1]))
+                outcome = "changed" if is_newer(record, stored) else "stale"
+                # The detail of a state stored from its list row: the same normalized
+                # fields, richer data. Sinks that gain nothing from it are spared it.
+                enrichment = (
+                    is_list_shape(stored)
+                    and not is_list_shape(record)
+                    and same_fields(record, stored)
+                )
+            enqueued = 0
+            if outcome in ("new", "changed"):
+                payload = json.dumps(record.to_json_dict(), ensure_ascii=False)
+                bdate = None if record.business_date is None else record.business_date.isoformat()
+                stored_rows.append(
+                    (
+                        str(record.kind),
+                        record.fonzip_id,
+                        record.status,
+                        status_rank(record.status),
+                        record.version,
+                        bdate,
+                        payload,
+                        str(record.source),
+                        now,
+                        now,
+                    )
+                )
+                current[key] = (record.version, payload)
+                rows = _outbox_rows(record, payload, sinks, now, enrichment=enrichment)
+                queued += rows
+                enqueued = len(rows)
+            if row_id is not None:
+                finished.append((now, outcome, row_id))
+            results.append(Applied(outcome=outcome, enqueued=enqueued))
+        if stored_rows:
+            await tx.executemany(
                 "INSERT INTO records (kind, fonzip_id, status, status_rank, version,"
                 " business_date, record, first_source, first_seen_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -254,27 +315,16 @@ class Records:
                 " status_rank = excluded.status_rank, version = excluded.version,"
                 " business_date = excluded.business_date, record = excluded.record,"
                 " updated_at = excluded.updated_at, data_dropped_at = NULL",
-                (
-                    str(record.kind),
-                    record.fonzip_id,
-                    record.status,
-                    rank,
-                    record.version,
-                    bdate,
-                    payload,
-                    str(record.source),
-                    now,
-                    now,
-                ),
+                stored_rows,
             )
-            enqueued = await _queue(tx, record, payload, sinks, now, enrichment=enrichment)
-        if row_id is not None:
-            await tx.execute(
+        await _queue(tx, queued)
+        if finished:
+            await tx.executemany(
                 "UPDATE inbox SET state = 'done', finished_at = ?, outcome = ?,"
                 " last_error = NULL WHERE id = ? AND state = 'claimed'",
-                (now, outcome, row_id),
+                finished,
             )
-        return Applied(outcome=outcome, enqueued=enqueued)
+        return results
 
     async def redeliver(self, sink_ids: Mapping[str, SinkPolicy] | Iterable[str]) -> int:
         """Queue the records a migration corrected (table ``redeliver``) for every sink,
@@ -291,8 +341,11 @@ class Records:
                 " ON r.kind = d.kind AND r.fonzip_id = d.fonzip_id ORDER BY r.kind, r.fonzip_id"
             )
             payloads = [str(row[0]) for row in rows]
+            queued: list[_OutboxRow] = []
             for payload in payloads:
-                await _queue(tx, Record.from_json_dict(json.loads(payload)), payload, sinks, now)
+                record = Record.from_json_dict(json.loads(payload))
+                queued += _outbox_rows(record, payload, sinks, now)
+            await _queue(tx, queued)
             await tx.execute("DELETE FROM redeliver")
         return len(payloads)
 
