@@ -51,18 +51,35 @@ def _diff(functions: dict[str, list[str]], key: str) -> list[str]:
 
 
 _SQL = re.compile(
-    r"\b(select|insert|update|delete|create|from|where|values|set|excluded|order by)\b", re.I
+    r"\b(select|insert|update|delete|create|drop|alter|from|join|where|values|set|excluded"
+    r"|group by|order by)\b",
+    re.I,
 )
 
 
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def _sql_folded(line: str) -> str:
+    """``line`` with its SQL keywords and identifiers in lower case: what SQLite reads
+    alike. Quoted SQL strings keep their case: ``'pending'`` is not ``'PENDING'``, nor
+    is the JSON path ``'$.data.refund_date'`` the same as ``'$.DATA.REFUND_DATE'``."""
+    out, end = [], 0
+    for quoted in _QUOTED.finditer(line):
+        out += [line[end : quoted.start()].lower(), quoted.group()]
+        end = quoted.end()
+    return "".join([*out, line[end:].lower()])
+
+
 def sql_case_only(diff: list[str]) -> bool:
-    """A mutant that only changed the letter case of SQL statements: the same SQL."""
+    """A mutant that only changed the letter case of SQL keywords and identifiers: the
+    same SQL."""
     old = [line[1:] for line in diff if line.startswith("-")]
     new = [line[1:] for line in diff if line.startswith("+")]
     return (
         bool(old)
         and old != new
-        and [o.lower() for o in old] == [n.lower() for n in new]
+        and [_sql_folded(o) for o in old] == [_sql_folded(n) for n in new]
         and all(_SQL.search(o) for o in old)
     )
 
