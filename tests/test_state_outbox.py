@@ -200,3 +200,169 @@ async def test_a_replayed_dead_letters_latest_version_is_redacted_for_its_sink(
     only_campaigns = SinkPolicy(kinds=frozenset({Kind.CAMPAIGN}))
     assert await store.outbox.requeue("csv", dead=True, policy=only_campaigns) == 0
     assert await store.outbox.batch("csv", 10) == []
+
+
+async def test_sink_status_counts_deliveries_and_dates_the_first_failure_of_a_run(
+    store: Store, clock: FakeClock
+) -> None:
+    t0 = clock.now()
+    assert (await store.outbox.sink_status(["new"]))["new"] == {
+        "pending": 0,
+        "dead": 0,
+        "delivered": 0,
+        "last_success_at": None,
+        "last_error": None,
+        "last_error_at": None,
+        "failing_since": None,
+    }
+    for fid in (1, 2, 3, 4):
+        await store.records.apply_record(None, make_record(fid), ["a", "b"])
+    rows = await store.outbox.batch("a", 10)
+    await store.outbox.acknowledge("a", [rows[0].id, rows[1].id])
+    clock.advance(10)
+    await store.outbox.acknowledge("a", [rows[2].id])
+    clock.advance(10)
+    assert await store.outbox.record_failure("a", [rows[3].id], "timeout", dead_after=0) == 0
+    clock.advance(10)
+    assert await store.outbox.record_failure("a", [rows[3].id], "refused", dead_after=0) == 0
+    status = await store.outbox.sink_status(["a", "b"])
+    assert status["a"] == {
+        "pending": 1,
+        "dead": 0,
+        "delivered": 3,
+        "last_success_at": (t0 + dt.timedelta(seconds=10)).isoformat(),
+        "last_error": "refused",
+        "last_error_at": (t0 + dt.timedelta(seconds=30)).isoformat(),
+        "failing_since": (t0 + dt.timedelta(seconds=20)).isoformat(),  # the run's first
+    }
+    assert status["b"]["pending"] == 4  # the other sink's rows are its own
+    assert status["b"]["delivered"] == 0
+    # A success ends the failing run; the last error stays for the operator.
+    clock.advance(10)
+    await store.outbox.acknowledge("a", [rows[3].id])
+    after = (await store.outbox.sink_status(["a"]))["a"]
+    assert (after["delivered"], after["failing_since"], after["last_error"]) == (4, None, "refused")
+    assert after["last_success_at"] == clock.now().isoformat()
+    # A dead letter says why without starting a failing run (the sink works).
+    await store.outbox.dead_letter("b", [r.id for r in await store.outbox.batch("b", 1)], "422")
+    b = (await store.outbox.sink_status(["b"]))["b"]
+    assert (b["pending"], b["dead"], b["last_error"]) == (3, 1, "422")
+    assert (b["last_error_at"], b["failing_since"]) == (clock.now().isoformat(), None)
+
+
+async def test_a_failed_attempt_is_counted_and_only_rows_past_the_limit_go_dead(
+    store: Store,
+) -> None:
+    for fid in (1, 2, 3):
+        await store.records.apply_record(None, make_record(fid), ["a", "b"])
+    one, two, three = await store.outbox.batch("a", 10)
+    assert await store.outbox.record_failure("a", [one.id], "bug", dead_after=2) == 0
+    # Row one reaches its second attempt and goes dead; row two is at its first.
+    assert await store.outbox.record_failure("a", [one.id, two.id], "bug 2", dead_after=2) == 1
+    rows = await store.connection.fetchall(
+        "SELECT id, state, attempts, last_error FROM outbox WHERE sink_id = 'a' ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
+        (one.id, "dead", 2, "bug 2"),
+        (two.id, "pending", 1, "bug 2"),
+        (three.id, "pending", 0, None),
+    ]
+    assert [r.attempts for r in await store.outbox.batch("a", 10)] == [1, 0]
+    # Another sink's rows are neither counted nor killed, whatever ids are named.
+    assert await store.outbox.record_failure("b", [one.id], "bug", dead_after=1) == 0
+    assert await store.outbox.record_failure("b", [], "bug", dead_after=1) == 0
+    assert [r.attempts for r in await store.outbox.batch("b", 10)] == [0, 0, 0]
+    # A dead row stays dead (and is not counted again) when named once more.
+    assert await store.outbox.record_failure("a", [one.id], "bug 3", dead_after=1) == 0
+
+
+async def test_the_oldest_pending_row_says_how_long_a_sink_has_been_behind(
+    store: Store, clock: FakeClock
+) -> None:
+    assert await store.outbox.oldest_pending_age("a") is None
+    await store.records.apply_record(None, make_record(1), ["a"])
+    clock.advance(30)
+    await store.records.apply_record(None, make_record(2), ["a", "b"])
+    clock.advance(12.5)
+    assert await store.outbox.oldest_pending_age("a") == 42.5
+    assert await store.outbox.oldest_pending_age("b") == 12.5
+    first, _ = await store.outbox.batch("a", 10)
+    await store.outbox.dead_letter("a", [first.id], "refused")  # dead rows wait for no one
+    assert await store.outbox.oldest_pending_age("a") == 12.5
+    clock.advance(-100)  # the wall clock stepped back: never a negative age
+    assert await store.outbox.oldest_pending_age("a") == 0.0
+
+
+async def test_a_batch_is_the_oldest_rows_of_its_sink_in_queue_order(store: Store) -> None:
+    for fid in (3, 1, 2):
+        await store.records.apply_record(None, make_record(fid), ["a", "b"])
+    batch = await store.outbox.batch("a", 2)
+    assert [(r.record_key, r.record, r.attempts) for r in batch] == [
+        (make_record(3).key, make_record(3), 0),
+        (make_record(1).key, make_record(1), 0),
+    ]
+    await store.outbox.acknowledge("a", [r.id for r in batch])
+    assert [r.record.fonzip_id for r in await store.outbox.batch("a", 2)] == [2]
+
+
+async def test_replay_by_key_id_and_date_range(store: Store) -> None:
+    days = [dt.date(2026, 11, d) for d in (20, 22, 24)]
+    for fid, day in zip((1, 2, 3), days, strict=True):
+        await store.records.apply_record(None, make_record(fid, day=day), ["a"])
+    await store.records.apply_record(None, make_record(1, kind=Kind.TICKET_SALE), ["a"])
+    await store.outbox.acknowledge("a", [r.id for r in await store.outbox.batch("a", 10)])
+
+    async def replayed(**how: object) -> list[str]:
+        counted = await store.outbox.requeue("a", dead=False, dry_run=True, **how)  # type: ignore[arg-type]
+        queued = await store.outbox.requeue("a", dead=False, **how)  # type: ignore[arg-type]
+        rows = await store.outbox.batch("a", 10)
+        await store.outbox.acknowledge("a", [r.id for r in rows])
+        assert counted == queued == len(rows)
+        return [r.record_key.rsplit(":", 1)[0] for r in rows]
+
+    assert await replayed(until=days[1]) == ["donation:1", "donation:2"]
+    assert await replayed(since=days[1], until=days[1]) == ["donation:2"]
+    # A key names the object: its version, if given, is ignored (the latest is sent).
+    keys = ["donation:3:0123456789abcdef", "ticket_sale:1"]
+    assert sorted(await replayed(keys=keys)) == ["donation:3", "ticket_sale:1"]
+    assert await replayed(keys=["donation:1"], kind=Kind.TICKET_SALE) == []
+    # Replayed through a sink's policy: what it admits, redacted by it, in the
+    # order the records were stored.
+    crm = SinkPolicy(kinds=frozenset({Kind.DONATION}), person=frozenset({"email"}))
+    assert await store.outbox.requeue("a", dead=False, policy=crm, dry_run=True) == 3
+    assert await store.outbox.requeue("a", dead=False, policy=crm) == 3
+    rows = await store.outbox.batch("a", 10)
+    assert [r.record.fonzip_id for r in rows] == [1, 2, 3]
+    assert all(r.record.person.email is None for r in rows)
+    expected = [make_record(f, day=d) for f, d in zip((1, 2, 3), days, strict=True)]
+    assert [r.record_key for r in rows] == [r.key for r in expected]
+    assert [r.record.business_date for r in rows] == days
+    # Already queued for the sink: not queued twice.
+    assert await store.outbox.requeue("a", dead=False, policy=crm) == 0
+    assert await store.outbox.requeue("a", dead=False, policy=crm, keys=["donation:2"]) == 0
+
+
+async def test_dead_letters_replayed_by_key_or_id_leave_the_others_dead(store: Store) -> None:
+    for fid in (1, 2, 12):
+        await store.records.apply_record(None, make_record(fid), ["a", "b"])
+    rows = await store.outbox.batch("a", 10)
+    await store.outbox.dead_letter("a", [r.id for r in rows], "refused")
+    await store.outbox.dead_letter("b", [r.id for r in await store.outbox.batch("b", 10)], "x")
+    # "donation:1" is object 1, not 12 (whose key also starts "donation:1").
+    assert await store.outbox.requeue("a", dead=True, keys=["donation:1:old"], dry_run=True) == 1
+    assert await store.outbox.requeue("a", dead=True, keys=["donation:1:old"]) == 1
+    [revived] = await store.outbox.batch("a", 10)
+    assert (revived.id, revived.record_key, revived.attempts) == (rows[0].id, rows[0].record_key, 0)
+    assert await store.outbox.requeue("a", dead=True, ids=[rows[2].id, 999]) == 1
+    assert [r.record.fonzip_id for r in await store.outbox.batch("a", 10)] == [1, 12]
+    dead = await store.connection.fetchall(
+        "SELECT sink_id, record_key, dead_at IS NULL FROM outbox WHERE state = 'dead'"
+        " ORDER BY sink_id, id"
+    )
+    assert [tuple(r) for r in dead] == [("a", rows[1].record_key, 0)] + [
+        ("b", make_record(f).key, 0) for f in (1, 2, 12)
+    ]
+    revived_rows = await store.connection.fetchall(
+        "SELECT dead_at FROM outbox WHERE sink_id = 'a' AND state = 'pending'"
+    )
+    assert [r[0] for r in revived_rows] == [None, None]

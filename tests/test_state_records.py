@@ -15,7 +15,7 @@ from fonzipd.kinds import Kind
 from fonzipd.privacy import NO_POLICY, SinkPolicy
 from fonzipd.records import Record, Source
 from fonzipd.state import InboxEvent, Store
-from fonzipd.state.records import is_newer
+from fonzipd.state.records import Applied, is_newer
 from tests.support import FakeClock, hook, make_record
 
 
@@ -425,3 +425,146 @@ async def test_a_group_stores_and_queues_exactly_what_its_records_one_by_one_wou
     finally:
         await alone.close()
         await together.close()
+
+
+async def test_many_objects_are_read_back_whatever_their_number(store: Store) -> None:
+    # More ids than one SQL statement is given at a time (chunks of 500).
+    records = [
+        make_record(fid, status="refunded" if fid % 2 else "succeeded") for fid in range(1, 1203)
+    ]
+    await store.records.apply_records(records, [])
+    ids = [*range(1, 1203), 5000]
+    got = await store.records.get_many(Kind.DONATION, ids)
+    assert got == {r.fonzip_id: r for r in records}
+    statuses = await store.records.statuses(Kind.DONATION, ids)
+    assert statuses == {r.fonzip_id: r.status for r in records}
+    assert await store.records.get_many(Kind.TICKET_SALE, ids) == {}
+    assert await store.records.statuses(Kind.DONATION, []) == {}
+    assert await store.records.get(Kind.DONATION, 1202) == records[-1]
+    assert await store.records.get(Kind.DONATION, 5000) is None
+    assert await store.records.get(Kind.TICKET_SALE, 1) is None
+
+
+def answer(fid: int, status: str, approval: str | None, *, day: dt.date | None = None) -> Record:
+    base = make_record(fid, kind=Kind.FORM_ANSWER, status=status, day=day or dt.date(2026, 11, 26))
+    return dataclasses.replace(base, approval=approval, version=f"{status}-{approval}")
+
+
+async def test_form_answers_are_listed_by_payment_then_approval(store: Store) -> None:
+    day = dt.date(2026, 11, 26)
+    answers = [
+        answer(1, "succeeded", "waiting_approval"),
+        answer(2, "succeeded", "rejected"),
+        answer(3, "succeeded", "approved"),
+        answer(4, "refunded", "approved"),
+        answer(5, "succeeded", "waiting_approval", day=dt.date(2026, 11, 25)),
+    ]
+    await store.records.apply_records([*answers, make_record(6, day=day)], ["a"])
+    assert await store.records.statuses(Kind.FORM_ANSWER, [1, 2, 3, 4, 6]) == {
+        1: "waiting_approval",
+        2: "rejected",
+        3: "answered",
+        4: "refunded",
+    }
+    assert await store.records.local_ids(
+        Kind.FORM_ANSWER, day, ["waiting_approval", "answered"]
+    ) == {1: "waiting_approval", 3: "answered"}
+    assert await store.records.local_ids(Kind.FORM_ANSWER, day, ["refunded", "rejected"]) == {
+        2: "rejected",
+        4: "refunded",
+    }
+    assert await store.records.local_ids(Kind.DONATION, day, ["succeeded"]) == {6: "succeeded"}
+    assert await store.records.local_ids(Kind.DONATION, day, []) == {}
+
+
+async def test_refund_dates_are_read_wherever_the_kind_keeps_them(store: Store) -> None:
+    def refunded(fid: int, data: dict[str, object], status: str = "refunded") -> Record:
+        base = make_record(fid, status=status)
+        return dataclasses.replace(base, data=data, version=f"v{fid}")
+
+    await store.records.apply_records(
+        [
+            refunded(1, {"transaction": {"refund_date": "2026-11-20 10:00:00"}}),
+            refunded(2, {"transaction__refund_date": "2026-11-21 10:00:00"}),
+            refunded(3, {"refund_date": "2026-11-22 10:00:00"}),
+            refunded(4, {}),
+            refunded(5, {"refund_date": "2026-11-23 10:00:00"}, status="succeeded"),
+        ],
+        [],
+    )
+    assert sorted(await store.records.refund_dates(Kind.DONATION)) == [
+        (1, "2026-11-20 10:00:00"),
+        (2, "2026-11-21 10:00:00"),
+        (3, "2026-11-22 10:00:00"),
+        (4, None),
+    ]
+    assert await store.records.refund_dates(Kind.DONATION, "succeeded") == [
+        (5, "2026-11-23 10:00:00")
+    ]
+    assert await store.records.refund_dates(Kind.TICKET_SALE) == []
+
+
+async def test_first_sources_count_each_day_by_how_its_records_were_first_seen(
+    store: Store,
+) -> None:
+    day = dt.date(2026, 11, 26)
+
+    def seen(fid: int, source: Source, on: dt.date = day) -> Record:
+        return dataclasses.replace(make_record(fid, day=on), source=source)
+
+    await store.records.apply_records(
+        [
+            seen(1, Source.WEBHOOK),
+            seen(2, Source.RECONCILE),
+            seen(3, Source.RECONCILE),
+            seen(4, Source.BACKFILL, dt.date(2026, 11, 25)),
+        ],
+        [],
+    )
+    assert await store.records.first_sources(day) == {"webhook": 1, "reconcile": 2}
+    assert await store.records.first_sources(dt.date(2026, 11, 24)) == {}
+
+
+async def test_a_group_of_fetches_is_stored_each_with_its_sinks_and_inbox_row(
+    store: Store,
+) -> None:
+    await store.inbox.add_events([hook(1), hook(2)])
+    first, second = await store.inbox.claim(), await store.inbox.claim()
+    assert first is not None
+    assert second is not None
+    applied = await store.records.apply_many(
+        [
+            (first.id, make_record(1), ["a", "b"]),
+            (second.id, make_record(2), {"a": SinkPolicy(kinds=frozenset({Kind.CAMPAIGN}))}),
+            (None, make_record(1), ["a", "b"]),
+        ]
+    )
+    assert applied == [Applied("new", 2), Applied("new", 0), Applied("unchanged", 0)]
+    assert [r.record.fonzip_id for r in await store.outbox.batch("a", 10)] == [1]
+    assert [r.record.fonzip_id for r in await store.outbox.batch("b", 10)] == [1]
+    assert await store.inbox.counts() == {"done": 2}
+    assert set(await store.records.get_many(Kind.DONATION, [1, 2])) == {1, 2}
+
+
+async def test_corrected_records_are_queued_once_for_each_sink_that_admits_them(
+    store: Store,
+) -> None:
+    await store.records.apply_records([make_record(f) for f in (1, 2, 3)], [])
+    await store.records.apply_record(None, make_record(1, kind=Kind.TICKET_SALE), [])
+    async with store.connection.transaction() as tx:
+        for kind, fid in (("donation", 3), ("donation", 1), ("ticket_sale", 1)):
+            await tx.execute("INSERT INTO redeliver (kind, fonzip_id) VALUES (?, ?)", (kind, fid))
+    sinks = {
+        "all": SinkPolicy(enrichments=False),  # a correction is no enrichment
+        "crm": SinkPolicy(kinds=frozenset({Kind.DONATION}), person=frozenset({"email"})),
+    }
+    assert await store.records.redeliver(sinks) == 3
+    everything = await store.outbox.batch("all", 10)
+    assert [(r.record_key, r.record) for r in everything] == [
+        (r.key, r) for r in (make_record(1), make_record(3), make_record(1, kind=Kind.TICKET_SALE))
+    ]
+    crm = await store.outbox.batch("crm", 10)
+    assert [r.record_key for r in crm] == [make_record(f).key for f in (1, 3)]
+    assert all(r.record.person.email is None for r in crm)
+    assert await store.records.redeliver(sinks) == 0  # once
+    assert len(await store.outbox.batch("all", 10)) == 3
