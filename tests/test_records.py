@@ -145,3 +145,63 @@ def test_a_deleted_version_is_pinned() -> None:
             approval="approved",
         )
     )
+
+
+def test_the_json_form_every_sink_receives_is_pinned() -> None:
+    record = dataclasses.replace(make_record(7), approval="approved", source=Source.BACKFILL)
+    assert record.to_json_dict() == {
+        "key": f"donation:7:{record.version}",
+        "kind": "donation",
+        "fonzip_id": 7,
+        "status": "succeeded",
+        "amount": "250.00",
+        "currency": "TRY",
+        "occurred_at": "2026-11-26T11:03:00+00:00",
+        "business_date": "2026-11-26",
+        "person": {
+            "name": "Ayşe Yılmaz",
+            "email": "ayse@example.com",
+            "phone": None,
+            "fonzip_user_id": 55,
+        },
+        "source": "backfill",
+        "fetched_at": "2026-11-27T09:00:00+00:00",
+        "version": record.version,
+        "data": {"id": 7, "name": "Ayşe Yılmaz", "transaction": {"payment_status": "succeeded"}},
+        "approval": "approved",
+    }
+    undated = dataclasses.replace(record, amount=None, occurred_at=None, business_date=None)
+    as_json = undated.to_json_dict()
+    assert (as_json["amount"], as_json["occurred_at"], as_json["business_date"]) == (None,) * 3
+    assert Record.from_json_dict(as_json) == undated
+    assert Record.from_json_dict(record.to_json_dict()) == record
+
+
+def test_a_record_stored_before_its_optional_fields_existed_still_reads() -> None:
+    # Only the fields every release has written; the rest read as absent.
+    stored = {
+        "kind": "ticket_sale",
+        "fonzip_id": "9",
+        "status": "succeeded",
+        "source": "webhook",
+        "fetched_at": "2026-11-27T09:00:00+00:00",
+        "version": "0123456789abcdef",
+        "data": {"id": 9},
+    }
+    assert Record.from_json_dict(stored) == Record(
+        kind=Kind.TICKET_SALE,
+        fonzip_id=9,
+        status="succeeded",
+        amount=None,
+        currency=None,
+        occurred_at=None,
+        business_date=None,
+        person=Person(),
+        source=Source.WEBHOOK,
+        fetched_at=dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC),
+        version="0123456789abcdef",
+        data={"id": 9},
+        approval=None,
+    )
+    assert make_record(9, kind=Kind.TICKET_SALE).key.startswith("ticket_sale:9:")
+    assert [str(s) for s in Source] == ["webhook", "reconcile", "backfill", "cli"]

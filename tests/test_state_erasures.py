@@ -7,10 +7,13 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
+
 from fonzipd.kinds import Kind
 from fonzipd.privacy import SinkPolicy
 from fonzipd.records import Person, Record, Source, content_version
 from fonzipd.state import InboxEvent, Store
+from fonzipd.state.erasures import ErasureCounts
 from tests.support import FakeClock, make_record
 
 EMAIL = "Zeynep.Kaya@Example.org"
@@ -195,3 +198,118 @@ async def test_records_with_only_the_user_id_are_named_not_added_by_an_email_sea
     assert await store.erasures.other_records(both) == {}
     family = await store.erasures.find(email="aile@example.org", fonzip_user_id=None)
     assert family == [(Kind.DONATION, 2), (Kind.DONATION, 3)]
+
+
+def listed(fid: int, row: dict[str, object], kind: Kind = Kind.DONATION) -> InboxEvent:
+    """A reconcile's pending fetch of ``fid``, carrying its list row."""
+    return InboxEvent(kind, fid, None, Source.RECONCILE, list_row=row)
+
+
+async def test_a_person_is_found_by_every_copy_the_database_holds_of_them(store: Store) -> None:
+    with pytest.raises(ValueError, match="e-mail address, a Fonzip user id"):
+        await store.erasures.find(email=None, fonzip_user_id=None)
+    # Donation 1 now names someone else; only its queued older version names her.
+    await store.records.apply_record(None, about(1), ["a"])
+    moved = about(1, email="yeni@example.org", user=90)
+    await store.records.apply_record(None, dataclasses.replace(moved, status="refunded"), ["a"])
+    await store.inbox.add_events(
+        [
+            listed(2, {"id": 2, "user__email": EMAIL.upper()}),
+            listed(3, {"id": 3, "user_id": 77}),
+            listed(4, {"id": 4, "email": "other@example.org", "user_id": 78}),
+        ]
+    )
+    assert await store.erasures.find(email=f"  {EMAIL} ", fonzip_user_id=None) == [
+        (Kind.DONATION, 1),
+        (Kind.DONATION, 2),
+    ]
+    assert await store.erasures.find(email=None, fonzip_user_id=77) == [
+        (Kind.DONATION, 1),
+        (Kind.DONATION, 3),
+    ]
+    assert await store.erasures.find(email=None, fonzip_user_id=90) == [(Kind.DONATION, 1)]
+    assert await store.erasures.other_records([(Kind.DONATION, 9)]) == {}
+
+
+async def test_an_erasure_leaves_a_pending_fetch_only_what_it_needs_and_finished_ones_nothing(
+    store: Store,
+) -> None:
+    await store.inbox.add_events([listed(2, {"id": 2, "email": EMAIL})])
+    finished = await store.inbox.claim()
+    assert finished is not None
+    await store.inbox.fail(finished.id, "HTTP 404")
+    await store.inbox.add_events(
+        [listed(1, {"id": 1, "email": EMAIL, "custom_form_id": 9}, Kind.FORM_ANSWER)]
+    )
+    claimed = await store.inbox.claim()  # in flight: its fetch still needs the form id
+    assert claimed is not None
+    await store.inbox.add_events([listed(3, {"email": EMAIL}), listed(4, {"id": 4})])
+    idents = await store.erasures.find(email=EMAIL, fonzip_user_id=None)
+    assert idents == [(Kind.DONATION, 2), (Kind.DONATION, 3), (Kind.FORM_ANSWER, 1)]
+    dry = await store.erasures.erase(idents, dry_run=True)
+    assert (dry.records, dry.outbox_rows, dry.inbox_list_rows) == (0, 0, 3)
+    assert await store.erasures.forgotten() == []  # a dry run marks nothing
+    assert await store.erasures.erase(idents) == dry
+    rows = await store.connection.fetchall(
+        "SELECT kind, fonzip_id, state, list_row FROM inbox ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("donation", 2, "failed", None),
+        ("form_answer", 1, "claimed", '{"id": 1, "custom_form_id": 9}'),
+        ("donation", 3, "pending", None),
+        ("donation", 4, "pending", '{"id": 4}'),  # someone else's
+    ]
+    assert await store.erasures.forgotten() == idents
+    assert await store.erasures.erase(idents) == ErasureCounts()  # idempotent
+    assert await store.erasures.erase([]) == ErasureCounts()
+
+
+async def test_a_list_row_that_cannot_be_read_is_dropped_by_an_erasure(store: Store) -> None:
+    await store.inbox.add_events([listed(1, {"id": 1}), listed(2, {"id": 2})])
+    async with store.connection.transaction() as tx:
+        await tx.execute("UPDATE inbox SET list_row = 'not json' WHERE fonzip_id = 1")
+        await tx.execute("UPDATE inbox SET list_row = '[1, 2]' WHERE fonzip_id = 2")
+    counts = await store.erasures.erase([(Kind.DONATION, 1), (Kind.DONATION, 2)])
+    assert counts.inbox_list_rows == 2
+    rows = await store.connection.fetchall("SELECT list_row FROM inbox")
+    assert [r[0] for r in rows] == [None, None]
+
+
+async def test_retention_thins_records_in_chunks_and_drops_finished_list_rows(
+    store: Store, clock: FakeClock
+) -> None:
+    # More records than one chunk (500), all of them old.
+    await store.records.apply_records([about(fid) for fid in range(1, 1002)], [])
+    await store.inbox.add_events([listed(fid, {"id": fid, "email": EMAIL}) for fid in (1, 2, 3)])
+    done = await store.inbox.claim()
+    assert done is not None
+    await store.records.apply_record(done.id, about(1), [])
+    failed = await store.inbox.claim()
+    assert failed is not None
+    await store.inbox.fail(failed.id, "HTTP 404")
+    clock.advance(31 * 86400)
+    await store.records.apply_record(None, about(2000), [])  # recent: kept whole
+    await store.inbox.add_events([listed(4, {"id": 4, "email": EMAIL})])
+    recent = await store.inbox.claim()  # pending 3 was queued first
+    assert recent is not None
+    recent = await store.inbox.claim()
+    assert recent is not None
+    await store.inbox.fail(recent.id, "HTTP 404")  # finished, but recently
+
+    assert await store.erasures.drop_old_data(dt.timedelta(days=30)) == 1001
+    thin = await store.records.get_many(Kind.DONATION, [1, 1001, 2000])
+    assert (thin[1].data, thin[1001].data) == ({}, {})
+    assert thin[2000].data == about(2000).data
+    dropped = await store.connection.fetchall(
+        "SELECT count(*) FROM records WHERE data_dropped_at = ?", (clock.now().timestamp(),)
+    )
+    assert dropped[0][0] == 1001
+    rows = await store.connection.fetchall(
+        "SELECT fonzip_id, state, list_row IS NULL FROM inbox ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
+        (1, "done", 1),
+        (2, "failed", 1),
+        (3, "claimed", 0),
+        (4, "failed", 0),
+    ]

@@ -10,13 +10,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import structlog
 
 from fonzipd.fonzip.endpoints import Detail
 from fonzipd.fonzip.normalizer import normalize
 from fonzipd.kinds import Kind
 from fonzipd.privacy import NO_POLICY, SinkPolicy
 from fonzipd.records import Record, Source, content_version
-from fonzipd.state import Store, migrations
+from fonzipd.state import Store, StoreError, migrations
 from tests.fonzip_objects import form_answer
 from tests.support import FakeClock, hook, make_record
 
@@ -180,3 +181,156 @@ async def test_a_version_2_database_migrates_and_keeps_its_rows(
     store = await Store.open(path, clock=clock)
     assert await store.schema_version() == migrations.SCHEMA_VERSION
     await store.close()
+
+
+def _schema(path: Path) -> list[tuple[str, str, str]]:
+    """Every table's and index's definition, as SQLite holds it (whitespace folded)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        ).fetchall()
+    db.close()
+    return [(t, n, " ".join(s.split())) for t, n, s in rows]
+
+
+async def test_every_step_is_applied_once_in_order_and_an_old_database_ends_as_a_new_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    fresh = tmp_path / "fresh.db"
+    with structlog.testing.capture_logs() as logs:
+        await (await Store.open(fresh, clock=clock)).close()
+    assert [e["version"] for e in logs if e["event"] == "schema_migrated"] == [1, 2, 3, 4, 5, 6]
+    assert {e["path"] for e in logs if e["event"] == "schema_migrated"} == {str(fresh)}
+    old = tmp_path / "old.db"
+    make_v2_database(old)
+    with structlog.testing.capture_logs() as logs:
+        await (await Store.open(old, clock=clock)).close()
+    assert [e["version"] for e in logs if e["event"] == "schema_migrated"] == [3, 4, 5, 6]
+    assert _schema(old) == _schema(fresh)
+    with sqlite3.connect(old) as db:
+        assert db.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", "6")]
+    db.close()
+
+
+async def test_a_meta_table_without_a_version_is_an_empty_database(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # What a crash inside a very first start could leave behind in older releases.
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('other', 'x')")
+    db.close()
+    with pytest.raises(StoreError, match="no schema version"):
+        await Store.open(path, clock=clock, read_only=True)
+    store = await Store.open(path, clock=clock)
+    try:
+        assert await store.schema_version() == migrations.SCHEMA_VERSION
+        assert await store.meta.get("other") is None  # the empty table was made anew
+    finally:
+        await store.close()
+
+
+async def test_a_read_only_open_never_migrates_and_says_what_to_do(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    old = tmp_path / "old.db"
+    make_v2_database(old)
+    with pytest.raises(StoreError) as older:
+        await Store.open(old, clock=clock, read_only=True)
+    assert str(older.value) == (
+        f"{old}: schema version 2 is older than this fonzipd's (6); a read-only command"
+        " never migrates it: restart the daemon with this fonzipd first"
+    )
+    assert _schema(old) == _schema_of_v2(tmp_path)
+    newer = tmp_path / "newer.db"
+    store = await Store.open(newer, clock=clock)
+    await store.meta.set("schema_version", "7")
+    await store.close()
+    for read_only in (True, False):
+        with pytest.raises(StoreError) as refused:
+            await Store.open(newer, clock=clock, read_only=read_only)
+        assert str(refused.value) == (
+            f"{newer}: schema version 7 is newer than this fonzipd understands (6); upgrade fonzipd"
+        )
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(StoreError) as none:
+        await Store.open(empty, clock=clock, read_only=True)
+    assert str(none.value) == f"{empty}: not a fonzipd state database (no schema version)"
+    current = tmp_path / "current.db"
+    await (await Store.open(current, clock=clock)).close()
+    reader = await Store.open(current, clock=clock, read_only=True)
+    try:
+        assert await reader.schema_version() == 6
+    finally:
+        await reader.close()
+
+
+def _schema_of_v2(tmp_path: Path) -> list[tuple[str, str, str]]:
+    again = tmp_path / "v2-again.db"
+    make_v2_database(again)
+    return _schema(again)
+
+
+async def test_only_form_answers_whose_state_changes_and_can_be_reread_are_migrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    clock = FakeClock(dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC))
+    gone = _as_before(_answer(0, 3, 501), "deleted")  # Fonzip answers 404 for it now
+    same = _answer(1, 3, 502)  # already in its new state
+    unreadable = _as_before(_answer(0, 3, 503), "waiting_approval")
+    unreadable = dataclasses.replace(unreadable, data={**unreadable.data, "approval_status": "?"})
+    dropped = _as_before(_answer(0, 3, 504), "waiting_approval")
+    erased = _as_before(_answer(0, 3, 505), "waiting_approval")
+    donation = make_record(506, status="succeeded")
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 4)
+    old = await Store.open(path, clock=clock)
+    await old.records.apply_records([gone, same, unreadable, dropped, erased, donation], ["sql"])
+    await old.erasures.erase([(Kind.FORM_ANSWER, 505)])
+    async with old.connection.transaction() as tx:
+        await tx.execute("UPDATE records SET data_dropped_at = 1 WHERE fonzip_id = 504")
+    before = await old.records.get_many(Kind.FORM_ANSWER, [502, 503, 504, 505])
+    await old.close()
+    monkeypatch.undo()
+
+    clock.advance(60)
+    with structlog.testing.capture_logs() as logs:
+        store = await Store.open(path, clock=clock)
+    try:
+        assert {"event": "form_answers_migrated", "records": 1, "log_level": "info"} in logs
+        assert {
+            "event": "record_not_migrated",
+            "kind": "form_answer",
+            "fonzip_id": 503,
+            "log_level": "warning",
+        } in logs
+        migrated = await store.records.get(Kind.FORM_ANSWER, 501)
+        assert migrated is not None
+        # Still deleted (its status says what Fonzip did), now with its approval.
+        assert (migrated.status, migrated.approval) == ("deleted", "waiting_approval")
+        assert migrated.version == content_version(
+            gone.kind,
+            gone.fonzip_id,
+            "deleted",
+            gone.amount,
+            gone.currency,
+            gone.occurred_at,
+            gone.person,
+            gone.data,
+            approval="waiting_approval",
+        )
+        assert await store.records.get_many(Kind.FORM_ANSWER, [502, 503, 504, 505]) == before
+        assert await store.records.get(Kind.DONATION, 506) == donation
+        rows = await store.connection.fetchall(
+            "SELECT fonzip_id, status, updated_at FROM records ORDER BY fonzip_id"
+        )
+        updated = {fid: (status, at) for fid, status, at in rows}
+        assert updated[501] == ("deleted", clock.now().timestamp())
+        assert updated[502][1] < clock.now().timestamp()
+        assert await store.records.redeliver(["sql"]) == 1
+        (queued,) = [r for r in await store.outbox.batch("sql", 100) if r.record == migrated]
+        assert queued.record_key == migrated.key
+    finally:
+        await store.close()
