@@ -615,3 +615,186 @@ async def test_records_arriving_during_a_backoff_neither_end_it_nor_spin(
     backoff.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await backoff
+
+
+def _opening(sink: MemorySink, errors: list[Exception]) -> None:
+    """Make ``sink.open`` raise each of ``errors`` in turn, then succeed."""
+
+    async def open_() -> None:
+        if errors:
+            raise errors.pop(0)
+
+    sink.open = open_  # type: ignore[method-assign]
+
+
+async def test_a_sink_that_cannot_open_waits_longer_each_time_says_why_and_recovers(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+    settings = SETTINGS.model_copy(update={"retry_initial": 1.0, "retry_max": 100.0})
+    r = SinkRunner("a", sink, settings, store, batch_size=50, clock=clock)
+    _opening(sink, [TransientSinkError("connection refused")] * 2)
+    with capture_logs() as logs:
+        waits = [await r._open(), await r._open()]
+        status = (await store.outbox.sink_status(["a"]))["a"]
+        assert await r._open() == 0.0
+        # Counted afresh after a success: the next failure waits the first wait again.
+        _opening(sink, [TransientSinkError("connection refused")])
+        again = await r._open()
+    assert 0.5 <= waits[0] <= 1.0 <= waits[1] <= 2.0
+    assert 0.5 <= again <= 1.0
+    assert status["last_error"] == "open: connection refused"
+    failed = [(e["error"], e["retry_in"]) for e in logs if e["event"] == "sink_open_failed"]
+    assert failed == [("open: connection refused", round(w, 2)) for w in [*waits, again]]
+    assert not [e for e in logs if e["event"] in ("sink_needs_operator", "sink_recovered")]
+    assert r.needs_operator is None
+    await r.stop(timeout=1)
+    assert sink.closed  # it was opened, so it is closed
+
+
+async def test_a_sink_only_the_operator_can_fix_says_so_once_per_change_and_recovers(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+    settings = SETTINGS.model_copy(update={"retry_initial": 1.0, "retry_max": 2.3456})
+    r = SinkRunner("a", sink, settings, store, batch_size=50, clock=clock)
+    unset = SinkConfigError("FONZIPD_SINKS__A__PASSWORD is not set")
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    _opening(sink, [unset, unset, denied])
+    with capture_logs() as logs:
+        waits = [await r._open(), await r._open()]
+        assert r.needs_operator == "open: FONZIPD_SINKS__A__PASSWORD is not set"
+        status = (await store.outbox.sink_status(["a"]))["a"]
+        await r._open()
+        assert r.needs_operator == "open: [Errno 13] Permission denied"
+        assert await r._open() == 0.0
+    assert 0.5 <= waits[0] <= 1.0 <= waits[1] <= 2.0  # retried on the schedule meanwhile
+    assert status["last_error"] == "needs the operator: open: FONZIPD_SINKS__A__PASSWORD is not set"
+    said = [e for e in logs if e["event"] == "sink_needs_operator"]
+    assert [(e["error"], e["retry_every"], e["log_level"]) for e in said] == [
+        ("open: FONZIPD_SINKS__A__PASSWORD is not set", 2.35, "error"),
+        ("open: [Errno 13] Permission denied", 2.35, "error"),
+    ]
+    assert all("retries by itself" in e["hint"] for e in said)
+    assert not [e for e in logs if e["event"] == "sink_open_failed"]
+    recovered = [e for e in logs if e["event"] == "sink_recovered"]
+    assert [e["was"] for e in recovered] == ["open: [Errno 13] Permission denied"]
+    assert r.needs_operator is None
+
+
+async def test_a_sink_never_opened_is_not_closed(store: Store, tmp_path: Path) -> None:
+    r = runner(store, "a", tmp_path)
+    await r.stop(timeout=1)
+    assert not mem(r).closed
+
+
+async def _spin() -> None:
+    """Let every ready task run (a wait that should not end gets every chance to)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def stopped_runner(store: Store, tmp_path: Path, **kw: object) -> tuple[SinkRunner, StoppedClock]:
+    clock = StoppedClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+    return SinkRunner(
+        "a", sink, SETTINGS.model_copy(update=kw), store, batch_size=3, clock=clock
+    ), (clock)
+
+
+async def test_an_idle_runner_waits_five_seconds_or_until_records_arrive(
+    store: Store, tmp_path: Path
+) -> None:
+    r, clock = stopped_runner(store, tmp_path)
+    await r._open()
+    r.wake()  # a wake from before the read does not end the wait after it
+    step = asyncio.create_task(r._step())
+    await until(lambda: clock.slept)
+    await _spin()
+    assert not step.done()
+    assert clock.slept == [5.0]
+    r.wake()
+    assert await step == 0.0  # nothing delivered: read again at once
+    assert mem(r).batches == []
+
+
+async def test_a_lone_record_waits_for_company_and_leaves_with_what_arrived(
+    store: Store, tmp_path: Path
+) -> None:
+    r, clock = stopped_runner(store, tmp_path, flush_interval=30)
+    await r._open()
+    await store.records.apply_record(None, make_record(1), ["a"])
+    step = asyncio.create_task(r._step())
+    await until(lambda: clock.slept)
+    await _spin()
+    assert not step.done()
+    (waited,) = clock.slept
+    assert 29.0 < waited <= 30.0  # flush_interval less the record's age
+    await store.records.apply_record(None, make_record(2), ["a"])
+    r.wake()
+    assert await step == 0.0
+    assert mem(r).batches == [2]  # the one that came meanwhile rode along
+
+
+async def test_a_full_batch_or_a_drain_never_waits_for_company(
+    store: Store, tmp_path: Path
+) -> None:
+    r, clock = stopped_runner(store, tmp_path, flush_interval=30)
+    await r._open()
+    for fid in (1, 2, 3, 4):
+        await store.records.apply_record(None, make_record(fid), ["a"])
+    assert await r._step() == 0.0
+    assert mem(r).batches == [3]  # batch_size
+    r._stopping = True
+    assert await r._step() == 0.0
+    assert mem(r).batches == [3, 1]
+    assert await r._step() is None  # drained: the runner ends
+    assert clock.slept == []
+
+
+async def test_a_sink_that_fails_to_open_is_not_read_from(store: Store, tmp_path: Path) -> None:
+    r, clock = stopped_runner(store, tmp_path, retry_initial=1.0, retry_max=100.0)
+    _opening(mem(r), [TransientSinkError("refused")])
+    await store.records.apply_record(None, make_record(1), ["a"])
+    delay = await r._step()
+    assert delay is not None
+    assert 0.5 <= delay <= 1.0
+    assert (await store.outbox.sink_status(["a"]))["a"]["pending"] == 1
+    assert await r._step() == 0.0  # opens, and delivers at once (the clock never moved)
+    assert mem(r).batches == [1]
+    assert clock.slept == []
+
+
+async def test_waits_end_on_time_on_stop_and_if_wakeable_on_new_records(
+    store: Store, tmp_path: Path
+) -> None:
+    r, clock = stopped_runner(store, tmp_path)
+    await r._sleep(0, wakeable=True)
+    assert clock.slept == []  # nothing to wait: not even a zero sleep
+    backoff = asyncio.create_task(r._sleep(7.0, wakeable=False))
+    flush = asyncio.create_task(r._sleep(3.0, wakeable=True))
+    await until(lambda: len(clock.slept) == 2)
+    r.wake()
+    await flush
+    await _spin()
+    assert not backoff.done()  # records arriving never end a backoff
+    r._stopped.set()
+    await backoff  # a stop does
+    assert clock.slept == [7.0, 3.0]
+
+
+async def test_a_drain_waits_on_the_clock_and_never_past_its_deadline(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+    r = SinkRunner("a", sink, SETTINGS, store, batch_size=3, clock=clock)
+    r._stopping = True
+    await r._sleep(2.0, wakeable=True)  # no deadline: the whole wait, whatever wakes
+    r._deadline = clock.monotonic() + 5.0
+    r.wake()
+    await r._sleep(10.0, wakeable=True)
+    await r._sleep(1.0, wakeable=True)  # the deadline is reached
+    assert clock.slept == [2.0, 5.0]

@@ -29,9 +29,11 @@ from fonzipd.kinds import Kind
 from fonzipd.listener import (
     GUARD_KEY,
     REJECTIONS_KEY,
+    DeliverySeen,
     GroupCommitter,
     PayloadError,
     Webhook,
+    WebhookObserver,
     build_app,
     parse_webhook,
     start_listener,
@@ -89,7 +91,13 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp_path: Path, *, clock: Clock = SYSTEM_CLOCK, token: str | None = TOKEN, **settings: Any
+    tmp_path: Path,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    token: str | None = TOKEN,
+    observer: WebhookObserver | None = None,
+    seen: DeliverySeen | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Harness]:
     store = await Store.open(tmp_path / "state.db")
     secret = None if token is None else SecretStr(token)
@@ -100,7 +108,7 @@ async def serving(
         depth, _ = await store.inbox.depth()
         return True, {"inbox": {"pending": depth}}
 
-    app = build_app(listener, committer, ready, clock=clock)
+    app = build_app(listener, committer, ready, observer=observer, seen=seen, clock=clock)
     runner = await start_listener(app, "127.0.0.1", 0)
     port = int(runner.addresses[0][1])
     client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
@@ -750,3 +758,136 @@ async def test_stop_commits_what_is_queued_before_it_ends(tmp_path: Path) -> Non
         assert await store.inbox.counts() == {"pending": 3}
     finally:
         await store.close()
+
+
+# -- the answer: what decides whether a webhook is acknowledged ---------------------------
+
+
+LONG_TYPE = "text/" + "x" * 60
+
+
+def chunked_post(body: bytes) -> bytes:
+    """A POST without Content-Length: aiohttp learns the size only by reading."""
+    head = (
+        b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: fonzipd\r\n"
+        b"X-FZ-Auth-Token: " + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    return head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+
+
+def body_of(answer: bytes) -> Any:
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+async def test_every_webhook_request_is_answered_counted_and_logged_by_its_outcome(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    counted: list[tuple[int | None, int | None, str]] = []
+    heard: list[tuple[int, int]] = []
+
+    def observe(operation: int | None, status: int | None, outcome: str) -> None:
+        counted.append((operation, status, outcome))
+
+    async def seen(hook_: Webhook) -> None:
+        heard.append((hook_.id, hook_.operation))
+
+    async with serving(tmp_path, clock=clock, observer=observe, seen=seen) as h:
+        with capture_logs() as lines:
+            # Operation 6 (campaigns) is the last valid one.
+            ok = await h.post(hook(5, op=6, status=0))
+            again = await h.post(hook(5, op=6, status=0))
+            # A body of exactly max_body_bytes is taken.
+            edge = await h.post(None, raw=json.dumps(hook(9)).encode().ljust(4096))
+            test = await h.post({"id": 0, "webhook_id": 9, "operation": 2, "status": 4})
+            missing = await h.post(hook(), token=None)
+            clock.advance(61)  # past the quiet period: the next rejection logs its line
+            wrong = await h.post(hook(), token="wrong-token-wrong-token")
+            media = await h.post(hook(), content_type=LONG_TYPE)
+            declared = await h.raw(raw_post(b"{" + b" " * 4998 + b"}"))
+            clock.advance(61)
+            chunked = await h.raw(chunked_post(b"{" + b" " * 5000 + b"}"))
+            clock.advance(61)
+            invalid = await h.post({**hook(), "status": 1})
+            await h.store.db.execute("PRAGMA query_only = ON")
+            refused = await h.post(hook(8, op=2, status=4))
+            await h.store.db.execute("PRAGMA query_only = OFF")
+        pending = (await h.store.inbox.depth())[0]
+        totals = dict(h.app[REJECTIONS_KEY].totals)
+    assert ok == (200, {"result": "ok", "duplicate": False})
+    assert again == (200, {"result": "ok", "duplicate": True})
+    assert edge == (200, {"result": "ok", "duplicate": False})
+    assert test == (200, {"result": "ok", "test": True})
+    unauthorized = {"error": "missing or wrong X-FZ-Auth-Token header"}
+    assert missing == wrong == (401, unauthorized)
+    assert media == (415, {"error": f"Content-Type must be application/json, got {LONG_TYPE!r}"})
+    too_large = {"error": "body larger than 4096 bytes"}
+    assert (status_of(declared), body_of(declared)) == (413, too_large)
+    assert (status_of(chunked), body_of(chunked)) == (413, too_large)
+    assert invalid == (422, {"error": "status: must be 0, 3, 4 or 5, got 1"})
+    # Never a 200 for an event that is not stored: Fonzip retries anything else.
+    assert refused == (503, {"error": "the event could not be stored; please retry"})
+    assert pending == 2
+    assert counted == [
+        (6, 0, "accepted"),
+        (6, 0, "duplicate"),
+        (1, 3, "accepted"),
+        (2, 4, "test"),
+        (None, None, "unauthorized"),
+        (None, None, "unauthorized"),
+        (None, None, "unsupported_media_type"),
+        (None, None, "too_large"),
+        (None, None, "too_large"),
+        (None, None, "invalid"),
+        (2, 4, "not_stored"),
+    ]
+    assert heard == [(5, 6), (5, 6), (9, 1), (0, 2)]  # valid deliveries only, once answered
+    rejected = [
+        (ln["outcome"], ln.get("reason")) for ln in lines if ln["event"] == "webhook_rejected"
+    ]
+    assert rejected == [
+        ("unauthorized", "missing token"),
+        ("unauthorized", "wrong token"),
+        ("unsupported_media_type", f"Content-Type {LONG_TYPE[:40]!r}"),  # at most 40
+        ("too_large", "Content-Length 5000"),
+        ("too_large", "body over the limit"),
+        ("invalid", "status: must be 0, 3, 4 or 5, got 1"),
+    ]
+    assert totals == {"unauthorized": 2, "unsupported_media_type": 1, "too_large": 2, "invalid": 1}
+    fields = {"kind": "membership_fee", "fonzip_id": 8, "status": 4, "webhook_id": 7}
+    assert [{k: ln[k] for k in fields} for ln in lines if ln["event"] == "webhook_not_stored"] == [
+        fields
+    ]
+    assert [
+        (ln["kind"], ln["fonzip_id"], ln["status"], ln["webhook_id"])
+        for ln in lines
+        if ln["event"] == "webhook_test_received"
+    ] == [("membership_fee", 0, 4, 9)]
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_and_the_connection_closed(
+    tmp_path: Path,
+) -> None:
+    counted: list[tuple[int | None, int | None, str]] = []
+
+    def observe(operation: int | None, status: int | None, outcome: str) -> None:
+        counted.append((operation, status, outcome))
+
+    async with serving(tmp_path, body_timeout=0.2, observer=observe) as h:
+        with capture_logs() as lines:
+            # Headers announce 100 bytes; none follow, and the connection stays open.
+            answer = await h.raw(raw_post(b"", length=100))
+    assert counted == [(None, None, "slow_body")]
+    assert status_of(answer) == 408
+    assert body_of(answer) == {"error": "body not received within 0.2 s"}
+    assert b"Connection: close" in answer
+    rejected = [(ln["outcome"], ln["reason"]) for ln in lines if ln["event"] == "webhook_rejected"]
+    assert rejected == [("slow_body", "body not received within 0.2 s")]
+
+
+def test_the_body_parser_names_what_is_wrong_exactly() -> None:
+    assert parse_webhook(json.dumps(hook(1, op=6, status=0)).encode()) == Webhook(1, 7, 6, 0)
+    with pytest.raises(PayloadError) as deep:
+        parse_webhook(DEEP)
+    assert str(deep.value) == "body is nested too deeply"

@@ -6,9 +6,10 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import json
 import sqlite3
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -16,19 +17,23 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from fonzipd import cli
 from fonzipd.app import Daemon
 from fonzipd.clock import SYSTEM_CLOCK
 from fonzipd.config import (
     ConfigWarning,
+    FetcherSettings,
     ReconcilerSettings,
     Settings,
     SinkSettings,
     settings_from_dict,
 )
-from fonzipd.days import day_window
+from fonzipd.days import business_date, day_window
+from fonzipd.fetcher import Fetcher
 from fonzipd.fonzip.client import FonzipClient
+from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.kinds import Kind
 from fonzipd.reconcile_command import ProgressView, reconcile_now, render_table
 from fonzipd.reconciler import (
@@ -37,12 +42,13 @@ from fonzipd.reconciler import (
     ListRun,
     Progress,
     Reconciler,
+    _refund_basis,
     local_statuses,
 )
 from fonzipd.records import Source
 from fonzipd.simulator import Simulator
 from fonzipd.state import Store
-from tests.support import FakeClock, hook, make_record, sim_statuses, until
+from tests.support import FakeClock, fonzip_settings, hook, make_record, sim_statuses, until
 
 RATE = 6000.0
 TOKEN = "reconcile-test-token-0123456789"
@@ -1022,3 +1028,494 @@ async def test_a_dry_run_settles_on_what_it_listed_and_saves_nothing(
         assert (run.outcome, run.reason, run.local_after) == ("dry_run_open", reason, 0)
         assert (run.fetched, run.failed) == (0, 0)
     assert await store.books.runs(days=[DAY]) == []
+
+
+# -- the diff: one list against the stored records, on a state database, no fetcher -----
+
+
+class Lister:
+    """A reconciler on a real state database, listing the simulator over HTTP; nothing
+    fetches, so what it queued stays in the inbox to be read."""
+
+    def __init__(self, sim: Simulator, store: Store, reconciler: Reconciler) -> None:
+        self.sim = sim
+        self.store = store
+        self.reconciler = reconciler
+        self.woken = 0
+        self.recorded = 0
+
+    async def run(self, day: dt.date, key: str, kind: Kind = Kind.DONATION, **kw: Any) -> ListRun:
+        """Reconcile the day's lists of ``kind``; the first list's run (donations: paid)."""
+        kw.setdefault("fetch_wait", 0.01)
+        (report,) = await self.reconciler.run([day], run_key=key, kinds=[kind], **kw)
+        return report.runs[0]
+
+    def queued(self) -> list[tuple[int, Any, str, int, bool]]:
+        """(id, event status, source, priority, has its list row) of every inbox row."""
+        with contextlib.closing(sqlite3.connect(self.store.path)) as db:
+            rows = db.execute(
+                "SELECT fonzip_id, event_status, source, priority, list_row IS NOT NULL"
+                " FROM inbox ORDER BY fonzip_id"
+            ).fetchall()
+        return [(int(i), st, str(src), int(p), bool(lr)) for i, st, src, p, lr in rows]
+
+    def saved(
+        self, day: dt.date, list_status: str = "paid", kind: Kind = Kind.DONATION
+    ) -> dict[str, Any]:
+        with contextlib.closing(sqlite3.connect(self.store.path)) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                "SELECT * FROM reconcile_runs WHERE business_date = ? AND kind = ?"
+                " AND list_status = ? ORDER BY rowid",
+                (day.isoformat(), str(kind), list_status),
+            ).fetchall()
+        return dict(rows[-1])
+
+
+@contextlib.asynccontextmanager
+async def lister(
+    tmp_path: Path,
+    *,
+    from_lists: bool = True,
+    enrich: bool = False,
+    clock: FakeClock | None = None,
+    seed: int = 41,
+    per_day: int = 6,
+    fetching: bool = False,
+) -> AsyncIterator[Lister]:
+    async with simulator(seed=seed, days=2, per_day=per_day) as sim:
+        store = await Store.open(tmp_path / "state.db")
+        client = FonzipClient(
+            fonzip_settings(await sim.start(), rate=RATE, max_retries=1),
+            token_store=store.tokens,
+            limiter=RateLimiter(RATE),
+            form_ids=store.form_ids,
+            retry_base=0.01,
+            retry_cap=0.05,
+        )
+        settings = ReconcilerSettings(records_from_lists=from_lists, enrich=enrich)
+        holder: list[Lister] = []
+
+        def woken() -> None:
+            holder[0].woken += 1
+
+        def recorded() -> None:
+            holder[0].recorded += 1
+
+        reconciler = Reconciler(
+            store,
+            client,
+            tz=ISTANBUL,
+            settings=settings,
+            wake=woken,
+            clock=clock or SYSTEM_CLOCK,
+            poll=0.01,
+            sink_ids=lambda: ["archive"],
+            on_record=recorded,
+        )
+        holder.append(Lister(sim, store, reconciler))
+        fetcher = Fetcher(
+            store,
+            client,
+            FetcherSettings(concurrency=2, retry_initial=0.02, retry_max=0.05, max_attempts=2),
+            sink_ids=lambda: ["archive"],
+            tz=ISTANBUL,
+            on_record=recorded,
+        )
+        if fetching:
+            fetcher.start()
+        try:
+            yield holder[0]
+        finally:
+            if fetching:
+                await fetcher.stop(timeout=2)
+            await client.close()
+            await store.close()
+
+
+def built_lists(logs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [e for e in logs if e["event"] == "records_from_list_rows"]
+
+
+def stored_total(logs: Sequence[Mapping[str, Any]]) -> int:
+    return sum(int(e["enqueued"]) for e in built_lists(logs))
+
+
+def _paid_in(sim: Simulator, day: dt.date) -> list[int]:
+    return sorted(_paid_ids(sim, day))
+
+
+async def test_the_diff_queues_what_is_missing_changed_or_no_longer_listed_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    async with lister(tmp_path) as lst:
+        sim = lst.sim
+        day = sim.end_date - dt.timedelta(days=1)
+        paid = _paid_in(sim, day)
+        n = len(paid)
+        # A row dated without an offset (Istanbul's wall time) shows the same moment.
+        dated = sim.rows(Kind.DONATION)
+        own = next(r for r in dated if r["id"] == paid[3])["transaction__complete_date"]
+        sim.tamper_row(
+            Kind.DONATION,
+            paid[3],
+            lambda r: r.update(transaction__complete_date=own.removesuffix("+03:00")),
+        )
+        first = await lst.run(day, "r1")
+        # Every record was built from its row: nothing to fetch, the list closes.
+        saved = lst.saved(day)
+        assert (first.outcome, first.reason) == ("closed", None)
+        assert (saved["missing"], saved["changed"], saved["extra"]) == (n, 0, 0)
+        assert (saved["local_before"], saved["local_after"], saved["fetched"]) == (0, n, n)
+        # Fonzip's end bound is inclusive: the next midnight's record is counted in its
+        # total but is outside the window.
+        assert (saved["fonzip_total"], saved["window_total"]) == (n + 1, n)
+        assert saved["calls"] == 1  # one page, no detail
+        assert lst.queued() == []
+        assert (lst.woken, lst.recorded) == (0, 1)
+        assert set(await lst.store.records.get_many(Kind.DONATION, paid)) == set(paid)
+
+        repriced, gone = paid[1], paid[2]
+        sim.amend(Kind.DONATION, repriced, amount=Decimal("1234.5"))
+        sim.delete(Kind.DONATION, gone)
+        when = dt.datetime.combine(day, dt.time(12), tzinfo=ISTANBUL)
+        new, _ = await sim.create_event(Kind.DONATION, deliver=False, when=when)
+        # The detail path: every difference is queued for the fetcher.
+        lst.reconciler.settings = ReconcilerSettings(records_from_lists=False)
+        second = await lst.run(day, "r2")
+    saved = lst.saved(day)
+    assert (saved["missing"], saved["changed"], saved["extra"]) == (1, 1, 1)
+    assert (saved["local_before"], saved["window_total"], saved["fonzip_total"]) == (n, n, n + 1)
+    assert saved["calls"] == 1 + 3  # the page and one detail per queued id
+    # Queued at the reconcile's priority, with the row that showed it (none for the
+    # record Fonzip no longer lists); the unchanged records are not queued.
+    assert lst.queued() == [
+        (repriced, None, "reconcile", 1, True),
+        (gone, None, "reconcile", 1, False),
+        (new, None, "reconcile", 1, True),
+    ]
+    assert lst.woken == 1
+    assert lst.recorded == 1  # nothing was built from a row this time
+    assert second.outcome == "open"
+    assert "3 not fetched" in str(second.reason)
+
+
+async def test_a_day_of_more_than_a_page_of_rows_is_stored_from_them_once(
+    tmp_path: Path,
+) -> None:
+    # The reconciler's clock is not the client's: a record built from a row must carry
+    # when its page was read, not when it was built.
+    async with lister(tmp_path, per_day=140, clock=FakeClock()) as lst:
+        day = lst.sim.end_date - dt.timedelta(days=1)
+        paid = _paid_in(lst.sim, day)
+        n = len(paid)
+        assert n > 100  # more than one transaction's worth
+        before = SYSTEM_CLOCK.now()
+        with capture_logs() as logs:
+            first = await lst.run(day, "r1")
+        after = SYSTEM_CLOCK.now()
+        stored = await lst.store.records.get_many(Kind.DONATION, paid)
+        assert sorted(stored) == paid
+        # Each record says when Fonzip was read (its page's request), for newer-wins.
+        assert all(before <= r.fetched_at <= after for r in stored.values())
+        assert all(r.source is Source.RECONCILE for r in stored.values())
+        # Marked as built from a paid row (an enrichment or a detail may replace it).
+        assert {json.dumps(r.data["_fonzipd"]) for r in stored.values()} == {
+            json.dumps({"shape": "list_row", "list": "paid"})
+        }
+        assert first.closed, first.reason
+        saved = lst.saved(day)
+        assert (saved["missing"], saved["fetched"], saved["local_after"]) == (n, n, n)
+        assert saved["calls"] == 2  # two pages of rows, no detail
+        built = [
+            (e["records"], e["enqueued"])
+            for e in logs
+            if e["event"] == "records_from_list_rows" and e["list_status"] == "paid"
+        ]
+        assert built == [(n, n)]
+        # The sinks are told once per list, after every chunk of it is stored.
+        assert lst.recorded == len(built_lists(logs))
+        with contextlib.closing(sqlite3.connect(lst.store.path)) as db:
+            queued = db.execute(
+                "SELECT count(*), count(DISTINCT record_key) FROM outbox"
+            ).fetchone()
+        assert queued == (stored_total(logs), stored_total(logs))  # each record once
+
+        recorded = lst.recorded
+        # Nothing changed at Fonzip: nothing is stored, queued or announced again.
+        with capture_logs() as logs:
+            again = await lst.run(day, "r2")
+    assert again.closed, again.reason
+    saved = lst.saved(day)
+    assert (saved["missing"], saved["changed"], saved["fetched"]) == (0, 0, 0)
+    assert (saved["local_before"], saved["local_after"]) == (n, n)
+    assert not built_lists(logs)
+    assert lst.woken == 0
+    assert lst.recorded == recorded  # nothing new for the sinks
+    assert lst.queued() == []
+
+
+async def test_a_dry_run_diffs_the_list_but_stores_and_queues_nothing(tmp_path: Path) -> None:
+    async with lister(tmp_path) as lst:
+        day = lst.sim.end_date - dt.timedelta(days=1)
+        n = len(_paid_in(lst.sim, day))
+        (report,) = await lst.reconciler.run(
+            [day], run_key="dry", kinds=[Kind.DONATION], dry_run=True
+        )
+        paid = next(r for r in report.runs if r.list_status == "paid")
+        assert (paid.missing, paid.window_total, paid.local_before) == (n, n, 0)
+        assert paid.calls == 1 + n  # what a real run would cost on the detail path
+        assert paid.outcome == "dry_run_open"
+        assert lst.queued() == []
+        assert await lst.store.books.runs() == []
+        assert await lst.store.records.get_many(Kind.DONATION, _paid_in(lst.sim, day)) == {}
+    assert (lst.woken, lst.recorded) == (0, 0)
+
+
+async def test_a_list_not_read_by_the_deadline_is_saved_open_saying_so(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with lister(tmp_path, clock=clock) as lst:
+        day = lst.sim.end_date - dt.timedelta(days=1)
+        # Not yet past when the day starts; no list page can arrive before it passes.
+        deadline = clock.monotonic() + 1e-9
+        with capture_logs() as logs:
+            (report,) = await lst.reconciler.run(
+                [day], run_key="late", kinds=[Kind.DONATION], deadline=deadline
+            )
+        assert not report.closed
+        reason = "listing failed: the time limit passed before the list was read"
+        for run in report.runs:
+            saved = lst.saved(day, run.list_status)
+            assert (saved["outcome"], saved["reason"]) == ("open", reason)
+            assert saved["finished_at"] == clock.now().timestamp()
+            assert saved["calls"] == 0
+        failed = [e for e in logs if e["event"] == "reconcile_list_failed"]
+        assert [(e["kind"], e["list_status"], e["error"]) for e in failed] == [
+            ("donation", s, reason) for s in Kind.DONATION.list_statuses
+        ]
+        assert lst.queued() == []
+
+
+def test_a_refund_list_is_counted_by_the_date_its_rows_fall_in_the_window_on() -> None:
+    """Fonzip documents refund lists filtered by refund date for e-cards only: the rows
+    tell which date it filtered on, and that decides which local records are counted."""
+    start, end = day_window(DAY, ISTANBUL)
+    inside, later, before = (
+        "2026-11-26T10:00:00+03:00",
+        "2026-11-28T10:00:00+03:00",
+        ("2026-11-20T10:00:00+03:00"),
+    )
+    at_start, at_end = start.isoformat(), end.isoformat()
+
+    def ecard(complete: str, refund: str | None) -> dict[str, Any]:
+        return {"transaction__complete_date": complete, "transaction__refund_date": refund}
+
+    def ticket(complete: str, refund: str | None) -> dict[str, Any]:
+        return {"transaction": {"complete_date": complete, "refund_date": refund}}
+
+    def answer(complete: str, refund: str | None) -> dict[str, Any]:
+        return {"complete_date": complete, "refund_date": refund}
+
+    cases: list[tuple[Kind, list[dict[str, Any]], str]] = [
+        # Refunded on the day, paid earlier: the list filtered on the refund date.
+        (Kind.ECARD_SALE, [ecard(before, inside), ecard(before, inside)], "refund_date"),
+        # Paid on the day, refunded later: it filtered on the completion date.
+        (Kind.ECARD_SALE, [ecard(inside, later), ecard(inside, later)], "complete_date"),
+        # The majority decides; a tie is the documented refund date.
+        (
+            Kind.ECARD_SALE,
+            [ecard(inside, later), ecard(inside, later), ecard(before, inside)],
+            "complete_date",
+        ),
+        (Kind.ECARD_SALE, [ecard(inside, later), ecard(before, inside)], "refund_date"),
+        # The window is [start, end): a date at its start is inside, at its end outside.
+        (Kind.ECARD_SALE, [ecard(at_start, later)], "complete_date"),
+        (Kind.ECARD_SALE, [ecard(before, at_end), ecard(at_end, later)], "refund_date"),
+        (Kind.ECARD_SALE, [ecard(at_end, before), ecard(inside, at_end)], "complete_date"),
+        # A date without an offset is the association's local time: 22:30 in Istanbul
+        # is on the day (in UTC it would be the next day's 01:30 there).
+        (Kind.ECARD_SALE, [ecard("2026-11-26T22:30:00", later)], "complete_date"),
+        # Ticket rows nest the transaction; form-answer rows may carry a plain refund_date.
+        (Kind.TICKET_SALE, [ticket(inside, later)], "complete_date"),
+        (Kind.TICKET_SALE, [ticket(before, inside)], "refund_date"),
+        (Kind.FORM_ANSWER, [answer(inside, later)], "complete_date"),
+        (Kind.FORM_ANSWER, [answer(before, inside)], "refund_date"),
+        # Rows without a refund date cannot tell: the refund date is assumed, or answers
+        # refunded later than they were made would be dropped as outside the window.
+        (Kind.FORM_ANSWER, [answer(inside, None), answer(inside, None)], "refund_date"),
+        (Kind.ECARD_SALE, [ecard(inside, None)], "refund_date"),
+        (Kind.ECARD_SALE, [], "refund_date"),
+    ]
+    for kind, rows, basis in cases:
+        assert _refund_basis(kind, rows, start, end, ISTANBUL) == basis, (kind, rows)
+
+
+async def test_rows_outside_the_day_are_not_counted_and_an_unreadable_one_keeps_it_open(
+    tmp_path: Path,
+) -> None:
+    async with lister(tmp_path, from_lists=False) as lst:
+        sim = lst.sim
+        day = sim.end_date - dt.timedelta(days=1)
+        paid = _paid_in(sim, day)
+        n = len(paid)
+        local, moved, broken = paid[:3]
+        # A date without an offset is Istanbul's wall time: 22:30 is on the day.
+        naive = f"{day.isoformat()}T22:30:00"
+        sim.tamper_row(Kind.DONATION, local, lambda r: r.update(transaction__complete_date=naive))
+        # A row dated the next midnight (Fonzip's inclusive end) is outside the day.
+        midnight = f"{(day + dt.timedelta(days=1)).isoformat()}T00:00:00+03:00"
+        sim.tamper_row(
+            Kind.DONATION, moved, lambda r: r.update(transaction__complete_date=midnight)
+        )
+        sim.tamper_row(Kind.DONATION, broken, lambda r: r.update(id=2**63))
+        with capture_logs() as logs:
+            run = await lst.run(day, "w1")
+    saved = lst.saved(day)
+    # Fonzip's total counts the simulator's own next-midnight record and the moved one.
+    assert (saved["fonzip_total"], saved["window_total"]) == (n + 1, n - 1)
+    assert saved["missing"] == n - 2  # the unreadable row is not an id to fetch
+    assert [q[0] for q in lst.queued()] == sorted(set(paid) - {moved, broken})
+    unreadable = [(e["kind"], e["error"]) for e in logs if e["event"] == "reconcile_row_unreadable"]
+    problem = "donation (id unknown): field 'id': an integer outside 0 to 9223372036854775807"
+    assert unreadable == [("donation", problem)]
+    assert run.outcome == "open"
+    assert "1 unreadable row(s) in donation/paid (donation (id unknown)" in str(run.reason)
+
+
+async def test_fonzips_total_is_what_it_says_and_for_campaigns_the_rows_it_listed(
+    tmp_path: Path,
+) -> None:
+    async with lister(tmp_path) as lst:
+        sim = lst.sim
+        day = sim.end_date - dt.timedelta(days=1)
+        n = len(_paid_in(sim, day))
+        sim.faults.list_total_offset = 2  # Fonzip counting rows its pages never show
+        await lst.run(day, "t1")
+        sim.faults.list_total_offset = 0
+        created = await lst.run(day, "t2", kind=Kind.CAMPAIGN)
+    saved = lst.saved(day)
+    assert (saved["fonzip_total"], saved["window_total"]) == (n + 3, n + 2)
+    # Campaign lists have no total: what was listed in the window is the count.
+    campaigns = [
+        fid
+        for fid, when in sim.list_dates(Kind.CAMPAIGN, "created").items()
+        if business_date(when, ISTANBUL) == day
+    ]
+    assert campaigns
+    saved = lst.saved(day, "created", Kind.CAMPAIGN)
+    assert (saved["fonzip_total"], saved["window_total"]) == (len(campaigns), len(campaigns))
+    assert created.closed, created.reason
+
+
+async def test_a_refund_is_counted_on_the_day_it_was_refunded_not_the_day_it_was_paid(
+    tmp_path: Path,
+) -> None:
+    async with lister(tmp_path) as lst:
+        sim = lst.sim
+        today, yesterday = sim.end_date, sim.end_date - dt.timedelta(days=1)
+        paid_at = dt.datetime.combine(yesterday, dt.time(10), tzinfo=ISTANBUL)
+        fid, _ = await sim.create_event(Kind.DONATION, deliver=False, when=paid_at)
+        await sim.refund(Kind.DONATION, fid, deliver=False)  # today
+        await lst.run(today, "today")
+        stored = await lst.store.records.get(Kind.DONATION, fid)
+        assert stored is not None
+        assert (stored.status, stored.business_date) == ("refunded", yesterday)
+        await lst.run(yesterday, "yesterday")
+    refunds_today = lst.saved(today, "refund")
+    assert refunds_today["basis"] == "refund_date"
+    assert refunds_today["local_after"] == refunds_today["window_total"]
+    # Yesterday's refund list does not show it, and nothing says it should.
+    refunds_yesterday = lst.saved(yesterday, "refund")
+    assert (refunds_yesterday["extra"], refunds_yesterday["outcome"]) == (0, "closed")
+    assert lst.queued() == []
+
+
+async def test_a_detail_that_contradicts_its_row_keeps_the_day_open_and_a_bad_row_is_fetched(
+    tmp_path: Path,
+) -> None:
+    async with lister(tmp_path, from_lists=False, fetching=True) as lst:
+        sim = lst.sim
+        day = sim.end_date - dt.timedelta(days=1)
+        paid = _paid_in(sim, day)
+        contradicted, unreadable = paid[:2]
+        # The list shows it paid; its detail says it failed.
+        sim.tamper(Kind.DONATION, contradicted, lambda d: d["transaction"].update(payment_status=5))
+        # A row whose amount cannot be read: the id is fine, so its detail is fetched.
+        sim.tamper_row(Kind.DONATION, unreadable, lambda r: r.update(transaction__amount="a lot"))
+        with capture_logs() as logs:
+            run = await lst.run(day, "c1", fetch_wait=15)
+    assert run.outcome == "open"
+    assert run.reason == (
+        f"local {len(paid) - 1} != Fonzip {len(paid)}, 1 not fetched"
+        f" (donation {contradicted} Fonzip's detail says failed, its list succeeded)"
+    )
+    saved = lst.saved(day)
+    assert (saved["missing"], saved["fetched"], saved["failed"]) == (len(paid), len(paid) - 1, 1)
+    bad = [(e["kind"], e["error"]) for e in logs if e["event"] == "reconcile_row_unreadable"]
+    problem = "expected a number, got a string that is not one"
+    assert bad == [("donation", f"donation {unreadable}: field 'transaction__amount': {problem}")]
+
+
+def _pending_enrichments(store: Store) -> list[tuple[str, int, Any, str, bool]]:
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        rows = db.execute(
+            "SELECT kind, fonzip_id, event_status, source, list_row IS NOT NULL FROM inbox"
+            " WHERE state = 'pending' AND priority = 2 ORDER BY fonzip_id"
+        ).fetchall()
+    return [(str(k), int(i), st, str(src), bool(lr)) for k, i, st, src, lr in rows]
+
+
+async def test_an_enrichment_that_never_finished_is_queued_again_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    async with lister(tmp_path, enrich=True) as lst:
+        day = lst.sim.end_date - dt.timedelta(days=1)
+        paid = _paid_in(lst.sim, day)
+        with capture_logs() as logs:
+            await lst.run(day, "e1")
+        queued = _pending_enrichments(lst.store)
+        # The records built from the paid rows, each with its detail to fetch last.
+        assert {fid for _, fid, *_ in queued} >= set(paid)
+        assert {(k, st, src, lr) for k, _, st, src, lr in queued} == {
+            ("donation", None, "reconcile", True)
+        }
+        said = [e for e in logs if e["event"] == "enrichments_queued"]
+        assert ("donation", "paid", len(paid)) in [
+            (e["kind"], e["list_status"], e["events"]) for e in said
+        ]
+        # Lost (the daemon stopped, the fetch failed for good): nothing pending is left.
+        for row in await lst.store.inbox.claim_many(1000):
+            await lst.store.inbox.fail(row.id, "lost")
+        assert _pending_enrichments(lst.store) == []
+        woken = lst.woken
+        with capture_logs() as logs:
+            again = await lst.run(day, "e2")
+        # The records are unchanged and still only as their rows show them: queued again.
+        assert _pending_enrichments(lst.store) == queued
+        assert lst.woken > woken
+        assert (again.missing, again.changed) == (0, 0)
+        assert ("donation", "paid", len(paid)) in [
+            (e["kind"], e["list_status"], e["events"])
+            for e in logs
+            if e["event"] == "enrichments_queued"
+        ]
+
+
+async def test_a_row_that_cannot_be_stored_as_it_is_is_fetched_instead(tmp_path: Path) -> None:
+    async with lister(tmp_path) as lst:
+        day = lst.sim.end_date - dt.timedelta(days=1)
+        paid = _paid_in(lst.sim, day)
+        hostile = paid[0]
+        # Every field a record needs reads fine, but a number JSON cannot carry (which
+        # no sink could store) rides along: not stored from the row, its detail is
+        # fetched (and checked) instead.
+        lst.sim.tamper_row(Kind.DONATION, hostile, lambda r: r.update(message=float("inf")))
+        with capture_logs() as logs:
+            run = await lst.run(day, "h1")
+        stored = await lst.store.records.get_many(Kind.DONATION, paid)
+    assert sorted(stored) == sorted(set(paid) - {hostile}), run.reason
+    assert [q[0] for q in lst.queued()] == [hostile]
+    assert run.missing == len(paid)
+    bad = [(e["kind"], e["error"]) for e in logs if e["event"] == "reconcile_row_unreadable"]
+    assert bad == [("donation", f"donation {hostile}: field 'message': not a finite number")]
