@@ -798,3 +798,81 @@ async def test_a_drain_waits_on_the_clock_and_never_past_its_deadline(
     await r._sleep(10.0, wakeable=True)
     await r._sleep(1.0, wakeable=True)  # the deadline is reached
     assert clock.slept == [2.0, 5.0]
+
+
+async def test_a_stop_during_a_backoff_ends_the_runner_and_leaves_the_rows_for_next_time(
+    store: Store, tmp_path: Path
+) -> None:
+    r, clock = stopped_runner(store, tmp_path, retry_initial=100.0, retry_max=100.0)
+    mem(r).fail_with = lambda batch: TransientSinkError("receiver down")
+    await store.records.apply_record(None, make_record(1), ["a"])
+    task = r.start()
+    assert task.get_name() == "sink-a"  # how the supervisor names it if it dies
+    await until(lambda: clock.slept)  # in its 100-s backoff
+    await r.stop(timeout=0.2)
+    # The backoff would outlast the drain: the runner ends by itself, not cancelled.
+    assert task.done()
+    assert not task.cancelled()
+    assert (await store.outbox.sink_status(["a"]))["a"]["pending"] == 1
+    assert mem(r).closed
+
+
+async def test_a_write_in_flight_at_the_deadline_gets_a_second_more(
+    store: Store, tmp_path: Path
+) -> None:
+    r, _ = stopped_runner(store, tmp_path)
+    release = asyncio.Event()
+    written = mem(r).write
+
+    async def slow_write(batch: Sequence[Record]) -> None:
+        await release.wait()
+        await written(batch)
+
+    mem(r).write = slow_write  # type: ignore[method-assign]
+    await store.records.apply_record(None, make_record(1), ["a"])
+    task = r.start()
+    await _spin()
+    stopping = asyncio.create_task(r.stop(timeout=0.1))
+    await _spin()
+    release.set()  # the destination answers after the drain deadline, within the grace
+    await stopping
+    assert not task.cancelled()
+    assert r.delivered == 1
+    assert (await store.outbox.sink_status(["a"]))["a"]["pending"] == 0
+
+
+async def test_a_write_that_never_returns_is_cancelled_and_the_sink_still_closed(
+    store: Store, tmp_path: Path
+) -> None:
+    r, _ = stopped_runner(store, tmp_path)
+
+    async def hang(batch: Sequence[Record]) -> None:
+        await asyncio.Event().wait()
+
+    mem(r).write = hang  # type: ignore[method-assign]
+    await store.records.apply_record(None, make_record(1), ["a"])
+    task = r.start()
+    await _spin()
+    await r.stop(timeout=0.1)  # returns: the task is cancelled a second past the deadline
+    assert task.cancelled()
+    assert mem(r).closed
+    assert (await store.outbox.sink_status(["a"]))["a"]["pending"] == 1
+
+
+async def test_a_sink_that_fails_to_close_is_logged_and_the_stop_completes(
+    store: Store, tmp_path: Path
+) -> None:
+    r = runner(store, "a", tmp_path)
+
+    async def close() -> None:
+        raise OSError("disk gone")
+
+    mem(r).close = close  # type: ignore[method-assign]
+    await store.records.apply_record(None, make_record(1), ["a"])
+    r.start()
+    await until(lambda: mem(r).keys)
+    with capture_logs() as logs:
+        await r.stop(timeout=1)
+    failed = [e for e in logs if e["event"] == "sink_close_failed"]
+    assert [(e["log_level"], e["sink"]) for e in failed] == [("error", "a")]
+    assert failed[0]["exc_info"] is True
