@@ -35,6 +35,7 @@ from fonzipd.fetcher import Fetcher
 from fonzipd.fonzip.client import FonzipClient
 from fonzipd.fonzip.limiter import RateLimiter
 from fonzipd.kinds import Kind
+from fonzipd.privacy import SinkPolicy
 from fonzipd.reconcile_command import ProgressView, reconcile_now, render_table
 from fonzipd.reconciler import (
     INSTALLED_KEY,
@@ -1082,6 +1083,7 @@ async def lister(
     seed: int = 41,
     per_day: int = 6,
     fetching: bool = False,
+    sinks: Mapping[str, SinkPolicy] | None = None,
 ) -> AsyncIterator[Lister]:
     async with simulator(seed=seed, days=2, per_day=per_day) as sim:
         store = await Store.open(tmp_path / "state.db")
@@ -1110,7 +1112,7 @@ async def lister(
             wake=woken,
             clock=clock or SYSTEM_CLOCK,
             poll=0.01,
-            sink_ids=lambda: ["archive"],
+            sink_ids=lambda: sinks or ["archive"],
             on_record=recorded,
         )
         holder.append(Lister(sim, store, reconciler))
@@ -1519,3 +1521,19 @@ async def test_a_row_that_cannot_be_stored_as_it_is_is_fetched_instead(tmp_path:
     assert run.missing == len(paid)
     bad = [(e["kind"], e["error"]) for e in logs if e["event"] == "reconcile_row_unreadable"]
     assert bad == [("donation", f"donation {hostile}: field 'message': not a finite number")]
+
+
+async def test_records_no_sink_takes_are_stored_without_waking_the_sinks(tmp_path: Path) -> None:
+    campaigns_only = {"archive": SinkPolicy(kinds=frozenset({Kind.CAMPAIGN}))}
+    async with lister(tmp_path, sinks=campaigns_only) as lst:
+        day = lst.sim.end_date - dt.timedelta(days=1)
+        paid = _paid_in(lst.sim, day)
+        with capture_logs() as logs:
+            run = await lst.run(day, "s1")
+        stored = await lst.store.records.get_many(Kind.DONATION, paid)
+    assert sorted(stored) == paid
+    assert run.closed, run.reason
+    assert [
+        (e["records"], e["enqueued"]) for e in built_lists(logs) if e["list_status"] == "paid"
+    ] == [(len(paid), 0)]
+    assert lst.recorded == 0
