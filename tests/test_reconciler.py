@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -1230,11 +1231,11 @@ async def test_a_day_of_more_than_a_page_of_rows_is_stored_from_them_once(
         assert (saved["missing"], saved["fetched"], saved["local_after"]) == (n, n, n)
         assert saved["calls"] == 2  # two pages of rows, no detail
         built = [
-            (e["records"], e["enqueued"])
+            (e["kind"], e["records"], e["enqueued"])
             for e in logs
             if e["event"] == "records_from_list_rows" and e["list_status"] == "paid"
         ]
-        assert built == [(n, n)]
+        assert built == [("donation", n, n)]
         # The sinks are told once per list, after every chunk of it is stored.
         assert lst.recorded == len(built_lists(logs))
         with contextlib.closing(sqlite3.connect(lst.store.path)) as db:
@@ -1338,6 +1339,13 @@ def test_a_refund_list_is_counted_by_the_date_its_rows_fall_in_the_window_on() -
         # A date without an offset is the association's local time: 22:30 in Istanbul
         # is on the day (in UTC it would be the next day's 01:30 there).
         (Kind.ECARD_SALE, [ecard("2026-11-26T22:30:00", later)], "complete_date"),
+        (
+            Kind.ECARD_SALE,
+            [ecard(inside, later), *[ecard(before, "2026-11-26T22:30:00")] * 2],
+            "refund_date",
+        ),
+        # Refunded at the very start of the day, paid then too: a tie.
+        (Kind.ECARD_SALE, [ecard(at_start, at_start)], "refund_date"),
         # Ticket rows nest the transaction; form-answer rows may carry a plain refund_date.
         (Kind.TICKET_SALE, [ticket(inside, later)], "complete_date"),
         (Kind.TICKET_SALE, [ticket(before, inside)], "refund_date"),
@@ -1537,3 +1545,45 @@ async def test_records_no_sink_takes_are_stored_without_waking_the_sinks(tmp_pat
         (e["records"], e["enqueued"]) for e in built_lists(logs) if e["list_status"] == "paid"
     ] == [(len(paid), 0)]
     assert lst.recorded == 0
+
+
+async def test_a_refund_list_counts_local_records_by_the_basis_it_was_judged_on(
+    store: Store, clock: FakeClock
+) -> None:
+    """Refund dates are read in the association's zone (a date without an offset is its
+    wall time); completion-date lists count by business date."""
+
+    def refunded(fid: int, day: dt.date, refund_date: str) -> Any:
+        record = make_record(fid, status="refunded", day=day)
+        data = {**record.data, "transaction": {"payment_status": 4, "refund_date": refund_date}}
+        return dataclasses.replace(record, data=data)
+
+    before = DAY - dt.timedelta(days=3)
+    for record in [
+        refunded(1, DAY, "2026-11-26T01:30:00+03:00"),  # on DAY in Istanbul, not in UTC
+        refunded(2, DAY, "2026-11-28T10:00:00+03:00"),
+        refunded(3, before, "2026-11-26T23:30:00"),  # Istanbul wall time, on DAY
+        refunded(4, DAY, "2026-11-29T10:00:00+03:00"),
+    ]:
+        await store.records.apply_record(None, record, ["a"])
+    reconciler = Reconciler(
+        store,
+        cast(FonzipClient, None),
+        tz=ISTANBUL,
+        settings=ReconcilerSettings(),
+        clock=clock,
+    )
+    for basis, local in (("refund_date", 2), ("complete_date", 3)):
+        run = ListRun(
+            day=DAY,
+            kind=Kind.DONATION,
+            list_status="refund",
+            run_key=f"refunds-{basis}",
+            source=Source.RECONCILE,
+            started_at=0.0,
+            fonzip_total=local,
+            window_total=local,
+            basis=basis,
+        )
+        await reconciler._settle(run, dry_run=False)
+        assert (run.outcome, run.local_after) == ("closed", local), basis
