@@ -19,7 +19,12 @@ to bind (600,000/min), the daemon's pipeline in this process:
 
 The daemon logs as it does in production (JSON, level info), to /dev/null.
 
+``--simulator-process`` runs the simulator in a process of its own (driven through
+its admin API), as Fonzip is remote in production: its CPU no longer counts against
+the daemon's event loop (on a machine with a core to spare for it).
+
     .venv/bin/python bench/bench_pipeline.py [--records 400] [--webhooks 200] [--rate 20]
+        [--simulator-process]
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -53,6 +59,110 @@ TOKEN = "bench-pipeline-token-0123456789"
 SINKS = ("archive", "spreadsheets")
 DEADLINE = 300.0
 """No single run may take longer than this many seconds."""
+
+
+class Fonzip(Protocol):
+    """What the benchmark asks of the simulator, in this process or in its own."""
+
+    async def new_donations(self, count: int) -> list[int]: ...
+
+    async def expire_tokens(self) -> None: ...
+
+
+class LocalFonzip:
+    """The simulator in this process, on this event loop."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    async def new_donations(self, count: int) -> list[int]:
+        return [
+            (await self.sim.create_event(Kind.DONATION, deliver=False))[0] for _ in range(count)
+        ]
+
+    async def expire_tokens(self) -> None:
+        self.sim.expire_tokens()
+
+
+_CHILD = """
+import asyncio, os, sys
+from fonzipd.simulator import Simulator
+
+# Only the base URL goes to the pipe, which nobody reads after it: a log line per
+# request would fill it and stall the simulator.
+pipe, sys.stdout = sys.stdout, open(os.devnull, "w")
+
+async def main():
+    seed, rate, latency = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    async with Simulator(seed=seed, days=1, per_day=5, rate_per_minute=rate) as sim:
+        base = await sim.start()
+        sim.faults.latency = latency
+        print("BASE " + base, file=pipe, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+class RemoteFonzip:
+    """The simulator in a process of its own, driven through its admin API."""
+
+    def __init__(self, admin: str, http: aiohttp.ClientSession) -> None:
+        self.admin = admin
+        self.http = http
+
+    async def _one(self) -> int:
+        body = {"kind": "donation", "deliver": False}
+        async with self.http.post(f"{self.admin}/events", json=body) as resp:
+            resp.raise_for_status()
+            return int((await resp.json())["id"])
+
+    async def new_donations(self, count: int) -> list[int]:
+        ids: list[int] = []
+        while len(ids) < count:  # 50 at a time: one request each would take minutes
+            ids += await asyncio.gather(*(self._one() for _ in range(min(50, count - len(ids)))))
+        return ids
+
+    async def expire_tokens(self) -> None:
+        async with self.http.post(f"{self.admin}/expire-tokens", json={}) as resp:
+            resp.raise_for_status()
+
+
+@contextlib.asynccontextmanager
+async def simulator(seed: int, *, separate: bool) -> AsyncIterator[tuple[Fonzip, str]]:
+    """The simulator (latency set, limits unbound) and its API's base URL."""
+    if not separate:
+        async with Simulator(seed=seed, days=1, per_day=5, rate_per_minute=UNBOUND_RATE) as sim:
+            base_url = await sim.start()
+            sim.faults.latency = LATENCY
+            yield LocalFonzip(sim), base_url
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CHILD,
+        str(seed),
+        str(UNBOUND_RATE),
+        str(LATENCY),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: killed whole at the end
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            while not (line := (await proc.stdout.readline()).decode()).startswith("BASE "):
+                if not line:
+                    raise RuntimeError("the simulator process exited before it listened")
+        base_url = line.removeprefix("BASE ").strip()
+        admin = base_url.removesuffix("/api/v2") + "/_sim"
+        async with aiohttp.ClientSession() as http:
+            yield RemoteFonzip(admin, http), base_url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        await proc.wait()
 
 
 def _settings(base_url: str, tmp: Path, concurrency: int, flush: float | None) -> Any:
@@ -125,9 +235,9 @@ async def _daemon(settings: Any, *, listen: bool) -> Daemon:
     return daemon
 
 
-async def throughput(sim: Simulator, base_url: str, concurrency: int, records: int) -> str:
-    ids = [(await sim.create_event(Kind.DONATION, deliver=False))[0] for _ in range(records)]
-    sim.expire_tokens()  # one live token per key: the previous run's daemon held it
+async def throughput(sim: Fonzip, base_url: str, concurrency: int, records: int) -> str:
+    ids = await sim.new_donations(records)
+    await sim.expire_tokens()  # one live token per key: the previous run's daemon held it
     with tempfile.TemporaryDirectory() as tmp:
         daemon = await _daemon(_settings(base_url, Path(tmp), concurrency, None), listen=False)
         try:
@@ -157,10 +267,10 @@ async def throughput(sim: Simulator, base_url: str, concurrency: int, records: i
 
 
 async def end_to_end(
-    sim: Simulator, base_url: str, flush: float | None, webhooks: int, rate: float
+    sim: Fonzip, base_url: str, flush: float | None, webhooks: int, rate: float
 ) -> str:
-    ids = [(await sim.create_event(Kind.DONATION, deliver=False))[0] for _ in range(webhooks)]
-    sim.expire_tokens()
+    ids = await sim.new_donations(webhooks)
+    await sim.expire_tokens()
     with tempfile.TemporaryDirectory() as tmp:
         daemon = await _daemon(_settings(base_url, Path(tmp), 4, flush), listen=True)
         try:
@@ -195,22 +305,20 @@ async def end_to_end(
     )
 
 
-async def only_throughput(concurrency: int, records: int, rounds: int, seed: int) -> None:
+async def only_throughput(
+    concurrency: int, records: int, rounds: int, seed: int, *, separate: bool
+) -> None:
     """Only the throughput row at one concurrency, ``rounds`` times (for before/after
     runs taking turns with another checkout)."""
-    async with Simulator(seed=seed, days=1, per_day=5, rate_per_minute=UNBOUND_RATE) as sim:
-        base_url = await sim.start()
-        sim.faults.latency = LATENCY
+    async with simulator(seed, separate=separate) as (sim, base_url):
         logs.configure("info", "json")
         for _ in range(rounds):
             row = await throughput(sim, base_url, concurrency, records)
             print(row, file=sys.__stdout__, flush=True)
 
 
-async def bench(records: int, webhooks: int, rate: float, seed: int) -> None:
-    async with Simulator(seed=seed, days=1, per_day=5, rate_per_minute=UNBOUND_RATE) as sim:
-        base_url = await sim.start()
-        sim.faults.latency = LATENCY
+async def bench(records: int, webhooks: int, rate: float, seed: int, *, separate: bool) -> None:
+    async with simulator(seed, separate=separate) as (sim, base_url):
         logs.configure("info", "json")
         rows = []
         for concurrency in (1, 4, 16):
@@ -220,7 +328,8 @@ async def bench(records: int, webhooks: int, rate: float, seed: int) -> None:
         e2e = [await end_to_end(sim, base_url, f, webhooks, rate) for f in (None, 0.0)]
         # One webhook a second: no next record comes to end a batch's fill wait early.
         e2e.append(await end_to_end(sim, base_url, None, min(webhooks, 20), 1.0))
-    print(f"simulator detail latency {LATENCY * 1000:.0f} ms; sinks: sqlite + csv")
+    where = "its own process" if separate else "this process"
+    print(f"simulator ({where}) detail latency {LATENCY * 1000:.0f} ms; sinks: sqlite + csv")
     print("throughput (inbox rows added directly, one commit; clock stops at the last")
     print("acknowledgement by both sinks; ideal = concurrency / latency):")
     print(
@@ -251,15 +360,30 @@ def main() -> None:
         help="only the throughput row at this concurrency (records: --records x c / 4)",
     )
     p.add_argument("--rounds", type=int, default=1, help="with --only-concurrency")
+    p.add_argument(
+        "--simulator-process",
+        action="store_true",
+        help="run the simulator in a process of its own (Fonzip is remote in production)",
+    )
     args = p.parse_args()
     # The daemon logs as in production (JSON, info) to stderr: into /dev/null here.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
         if args.only_concurrency:
             c = args.only_concurrency
             n = max(args.records, args.records * c // 4)
-            asyncio.run(only_throughput(c, n, args.rounds, args.seed))
+            asyncio.run(
+                only_throughput(c, n, args.rounds, args.seed, separate=args.simulator_process)
+            )
         else:
-            asyncio.run(bench(args.records, args.webhooks, args.rate, args.seed))
+            asyncio.run(
+                bench(
+                    args.records,
+                    args.webhooks,
+                    args.rate,
+                    args.seed,
+                    separate=args.simulator_process,
+                )
+            )
 
 
 if __name__ == "__main__":
