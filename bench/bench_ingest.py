@@ -29,6 +29,7 @@ import asyncio
 import itertools
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -170,7 +171,12 @@ async def measure(
     runner, close = await make(tmp)
     port = int(runner.addresses[0][1])
     await run_wrk(port, connections, 1, script)  # warm-up: connections, caches, the WAL
+    before = resource.getrusage(resource.RUSAGE_SELF)
     result = await run_wrk(port, connections, duration, script)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # The server's CPU time (all its threads; wrk is another process) per request.
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    result["cpu_us"] = cpu / max(result["requests"], 1) * 1e6
     await runner.cleanup()
     result["note"] = await close()
     result["name"] = name
@@ -178,6 +184,7 @@ async def measure(
     print(
         f"{name:<32} c={connections:<3} {result['rps']:8.0f} req/s  "
         f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  "
+        f"CPU {result['cpu_us']:4.0f} us/req  "
         f"non-2xx {result['non2xx']}  socket errors {result['socket_errors']}  {result['note']}",
         flush=True,
     )
@@ -220,24 +227,30 @@ async def main(duration: float, rounds: int, log_level: str) -> None:
                     )
     print()
     ceiling = servers[0][0]
-    summary: dict[tuple[str, int], tuple[float, float, float]] = {}
+    summary: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     for (name, connections), runs in results.items():
         summary[name, connections] = (
             _median([r["rps"] for r in runs]),
             _median([r["p50_us"] / 1000 for r in runs]),
             _median([r["p99_us"] / 1000 for r in runs]),
+            _median([r["cpu_us"] for r in runs]),
         )
     print(f"medians of {rounds} interleaved rounds of {duration:g} s; load average now {_load()}:")
     for connections in (16, 64):
-        top = summary[ceiling, connections][0]
-        print(f"c={connections}: ceiling {top:.0f} req/s")
+        top, _, _, top_cpu = summary[ceiling, connections]
+        print(f"c={connections}: ceiling {top:.0f} req/s, CPU {top_cpu:.0f} us/req")
         for name, _ in servers[1:]:
-            rps, p50, p99 = summary[name, connections]
+            rps, p50, p99, cpu = summary[name, connections]
             print(
                 f"c={connections}: {name}: {rps / top:.0%} of the ceiling "
-                f"({rps:.0f} / {top:.0f} req/s), p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                f"({rps:.0f} / {top:.0f} req/s), p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+                f"CPU {cpu:.0f} us/req, {top_cpu / cpu:.0%} of the ceiling's rate by CPU alone"
             )
-    rps, _, p99 = summary[SHIPPED, 64]
+    print(
+        "(by CPU alone: the ceiling's CPU per request over this server's, the share a server"
+        " bound by its own CPU would reach; under load it moves less than the req/s do)"
+    )
+    rps, _, p99, _ = summary[SHIPPED, 64]
     # Issue 14's target (issue 7's was 50% and 25 ms).
     ok = rps >= 0.75 * summary[ceiling, 64][0] and p99 < 10
     print(
