@@ -203,7 +203,7 @@ async def test_reads_see_committed_data_only(store: Store) -> None:
 
 
 async def test_a_new_database_and_its_directory_are_private(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "state.db"
+    path = tmp_path / "var" / "fonzipd" / "state.db"
     conn = Connection(path)
     await conn.connect()
     try:
@@ -241,6 +241,7 @@ async def test_read_only_reads_a_stopped_database_without_leaving_files(
     ro = await Store.open(tmp_path / "state.db", read_only=True)
     try:
         assert await ro.meta.get("k") == "v"
+        assert ro.connection.snapshot  # later writes by a daemon would stay unseen
         assert ro.acquire_worker_lock()
         with pytest.raises(StoreError, match="opened read-only"):
             ro.connection.db  # noqa: B018
@@ -257,6 +258,8 @@ async def test_read_only_sees_what_a_running_daemon_has_committed(
     ro = await Store.open(tmp_path / "state.db", read_only=True)
     try:
         assert not ro.acquire_worker_lock()
+        assert not ro.connection.snapshot
+        assert not store.connection.snapshot
         await store.meta.set("k", "v2")
         assert await ro.meta.get("k") == "v2"
     finally:

@@ -376,3 +376,32 @@ async def test_ready_rows_are_claimed_by_priority_then_due_time_then_arrival(
     # Due times: 3 and 4 at arrival (0 and 10), 2 at 1, 1 at 5.
     order = [(r.fonzip_id, r.priority) for r in await store.inbox.claim_many(4)]
     assert order == [(4, 0), (3, 1), (2, 1), (1, 1)]
+
+
+async def test_a_row_superseded_on_give_back_is_finished_now_and_pruned_in_time(
+    store: Store, clock: FakeClock
+) -> None:
+    superseded = []
+    for give_back in ("retry_later", "unclaim"):
+        await store.inbox.add_events([hook(1)])
+        row = await store.inbox.claim()
+        assert row is not None
+        await store.inbox.add_events([hook(1)])
+        clock.advance(60)
+        if give_back == "retry_later":
+            await store.inbox.retry_later(row.id, "busy", 30)
+        else:
+            await store.inbox.unclaim(row.id)
+        stored = await inbox_row(store, row.id)
+        assert (stored["state"], stored["outcome"], stored["finished_at"]) == (
+            "done",
+            "superseded",
+            clock.now().timestamp(),
+        ), give_back
+        superseded.append(row.id)
+        twin = await store.inbox.claim()
+        assert twin is not None
+        await store.records.apply_record(twin.id, make_record(1), ["a"])
+    clock.advance(86400)
+    assert await store.inbox.prune(dt.timedelta(hours=23)) == 4
+    assert await store.inbox.counts() == {}
