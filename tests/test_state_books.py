@@ -287,3 +287,16 @@ async def test_a_withdrawn_request_is_never_claimed_and_keeps_withdrawn(
     }
     assert not await store.books.withdraw_request(rid)
     assert await store.books.release_requests() == 0
+
+
+async def test_a_dry_run_without_a_time_limit_and_a_real_run_with_one(store: Store) -> None:
+    deadline = dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
+    await store.books.add_request([D1], [Kind.DONATION], Source.CLI, dry_run=True)
+    await store.books.add_request(
+        [D2], [Kind.DONATION], Source.CLI, dry_run=False, deadline_at=deadline
+    )
+    dry, real = await store.books.claim_request(), await store.books.claim_request()
+    assert dry is not None
+    assert real is not None
+    assert (dry["dry_run"], dry["deadline_at"]) == (True, None)
+    assert (real["dry_run"], real["deadline_at"]) == (False, deadline)
