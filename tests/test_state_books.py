@@ -300,3 +300,21 @@ async def test_a_dry_run_without_a_time_limit_and_a_real_run_with_one(store: Sto
     assert real is not None
     assert (dry["dry_run"], dry["deadline_at"]) == (True, None)
     assert (real["dry_run"], real["deadline_at"]) == (False, deadline)
+
+
+async def test_a_queued_row_wins_over_a_later_row_that_has_ended(store: Store) -> None:
+    # Id 1: its first row is claimed when a second notification queues a second row,
+    # which is fetched and fails first: the first row is still at work ("claimed"),
+    # then given back ("pending"). Id 2 likewise, with the later row done.
+    await store.inbox.add_events([hook(1), hook(2)])
+    first = {r.fonzip_id: r for r in await store.inbox.claim_many(2)}
+    await store.inbox.add_events([hook(1), hook(2)])
+    later = {r.fonzip_id: r for r in await store.inbox.claim_many(2)}
+    await store.inbox.fail(later[1].id, "not found at Fonzip")
+    await store.records.apply_record(later[2].id, make_record(2), ["a"])
+    states = await store.books.fetch_states(Kind.DONATION, [1, 2])
+    assert states == {1: ("claimed", None), 2: ("claimed", None)}
+    await store.inbox.retry_later(first[1].id, "Fonzip unavailable", 30)
+    await store.inbox.retry_later(first[2].id, "Fonzip unavailable", 30)
+    states = await store.books.fetch_states(Kind.DONATION, [1, 2])
+    assert states == {1: ("pending", "Fonzip unavailable"), 2: ("pending", "Fonzip unavailable")}
