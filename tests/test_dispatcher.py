@@ -876,3 +876,33 @@ async def test_a_sink_that_fails_to_close_is_logged_and_the_stop_completes(
     failed = [e for e in logs if e["event"] == "sink_close_failed"]
     assert [(e["log_level"], e["sink"]) for e in failed] == [("error", "a")]
     assert failed[0]["exc_info"] is True
+
+
+async def test_a_failing_state_database_is_waited_out_on_a_growing_schedule_and_logged(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    sink = MemorySink(SinkOptions(), context_for_tests(tmp_path, sink_id="a"))
+    settings = SETTINGS.model_copy(update={"retry_initial": 1.0, "retry_max": 100.0})
+    r = SinkRunner("a", sink, settings, store, batch_size=50, clock=clock)
+    real = store.outbox.batch
+    calls = itertools.count(1)
+
+    async def batch(*args: Any, **kwargs: Any) -> Any:
+        # Locked twice, then a read that delivers, then locked once more.
+        if next(calls) in (1, 2, 4):
+            raise sqlite3.OperationalError("database is locked")
+        return await real(*args, **kwargs)
+
+    store.outbox.batch = batch  # type: ignore[method-assign]
+    await store.records.apply_record(None, make_record(1), ["a"])
+    with capture_logs() as logs:
+        r.start()
+        await until(lambda: r.delivered == 1 and len(clock.slept) >= 3)
+        await r.stop(timeout=1)
+    first, second, after = clock.slept[:3]
+    # Doubling waits; a success in between starts the count again.
+    assert 0.5 <= first <= 1.0 <= second <= 2.0
+    assert 0.5 <= after <= 1.0
+    failed = [(e["error"], e["retry_in"]) for e in logs if e["event"] == "sink_store_failed"]
+    assert failed == [("database is locked", round(w, 2)) for w in (first, second, after)]
