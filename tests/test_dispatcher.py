@@ -906,3 +906,27 @@ async def test_a_failing_state_database_is_waited_out_on_a_growing_schedule_and_
     assert 0.5 <= after <= 1.0
     failed = [(e["error"], e["retry_in"]) for e in logs if e["event"] == "sink_store_failed"]
     assert failed == [("database is locked", round(w, 2)) for w in (first, second, after)]
+
+
+@pytest.mark.parametrize(("age", "wait"), [(0.0, 30.0), (12.0, 18.0), (30.0, None)])
+async def test_a_lone_record_waits_the_flush_interval_less_its_age(
+    tmp_path: Path, age: float, wait: float | None
+) -> None:
+    queued_at = FakeClock()
+    store = await Store.open(tmp_path / "aged.db", clock=queued_at)
+    try:
+        r, clock = stopped_runner(store, tmp_path, flush_interval=30)
+        await r._open()
+        await store.records.apply_record(None, make_record(1), ["a"])
+        queued_at.advance(age)
+        step = asyncio.create_task(r._step())
+        if wait is None:  # old enough: sent at once
+            assert await step == 0.0
+        else:
+            await until(lambda: clock.slept)
+            r.wake()
+            assert await step == 0.0
+        assert clock.slept == ([] if wait is None else [wait])
+        assert mem(r).batches == [1]
+    finally:
+        await store.close()
