@@ -99,25 +99,25 @@ async def serving(
     seen: DeliverySeen | None = None,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
-    store = await Store.open(tmp_path / "state.db")
     secret = None if token is None else SecretStr(token)
     listener = ListenerSettings(auth_token=secret, **settings)
-    committer = GroupCommitter(store, max_batch=512, on_commit=lambda: None)
+    async with contextlib.AsyncExitStack() as stack:
+        # Closed whatever fails on the way (a listener that cannot start, too).
+        store = await Store.open(tmp_path / "state.db")
+        stack.push_async_callback(store.close)
+        committer = GroupCommitter(store, max_batch=512, on_commit=lambda: None)
 
-    async def ready() -> tuple[bool, dict[str, Any]]:
-        depth, _ = await store.inbox.depth()
-        return True, {"inbox": {"pending": depth}}
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            depth, _ = await store.inbox.depth()
+            return True, {"inbox": {"pending": depth}}
 
-    app = build_app(listener, committer, ready, observer=observer, seen=seen, clock=clock)
-    runner = await start_listener(app, "127.0.0.1", 0)
-    port = int(runner.addresses[0][1])
-    client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
-    try:
+        app = build_app(listener, committer, ready, observer=observer, seen=seen, clock=clock)
+        runner = await start_listener(app, "127.0.0.1", 0)
+        stack.push_async_callback(runner.cleanup)
+        port = int(runner.addresses[0][1])
+        client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
+        stack.push_async_callback(client.close)
         yield Harness(client, store, committer, app, port)
-    finally:
-        await client.close()
-        await runner.cleanup()
-        await store.close()
 
 
 async def make_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[Harness]:
@@ -290,8 +290,8 @@ async def test_not_ready_is_503_saying_so(tmp_path: Path) -> None:
     async def not_ready() -> tuple[bool, dict[str, Any]]:
         return False, {"sinks": "archive not open"}
 
-    app = build_app(ListenerSettings(auth_token=SecretStr(TOKEN)), committer, not_ready)
     try:
+        app = build_app(ListenerSettings(auth_token=SecretStr(TOKEN)), committer, not_ready)
         async with (
             TestClient(TestServer(app, host="127.0.0.1")) as client,
             client.get("/readyz") as resp,
@@ -622,9 +622,11 @@ async def test_every_valid_delivery_is_seen_and_the_committer_task_is_watched(
     async def heard(hook_: Webhook) -> None:
         seen.append((hook_.id, hook_.webhook_id))
 
-    app = build_app(ListenerSettings(auth_token=SecretStr(TOKEN)), committer, _ready, seen=heard)
     headers = {"X-FZ-Auth-Token": TOKEN}
     try:
+        app = build_app(
+            ListenerSettings(auth_token=SecretStr(TOKEN)), committer, _ready, seen=heard
+        )
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             assert len(watched) == 1
             assert not watched[0].done()
