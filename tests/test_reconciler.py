@@ -1521,14 +1521,28 @@ async def test_a_row_that_cannot_be_stored_as_it_is_is_fetched_instead(tmp_path:
         # no sink could store) rides along: not stored from the row, its detail is
         # fetched (and checked) instead.
         lst.sim.tamper_row(Kind.DONATION, hostile, lambda r: r.update(message=float("inf")))
+        # A row whose amount cannot be read is not made a record either.
+        unreadable = paid[1]
+        lst.sim.tamper_row(
+            Kind.DONATION, unreadable, lambda r: r.update(transaction__amount="a lot")
+        )
         with capture_logs() as logs:
             run = await lst.run(day, "h1")
         stored = await lst.store.records.get_many(Kind.DONATION, paid)
-    assert sorted(stored) == sorted(set(paid) - {hostile}), run.reason
-    assert [q[0] for q in lst.queued()] == [hostile]
+    assert sorted(stored) == sorted(set(paid) - {hostile, unreadable}), run.reason
+    assert lst.queued() == [
+        (fid, None, "reconcile", 1, True) for fid in sorted((hostile, unreadable))
+    ]
     assert run.missing == len(paid)
-    bad = [(e["kind"], e["error"]) for e in logs if e["event"] == "reconcile_row_unreadable"]
-    assert bad == [("donation", f"donation {hostile}: field 'message': not a finite number")]
+    bad = {(e["kind"], e["error"]) for e in logs if e["event"] == "reconcile_row_unreadable"}
+    assert bad == {
+        ("donation", f"donation {hostile}: field 'message': not a finite number"),
+        (
+            "donation",
+            f"donation {unreadable}: field 'transaction__amount': expected a number, got a"
+            " string that is not one",
+        ),
+    }
 
 
 async def test_records_no_sink_takes_are_stored_without_waking_the_sinks(tmp_path: Path) -> None:
