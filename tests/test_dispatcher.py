@@ -874,7 +874,7 @@ async def test_a_sink_that_fails_to_close_is_logged_and_the_stop_completes(
     with capture_logs() as logs:
         await r.stop(timeout=1)
     failed = [e for e in logs if e["event"] == "sink_close_failed"]
-    assert [(e["log_level"], e["sink"]) for e in failed] == [("error", "a")]
+    assert [(e["log_level"], e["sink"], e["type"]) for e in failed] == [("error", "a", "memory")]
     assert failed[0]["exc_info"] is True
 
 
