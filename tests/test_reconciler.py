@@ -1178,29 +1178,36 @@ async def test_the_diff_queues_what_is_missing_changed_or_no_longer_listed_and_n
         assert (lst.woken, lst.recorded) == (0, 1)
         assert set(await lst.store.records.get_many(Kind.DONATION, paid)) == set(paid)
 
-        repriced, gone = paid[1], paid[2]
+        repriced, gone, also_gone = paid[1], paid[2], paid[4]
         sim.amend(Kind.DONATION, repriced, amount=Decimal("1234.5"))
         sim.delete(Kind.DONATION, gone)
+        sim.delete(Kind.DONATION, also_gone)
         when = dt.datetime.combine(day, dt.time(12), tzinfo=ISTANBUL)
         new, _ = await sim.create_event(Kind.DONATION, deliver=False, when=when)
         # The detail path: every difference is queued for the fetcher.
         lst.reconciler.settings = ReconcilerSettings(records_from_lists=False)
         second = await lst.run(day, "r2")
     saved = lst.saved(day)
-    assert (saved["missing"], saved["changed"], saved["extra"]) == (1, 1, 1)
-    assert (saved["local_before"], saved["window_total"], saved["fonzip_total"]) == (n, n, n + 1)
-    assert saved["calls"] == 1 + 3  # the page and one detail per queued id
+    assert (saved["missing"], saved["changed"], saved["extra"]) == (1, 1, 2)
+    assert (saved["local_before"], saved["window_total"], saved["fonzip_total"]) == (
+        n,
+        n - 1,
+        n,
+    )
+    assert saved["calls"] == 1 + 4  # the page and one detail per queued id
     # Queued at the reconcile's priority, with the row that showed it (none for the
     # record Fonzip no longer lists); the unchanged records are not queued.
     assert lst.queued() == [
         (repriced, None, "reconcile", 1, True),
         (gone, None, "reconcile", 1, False),
+        (also_gone, None, "reconcile", 1, False),
         (new, None, "reconcile", 1, True),
     ]
     assert lst.woken == 1
     assert lst.recorded == 1  # nothing was built from a row this time
     assert second.outcome == "open"
-    assert "3 not fetched" in str(second.reason)
+    for fid in (new, gone, also_gone):
+        assert f"donation {fid} not fetched by the time limit" in str(second.reason)
 
 
 async def test_a_day_of_more_than_a_page_of_rows_is_stored_from_them_once(
