@@ -272,8 +272,10 @@ async def test_a_failed_attempt_is_counted_and_only_rows_past_the_limit_go_dead(
     assert await store.outbox.record_failure("b", [one.id], "bug", dead_after=1) == 0
     assert await store.outbox.record_failure("b", [], "bug", dead_after=1) == 0
     assert [r.attempts for r in await store.outbox.batch("b", 10)] == [0, 0, 0]
-    # A dead row stays dead (and is not counted again) when named once more.
+    # A dead row stays dead (and is not counted again) when named once more; with a
+    # limit of one attempt, a pending row goes dead at its next failure.
     assert await store.outbox.record_failure("a", [one.id], "bug 3", dead_after=1) == 0
+    assert await store.outbox.record_failure("a", [three.id], "bug 3", dead_after=1) == 1
 
 
 async def test_the_oldest_pending_row_says_how_long_a_sink_has_been_behind(
@@ -330,6 +332,8 @@ async def test_replay_by_key_id_and_date_range(store: Store) -> None:
     # order the records were stored.
     crm = SinkPolicy(kinds=frozenset({Kind.DONATION}), person=frozenset({"email"}))
     assert await store.outbox.requeue("a", dead=False, policy=crm, dry_run=True) == 3
+    only = {"keys": ["donation:2"], "since": days[0], "policy": crm, "dry_run": True}
+    assert await store.outbox.requeue("a", dead=False, **only) == 1  # type: ignore[arg-type]
     assert await store.outbox.requeue("a", dead=False, policy=crm) == 3
     rows = await store.outbox.batch("a", 10)
     assert [r.record.fonzip_id for r in rows] == [1, 2, 3]
@@ -350,6 +354,12 @@ async def test_dead_letters_replayed_by_key_or_id_leave_the_others_dead(store: S
     await store.outbox.dead_letter("b", [r.id for r in await store.outbox.batch("b", 10)], "x")
     # "donation:1" is object 1, not 12 (whose key also starts "donation:1").
     assert await store.outbox.requeue("a", dead=True, keys=["donation:1:old"], dry_run=True) == 1
+    # Several keys: any of them, and a date range on top.
+    both = ["donation:2", "donation:12"]
+    assert await store.outbox.requeue("a", dead=True, keys=both, dry_run=True) == 2
+    day, later = dt.date(2026, 11, 26), dt.date(2026, 11, 27)
+    assert await store.outbox.requeue("a", dead=True, keys=both, since=day, dry_run=True) == 2
+    assert await store.outbox.requeue("a", dead=True, keys=both, since=later, dry_run=True) == 0
     assert await store.outbox.requeue("a", dead=True, keys=["donation:1:old"]) == 1
     [revived] = await store.outbox.batch("a", 10)
     assert (revived.id, revived.record_key, revived.attempts) == (rows[0].id, rows[0].record_key, 0)
@@ -366,3 +376,83 @@ async def test_dead_letters_replayed_by_key_or_id_leave_the_others_dead(store: S
         "SELECT dead_at FROM outbox WHERE sink_id = 'a' AND state = 'pending'"
     )
     assert [r[0] for r in revived_rows] == [None, None]
+
+
+async def test_a_row_replayed_through_a_policy_is_found_again_by_date_kind_and_forget(
+    store: Store, clock: FakeClock
+) -> None:
+    day = dt.date(2026, 11, 20)
+    # Stored in this order: the ticket sale, which the sink does not take, in between.
+    for record in (
+        make_record(1, day=day),
+        make_record(2, day=day, kind=Kind.TICKET_SALE),
+        make_record(3, day=day),
+    ):
+        await store.records.apply_record(None, record, [])
+        clock.advance(1)
+    crm = SinkPolicy(kinds=frozenset({Kind.DONATION}), redact=frozenset({"name"}))
+    assert await store.outbox.requeue("crm", dead=False, policy=crm) == 2
+    rows = await store.outbox.batch("crm", 10)
+    assert [r.record.fonzip_id for r in rows] == [1, 3]
+    # The replayed rows carry their day and kind like any other: a replay of dead
+    # letters by date and kind finds them, and an erasure scrubs them.
+    await store.outbox.dead_letter("crm", [r.id for r in rows], "HTTP 400")
+    dead = {"dead": True, "since": day, "until": day, "kind": Kind.DONATION}
+    assert await store.outbox.requeue("crm", dry_run=True, **dead) == 2  # type: ignore[arg-type]
+    assert (
+        await store.outbox.requeue("crm", dry_run=True, dead=True, since=day + dt.timedelta(1)) == 0
+    )
+    await store.erasures.erase([(Kind.DONATION, 1)])
+    raw = await store.connection.fetchall(
+        "SELECT record FROM outbox WHERE sink_id = 'crm' ORDER BY id"
+    )
+    assert "ayse@example.com" not in raw[0][0]
+    assert "ayse@example.com" in raw[1][0]  # record 3 is someone else's, as far as we know
+    # Record 3's dead letter returns in place; record 1's erased state comes behind it.
+    assert await store.outbox.requeue("crm", **dead) == 2  # type: ignore[arg-type]
+    replayed = await store.outbox.batch("crm", 10)
+    assert [(r.record.fonzip_id, r.record.person.email) for r in replayed] == [
+        (3, "ayse@example.com"),
+        (1, None),
+    ]
+
+
+async def test_a_dead_letters_latest_version_queued_in_its_place_keeps_its_day_and_kind(
+    store: Store,
+) -> None:
+    day = dt.date(2026, 11, 20)
+    v1, v2 = make_record(1, day=day), make_record(1, day=day, name="Ayşe Yılmaz Demir")
+    await store.records.apply_record(None, v1, ["csv"])
+    await store.outbox.dead_letter("csv", [r.id for r in await store.outbox.batch("csv", 10)], "x")
+    await store.records.apply_record(None, v2, [])  # stored, not queued for csv
+    assert await store.outbox.requeue("csv", dead=True, since=day, kind=Kind.DONATION) == 1
+    [again] = await store.outbox.batch("csv", 10)
+    assert again.record_key == v2.key
+    await store.outbox.dead_letter("csv", [again.id], "x")
+    assert await store.outbox.requeue("csv", dead=True, until=day, kind=Kind.DONATION) == 1
+
+
+async def test_a_dead_letter_whose_record_is_gone_is_replayed_as_it_is(store: Store) -> None:
+    await store.records.apply_record(None, make_record(1), ["csv"])
+    [row] = await store.outbox.batch("csv", 10)
+    await store.outbox.dead_letter("csv", [row.id], "x")
+    async with store.connection.transaction() as tx:
+        await tx.execute("DELETE FROM records")
+    assert await store.outbox.requeue("csv", dead=True) == 1
+    assert await store.outbox.batch("csv", 10) == [dataclasses.replace(row, attempts=0)]
+
+
+async def test_a_record_without_a_date_is_replayed_like_any_other(store: Store) -> None:
+    undated = dataclasses.replace(make_record(1), occurred_at=None, business_date=None)
+    await store.records.apply_record(None, undated, ["csv"])
+    await store.outbox.dead_letter("csv", [r.id for r in await store.outbox.batch("csv", 10)], "x")
+    newer = dataclasses.replace(undated, status="refunded", version="v2")
+    await store.records.apply_record(None, newer, [])
+    policy = SinkPolicy(person=frozenset({"email"}))
+    # Its latest version in the dead letter's place, and through a policy on request.
+    assert await store.outbox.requeue("csv", dead=True, policy=policy) == 1
+    assert await store.outbox.requeue("crm", dead=False, policy=policy) == 1
+    for sink in ("csv", "crm"):
+        [row] = await store.outbox.batch(sink, 10)
+        assert (row.record_key, row.record.business_date) == (newer.key, None)
+        assert row.record.person.email is None

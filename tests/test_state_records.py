@@ -568,3 +568,26 @@ async def test_corrected_records_are_queued_once_for_each_sink_that_admits_them(
     assert all(r.record.person.email is None for r in crm)
     assert await store.records.redeliver(sinks) == 0  # once
     assert len(await store.outbox.batch("all", 10)) == 3
+
+
+def test_a_status_fonzipd_does_not_know_ranks_with_the_settled_ones() -> None:
+    # A status Fonzip adds later: after pending, before refunds; the read order decides
+    # between it and another settled state.
+    assert is_newer(state("on_hold", read=0), state("pending", read=5)) is True
+    assert is_newer(state("on_hold", read=5), state("refunded", read=0)) is False
+    assert is_newer(state("on_hold", read=0), state("succeeded", read=5)) is False
+    assert is_newer(state("succeeded", read=5), state("on_hold", read=0)) is True
+
+
+async def test_a_group_commit_claims_a_row_whose_retry_is_due(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.inbox.add_events([hook(1)])
+    first = await store.inbox.claim()
+    assert first is not None
+    await store.inbox.retry_later(first.id, "HTTP 503", 10)
+    _, none_yet = await store.records.apply_and_claim([(None, make_record(7), ["a"])], 1)
+    assert none_yet == []  # not due yet
+    clock.advance(11)
+    _, rows = await store.records.apply_and_claim([(None, make_record(8), ["a"])], 1)
+    assert [(r.id, r.fonzip_id, r.attempts) for r in rows] == [(first.id, 1, 2)]
