@@ -206,7 +206,7 @@ def listed(fid: int, row: dict[str, object], kind: Kind = Kind.DONATION) -> Inbo
 
 
 async def test_a_person_is_found_by_every_copy_the_database_holds_of_them(store: Store) -> None:
-    with pytest.raises(ValueError, match="e-mail address, a Fonzip user id"):
+    with pytest.raises(ValueError, match=r"^give an e-mail address, a Fonzip user id, or both$"):
         await store.erasures.find(email=None, fonzip_user_id=None)
     # Donation 1 now names someone else; only its queued older version names her.
     await store.records.apply_record(None, about(1), ["a"])
@@ -313,3 +313,25 @@ async def test_retention_thins_records_in_chunks_and_drops_finished_list_rows(
         (3, "claimed", 0),
         (4, "failed", 0),
     ]
+
+
+async def test_every_list_row_of_an_object_is_scrubbed_and_a_record_without_a_person_too(
+    store: Store,
+) -> None:
+    # Object 1: a claimed fetch whose row holds nothing personal, then two more with
+    # the address (a newer notification claimed meanwhile, and one still pending).
+    await store.inbox.add_events([listed(1, {"id": 1})])
+    assert await store.inbox.claim() is not None
+    await store.inbox.add_events([listed(1, {"id": 1, "email": EMAIL})])
+    assert await store.inbox.claim() is not None
+    await store.inbox.add_events([listed(1, {"id": 1, "email": EMAIL})])
+    # Object 2: its person already empty, its data still personal.
+    bare = dataclasses.replace(about(2), person=Person())
+    await store.records.apply_record(None, bare, [])
+    counts = await store.erasures.erase([(Kind.DONATION, 1), (Kind.DONATION, 2)])
+    assert (counts.records, counts.inbox_list_rows) == (1, 2)
+    rows = await store.connection.fetchall("SELECT list_row FROM inbox ORDER BY id")
+    assert [r[0] for r in rows] == ['{"id": 1}'] * 3
+    stored = await store.records.get(Kind.DONATION, 2)
+    assert stored is not None
+    assert stored.data == {}
