@@ -285,9 +285,12 @@ async def test_only_form_answers_whose_state_changes_and_can_be_reread_are_migra
     dropped = _as_before(_answer(0, 3, 504), "waiting_approval")
     erased = _as_before(_answer(0, 3, 505), "waiting_approval")
     donation = make_record(506, status="succeeded")
+    last = _as_before(_answer(0, 3, 507), "waiting_approval")  # after those left alone
     monkeypatch.setattr(migrations, "SCHEMA_VERSION", 4)
     old = await Store.open(path, clock=clock)
-    await old.records.apply_records([gone, same, unreadable, dropped, erased, donation], ["sql"])
+    await old.records.apply_records(
+        [gone, same, unreadable, dropped, erased, donation, last], ["sql"]
+    )
     await old.erasures.erase([(Kind.FORM_ANSWER, 505)])
     async with old.connection.transaction() as tx:
         await tx.execute("UPDATE records SET data_dropped_at = 1 WHERE fonzip_id = 504")
@@ -299,7 +302,7 @@ async def test_only_form_answers_whose_state_changes_and_can_be_reread_are_migra
     with structlog.testing.capture_logs() as logs:
         store = await Store.open(path, clock=clock)
     try:
-        assert {"event": "form_answers_migrated", "records": 1, "log_level": "info"} in logs
+        assert {"event": "form_answers_migrated", "records": 2, "log_level": "info"} in logs
         assert {
             "event": "record_not_migrated",
             "kind": "form_answer",
@@ -329,7 +332,10 @@ async def test_only_form_answers_whose_state_changes_and_can_be_reread_are_migra
         updated = {fid: (status, at) for fid, status, at in rows}
         assert updated[501] == ("deleted", clock.now().timestamp())
         assert updated[502][1] < clock.now().timestamp()
-        assert await store.records.redeliver(["sql"]) == 1
+        moved = await store.records.get(Kind.FORM_ANSWER, 507)
+        assert moved is not None
+        assert (moved.status, moved.approval) == ("succeeded", "waiting_approval")
+        assert await store.records.redeliver(["sql"]) == 2
         (queued,) = [r for r in await store.outbox.batch("sql", 100) if r.record == migrated]
         assert queued.record_key == migrated.key
     finally:
