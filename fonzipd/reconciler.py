@@ -665,7 +665,10 @@ class Reconciler:
         for fid, want in run.expected.items():
             have = stored.get(fid)
             state, error = inbox.get(fid, ("missing", None))
-            if want and have == want:
+            # "done": the fetch this run queued has happened. A stored record already
+            # in the status the list shows (a row that changed in another field) is not
+            # verified by that status alone: its fetch may have failed or not run yet.
+            if want and have == want and state == "done":
                 run.fetched += 1
                 continue
             if not want and have is not None and state == "done":

@@ -1206,8 +1206,10 @@ async def test_the_diff_queues_what_is_missing_changed_or_no_longer_listed_and_n
     assert lst.woken == 1
     assert lst.recorded == 1  # nothing was built from a row this time
     assert second.outcome == "open"
-    for fid in (new, gone, also_gone):
-        assert f"donation {fid} not fetched by the time limit" in str(second.reason)
+    # Nothing fetched them (no fetcher here): all four keep the list open, the amended
+    # one too, though its stored status is the one the list shows.
+    assert (saved["fetched"], saved["failed"]) == (0, 4)
+    assert "4 not fetched" in str(second.reason)
 
 
 async def test_a_day_of_more_than_a_page_of_rows_is_stored_from_them_once(
@@ -1608,3 +1610,17 @@ async def test_a_refund_list_counts_local_records_by_the_basis_it_was_judged_on(
         )
         await reconciler._settle(run, dry_run=False)
         assert (run.outcome, run.local_after) == ("closed", local), basis
+
+
+async def test_a_stored_record_whose_queued_fetch_failed_keeps_the_day_open(
+    store: Store, clock: FakeClock
+) -> None:
+    # Stored as paid; the list still shows it paid but its row changed (an amount
+    # corrected), so it was queued. The fetch failed: the stored status agrees with the
+    # list, but the correction was never read, and the day must not close on it.
+    await store.records.apply_record(await _queued(store, 1), make_record(1), ["a"])
+    await store.inbox.fail(await _queued(store, 1), "HTTP 503")
+    run = _list_run({1: "succeeded"}, window_total=1)
+    await _settler(store, clock)._settle(run, dry_run=False)
+    assert (run.outcome, run.fetched, run.failed) == ("open", 0, 1)
+    assert run.reason == "1 not fetched (donation 1 failed: HTTP 503)"
