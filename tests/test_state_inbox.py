@@ -171,6 +171,8 @@ async def test_a_claimed_row_carries_its_event_and_list_row(store: Store, clock:
         1,
     )
     assert (bulk.attempts, bulk.list_row) == (1, {"id": 9, "ad": "Ayşe"})
+    # An event without a list row stores none (not a JSON null).
+    assert (await inbox_row(store, live.id))["list_row"] is None
     stored = await inbox_row(store, bulk.id)
     now = clock.now().timestamp()
     assert (stored["received_at"], stored["next_attempt_at"], stored["state"]) == (
@@ -405,3 +407,17 @@ async def test_a_row_superseded_on_give_back_is_finished_now_and_pruned_in_time(
     clock.advance(86400)
     assert await store.inbox.prune(dt.timedelta(hours=23)) == 4
     assert await store.inbox.counts() == {}
+
+
+async def test_rows_ready_together_are_claimed_in_arrival_order_whatever_their_kind(
+    store: Store,
+) -> None:
+    await store.inbox.add_events(
+        [hook(1, kind=Kind.TICKET_SALE), hook(2, kind=Kind.DONATION), hook(3, kind=Kind.CAMPAIGN)]
+    )
+    claimed = await store.inbox.claim_many(3)
+    assert [(r.kind, r.fonzip_id) for r in claimed] == [
+        (Kind.TICKET_SALE, 1),
+        (Kind.DONATION, 2),
+        (Kind.CAMPAIGN, 3),
+    ]
