@@ -7,9 +7,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fonzipd.kinds import Kind
 from fonzipd.records import Source
-from fonzipd.state import InboxEvent, Store
+from fonzipd.state import InboxEvent, Store, StoreError
 from tests.support import FakeClock, hook, make_record
 
 
@@ -421,3 +423,15 @@ async def test_rows_ready_together_are_claimed_in_arrival_order_whatever_their_k
         (Kind.DONATION, 2),
         (Kind.CAMPAIGN, 3),
     ]
+
+
+async def test_an_insert_left_inside_an_open_transaction_is_refused_and_rolled_back(
+    store: Store,
+) -> None:
+    # The listener answers 200 only for events committed: an insert that did not
+    # commit by itself (a transaction someone left open) must raise, and leave nothing.
+    await store.db.execute("BEGIN")
+    with pytest.raises(StoreError, match=r"^the inbox insert did not complete its transaction$"):
+        await store.inbox.add_events([hook(1)])
+    assert not store.db.in_transaction
+    assert await store.inbox.depth() == (0, None)
