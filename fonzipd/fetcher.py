@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import sqlite3
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,7 +48,18 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-_Waiter = tuple[int, Record, Any, bool, "asyncio.Future[tuple[Applied, InboxRow | None]]"]
+_Waiter = tuple[int, Record, Any, int, "asyncio.Future[tuple[Applied, list[InboxRow]]]"]
+
+
+_Fetched = tuple[Record, float, "structlog.typing.FilteringBoundLogger"]
+
+
+@dataclasses.dataclass
+class _Lane:
+    """One worker's rows: those claimed ahead of its fetch, and its store in flight."""
+
+    ahead: deque[InboxRow] = dataclasses.field(default_factory=deque)
+    storing: asyncio.Task[list[InboxRow]] | None = None
 
 
 class GroupApply:
@@ -68,15 +82,15 @@ class GroupApply:
 
     async def apply(self, row_id: int, record: Record, sinks: Any) -> Applied:
         """Store one worker's record (with the records of the others waiting)."""
-        applied, _ = await self.apply_and_claim(row_id, record, sinks, claim_next=False)
+        applied, _ = await self.apply_and_claim(row_id, record, sinks, claim_next=0)
         return applied
 
     async def apply_and_claim(
-        self, row_id: int, record: Record, sinks: Any, *, claim_next: bool = True
-    ) -> tuple[Applied, InboxRow | None]:
-        """Store one worker's record and, in the same commit, claim its next row
-        (None: nothing is ready, or ``claim_next`` is False)."""
-        fut: asyncio.Future[tuple[Applied, InboxRow | None]]
+        self, row_id: int, record: Record, sinks: Any, *, claim_next: int = 1
+    ) -> tuple[Applied, list[InboxRow]]:
+        """Store one worker's record and, in the same commit, claim up to
+        ``claim_next`` rows for it (fewer when fewer are ready)."""
+        fut: asyncio.Future[tuple[Applied, list[InboxRow]]]
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append((row_id, record, sinks, claim_next, fut))
         if not self._leading:
@@ -100,7 +114,7 @@ class GroupApply:
             try:
                 results, rows = await self._store.records.apply_and_claim(
                     [(row_id, record, sinks) for row_id, record, sinks, _, _ in group],
-                    sum(1 for *_, wants, _ in group if wants),
+                    sum(wants for *_, wants, _ in group),
                 )
             except (StoreError, sqlite3.OperationalError):
                 raise  # the database (locked, full, closed), not a record
@@ -124,11 +138,11 @@ class GroupApply:
         claimed = iter(rows)
         orphans = []
         for (*_, wants, fut), applied in zip(group, results, strict=True):
-            row = next(claimed, None) if wants else None
+            mine = list(itertools.islice(claimed, wants))
             if not fut.done():
-                fut.set_result((applied, row))
-            elif row is not None:
-                orphans.append(row)  # its worker was stopped meanwhile
+                fut.set_result((applied, mine))
+            else:
+                orphans.extend(mine)  # its worker was stopped meanwhile
         for row in orphans:
             try:
                 await self._store.inbox.unclaim(row.id)
@@ -214,6 +228,7 @@ class Fetcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._group = GroupApply(store)
         self._claims = GroupClaim(store)
+        self._idle_workers = 0  # in _idle: no row to work; then none is claimed ahead
 
     def wake(self) -> None:
         """New work was committed: stop waiting."""
@@ -245,33 +260,59 @@ class Fetcher:
         # write lock, a full disk) is waited out here; anything else that escapes is
         # a bug, kills the worker, and the daemon's supervisor reports it.
         failures = 0
-        row: InboxRow | None = None  # claimed by the commit that stored the last record
-        while not self._stopping:
-            try:
-                row = await self._work_once(row)
-                failures = 0
-            except (sqlite3.Error, StoreError) as exc:
-                row = None  # _work_once has put it back
-                failures += 1
-                delay = self._schedule.wait(failures)
-                log.warning(
-                    "fetch_store_failed", worker=n, error=str(exc), retry_in=round(delay, 2)
-                )
-                await self._pause(delay)
-        if row is not None:
-            # Stopped between two rows: the next one goes back untouched.
-            await asyncio.shield(self._store.inbox.unclaim(row.id))
+        lane = _Lane()
+        try:
+            while not self._stopping:
+                try:
+                    await self._work_once(lane)
+                    failures = 0
+                except (sqlite3.Error, StoreError) as exc:
+                    failures += 1
+                    delay = self._schedule.wait(failures)
+                    log.warning(
+                        "fetch_store_failed", worker=n, error=str(exc), retry_in=round(delay, 2)
+                    )
+                    await self._pause(delay)
+        finally:
+            # Stopped: the last record's store ends (stored, or its row put back), and
+            # the rows claimed ahead go back untouched.
+            await asyncio.shield(self._wind_down(lane))
 
-    async def _work_once(self, row: InboxRow | None) -> InboxRow | None:
-        """Work ``row`` (or a row claimed now); the next row, when one was claimed
-        in the commit that stored this one."""
-        if row is None:
+    async def _wind_down(self, lane: _Lane) -> None:
+        await self._stored(lane)
+        while lane.ahead:
+            await self._store.inbox.unclaim(lane.ahead.popleft().id)
+
+    async def _stored(self, lane: _Lane) -> None:
+        """Wait for the worker's store in flight; the rows it claimed are the worker's.
+
+        Shielded: a worker stopped meanwhile leaves the store to end, and winds down
+        after it (``_wind_down``)."""
+        if lane.storing is not None:
+            claimed = await asyncio.shield(lane.storing)
+            lane.storing = None
+            lane.ahead.extend(claimed)
+
+    async def _work_once(self, lane: _Lane) -> None:
+        """Fetch one row while the worker's last record commits, then store it.
+
+        A worker has at most one store in flight. While no worker is idle (a backlog),
+        it keeps one row claimed ahead (the commit that stores a record claims the row
+        after next), so its next fetch starts as soon as this one ends, not when the
+        commit does; while a worker is idle, nothing is claimed ahead, so a burst is
+        fetched in parallel. Rows stay claimed until their record is stored, so a crash
+        meanwhile loses nothing (claims are put back at start)."""
+        if not lane.ahead:
+            await self._stored(lane)
+        if not lane.ahead:
             row = await self._claims.claim()
             if row is None:
                 await self._idle()
-                return None
+                return
+            lane.ahead.append(row)
+        row = lane.ahead.popleft()
         try:
-            return await self._process(row)
+            fetched = await self._process(row)
         except asyncio.CancelledError:
             # Shutdown mid-fetch: the row goes back untouched, nothing is lost.
             await asyncio.shield(self._store.inbox.unclaim(row.id))
@@ -279,11 +320,50 @@ class Fetcher:
         except (sqlite3.Error, StoreError) as exc:
             log.warning("fetch_store_failed", inbox_id=row.id, error=str(exc))
             await self._put_back(row, f"state database: {exc}")
+            fetched = None
         except Exception as exc:
             # A bug, not a Fonzip problem: keep the row, retry later, keep working.
             log.exception("fetch_crashed", inbox_id=row.id, kind=str(row.kind))
             await self._put_back(row, f"internal error: {exc!r}")
-        return None
+            fetched = None
+        try:
+            await self._stored(lane)  # one store in flight per worker
+        except asyncio.CancelledError:
+            if fetched is not None:  # fetched, not stored: fetched again later
+                await asyncio.shield(self._store.inbox.unclaim(row.id))
+            raise
+        if fetched is not None:
+            # Under a backlog, claim enough that a row is waiting when this commit ends.
+            held = 0 if self._stopping else (1 if self._idle_workers else 2)
+            wants = max(0, held - len(lane.ahead))
+            lane.storing = asyncio.create_task(self._store_record(row, fetched, wants))
+
+    async def _store_record(self, row: InboxRow, fetched: _Fetched, wants: int) -> list[InboxRow]:
+        """Store a fetched record, with the rows its worker claims next; every failure is
+        settled here, as if the worker had waited for it."""
+        record, started, bound = fetched
+        try:
+            try:
+                applied, claimed = await self._group.apply_and_claim(
+                    row.id, record, self._sink_ids(), claim_next=wants
+                )
+            except (StoreError, sqlite3.OperationalError):
+                raise  # the database (locked, full, closed), not the event
+            except Exception as exc:
+                # Whatever this object made the store raise is the object's fault:
+                # parked after max_attempts like a malformed one, never retried forever.
+                await self._attempt_failed(row, exc, bound)
+                return []
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("fetch_store_failed", inbox_id=row.id, error=str(exc))
+            await self._put_back(row, f"state database: {exc}")
+            return []
+        except Exception as exc:
+            log.exception("fetch_crashed", inbox_id=row.id, kind=str(row.kind))
+            await self._put_back(row, f"internal error: {exc!r}")
+            return []
+        self._applied(record, applied, started, bound)
+        return claimed
 
     async def _put_back(self, row: InboxRow, reason: str) -> None:
         """Schedule a claimed row's retry, trying until the state database takes it."""
@@ -319,16 +399,21 @@ class Fetcher:
         if self._stopping:
             # stop() may have set the event just before the clear above.
             return
-        due = await self._store.inbox.next_due()
-        timeout = 5.0
-        if due is not None:
-            timeout = min(timeout, max(0.0, (due - self._clock.now()).total_seconds()))
-        if timeout <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._idle_workers += 1
+        try:
+            due = await self._store.inbox.next_due()
+            timeout = 5.0
+            if due is not None:
+                timeout = min(timeout, max(0.0, (due - self._clock.now()).total_seconds()))
+            if timeout <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+        finally:
+            self._idle_workers -= 1
 
-    async def _process(self, row: InboxRow) -> InboxRow | None:
+    async def _process(self, row: InboxRow) -> _Fetched | None:
+        """Fetch and normalize a row's object; None when the attempt failed (handled)."""
         bound = log.bind(
             inbox_id=row.id,
             kind=str(row.kind),
@@ -357,20 +442,12 @@ class Fetcher:
             # which is what orders two reads of one object (apply_record).
             fetched_at = detail.read_at or self._clock.now()
             record = normalize(detail, tz=self._tz, source=row.source, fetched_at=fetched_at)
-            # The next row is claimed in the same commit: one commit per record, and
-            # no wait on a claim of its own before the next fetch.
-            applied, following = await self._group.apply_and_claim(
-                row.id, record, self._sink_ids(), claim_next=not self._stopping
-            )
-        except (StoreError, sqlite3.OperationalError):
-            raise  # the database (locked, full, closed), not the event: waited out above
         except Exception as exc:
-            # Whatever this object made the normalizer or the store raise is the object's
-            # fault: parked after max_attempts like a malformed one, never retried forever.
+            # Whatever this object made the normalizer raise is the object's fault:
+            # parked after max_attempts like a malformed one, never retried forever.
             await self._attempt_failed(row, exc, bound)
             return None
-        self._applied(record, applied, started, bound)
-        return following
+        return record, started, bound
 
     async def _attempt_failed(
         self, row: InboxRow, exc: Exception, bound: structlog.typing.FilteringBoundLogger

@@ -462,8 +462,7 @@ async def test_a_next_row_claimed_for_a_worker_stopped_meanwhile_goes_back(store
     stopped.cancel()
     applied, following = await leader
     assert applied.outcome == "new"
-    assert following is not None
-    assert following.fonzip_id == 3
+    assert [row.fonzip_id for row in following] == [3]
     with pytest.raises(asyncio.CancelledError):
         await stopped
     # Its record was in the group and is stored; the row claimed for it is pending
@@ -473,3 +472,139 @@ async def test_a_next_row_claimed_for_a_worker_stopped_meanwhile_goes_back(store
     again = await store.inbox.claim()
     assert again is not None
     assert (again.fonzip_id, again.attempts) == (4, 1)
+
+
+class _SlowSecondStore:
+    """Holds the second group commit of records until released (the first passes)."""
+
+    def __init__(self, store: Store) -> None:
+        self.real = store.records.apply_and_claim
+        self.calls = 0
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self.entered.set()
+            await asyncio.wait_for(self.release.wait(), 10)
+        return await self.real(*args, **kwargs)
+
+
+async def _one_worker(
+    rig: Rig, slow: _SlowSecondStore, ids: list[int]
+) -> tuple[Fetcher, asyncio.Event]:
+    """A single worker (the rig's four stopped) over four donations, the third's detail
+    held; the event is set when its request arrives."""
+    await rig.fetcher.stop(timeout=1)
+    rig.store.records.apply_and_claim = slow  # type: ignore[method-assign]
+    third = rig.sim.hold_detail(Kind.DONATION, ids[2])
+    await rig.store.inbox.add_events([hook(fid) for fid in ids])
+    fetcher = Fetcher(
+        rig.store,
+        rig.client,
+        FetcherSettings(concurrency=1, retry_initial=0.05, retry_max=0.2, max_attempts=3),
+        sink_ids=lambda: ("a",),
+        tz=TZ,
+        on_record=lambda: None,
+    )
+    fetcher.start()
+    return fetcher, third.arrived
+
+
+async def test_a_worker_fetches_its_next_row_while_its_last_record_commits(rig: Rig) -> None:
+    """Issue 14: a worker's next fetch does not wait for its last record's commit (one
+    store in flight, one row claimed ahead); every row stays claimed until stored."""
+    ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:4]
+    slow = _SlowSecondStore(rig.store)
+    fetcher, third_asked = await _one_worker(rig, slow, ids)
+    try:
+        await asyncio.wait_for(slow.entered.wait(), 10)  # the second record is storing
+        # ... and the third is being fetched meanwhile: its request is at Fonzip.
+        await asyncio.wait_for(third_asked.wait(), 10)
+        assert await rig.store.records.get(Kind.DONATION, ids[1]) is None
+        assert await rig.store.inbox.counts() == {"done": 1, "claimed": 2, "pending": 1}
+        slow.release.set()
+        rig.sim.release_detail(Kind.DONATION, ids[2])
+        assert await rig.settled() == {"done": 4}
+        for fid in ids:
+            assert await rig.store.records.get(Kind.DONATION, fid) is not None
+    finally:
+        slow.release.set()
+        rig.sim.release_detail(Kind.DONATION, ids[2])
+        await fetcher.stop(timeout=2)
+
+
+async def test_a_stop_ends_the_store_in_flight_and_gives_back_every_other_row(rig: Rig) -> None:
+    ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:4]
+    slow = _SlowSecondStore(rig.store)
+    fetcher, third_asked = await _one_worker(rig, slow, ids)
+    try:
+        await asyncio.wait_for(slow.entered.wait(), 10)
+        await asyncio.wait_for(third_asked.wait(), 10)
+        stopping = asyncio.ensure_future(fetcher.stop(timeout=0.1))
+
+        async def third_given_back() -> bool:
+            rows = await rig.store.connection.fetchall(
+                "SELECT state FROM inbox WHERE fonzip_id = ?", (ids[2],)
+            )
+            return [r[0] for r in rows] == ["pending"]
+
+        # Cancelled mid-fetch, the third row went back; the second record's store,
+        # which also claims the fourth row, is still in flight until released.
+        await until(third_given_back)
+        slow.release.set()
+        await asyncio.wait_for(stopping, 10)
+        # The second record is stored; the row claimed ahead for the stopped worker
+        # went back untouched: nothing is left claimed.
+        assert await rig.store.records.get(Kind.DONATION, ids[1]) is not None
+        assert await rig.store.inbox.counts() == {"done": 2, "pending": 2}
+    finally:
+        slow.release.set()
+        rig.sim.release_detail(Kind.DONATION, ids[2])
+        await fetcher.stop(timeout=2)
+
+
+async def test_nothing_is_claimed_ahead_while_a_worker_is_idle(rig: Rig) -> None:
+    """A burst that arrives while a worker is idle is fetched in parallel: the busy
+    worker's store claims its next row only, not one ahead for itself."""
+    await rig.fetcher.stop(timeout=1)
+    ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:3]
+    holds = [rig.sim.hold_detail(Kind.DONATION, fid) for fid in ids]
+    fetcher = Fetcher(
+        rig.store,
+        rig.client,
+        FetcherSettings(concurrency=2, retry_initial=0.05, retry_max=0.2, max_attempts=3),
+        sink_ids=lambda: ("a",),
+        tz=TZ,
+        on_record=lambda: None,
+    )
+    fetcher.start()
+    try:
+        await rig.store.inbox.add_events([hook(ids[0])])
+        fetcher.wake()
+        await asyncio.wait_for(holds[0].arrived.wait(), 10)  # one worker busy
+
+        async def other_idle() -> bool:
+            return fetcher._idle_workers == 1
+
+        await until(other_idle)
+        # Two more arrive (not woken yet): the busy worker's commit takes one of them.
+        await rig.store.inbox.add_events([hook(ids[1]), hook(ids[2])])
+        rig.sim.release_detail(Kind.DONATION, ids[0])
+
+        async def first_stored() -> bool:
+            return await rig.store.records.get(Kind.DONATION, ids[0]) is not None
+
+        await until(first_stored)
+        fetcher.wake()
+        # Both are fetched at once, one by each worker.
+        await asyncio.wait_for(holds[1].arrived.wait(), 10)
+        await asyncio.wait_for(holds[2].arrived.wait(), 10)
+        for fid in ids[1:]:
+            rig.sim.release_detail(Kind.DONATION, fid)
+        assert await rig.settled() == {"done": 3}
+    finally:
+        for fid in ids:
+            rig.sim.release_detail(Kind.DONATION, fid)
+        await fetcher.stop(timeout=2)
