@@ -225,9 +225,24 @@ async def test_a_database_that_cannot_be_created_is_a_clear_error(tmp_path: Path
 
 async def test_read_only_needs_an_existing_database(tmp_path: Path) -> None:
     conn = Connection(tmp_path / "state.db", read_only=True)
-    with pytest.raises(StoreError, match="no fonzipd state database here"):
+    with pytest.raises(StoreError) as caught:
         await conn.connect()
+    # The operator is told where it looked and what to check.
+    assert str(caught.value) == (
+        f"{tmp_path / 'state.db'}: no fonzipd state database here "
+        "(has the daemon run with this configuration? see state.path)"
+    )
     assert names(tmp_path) == []
+
+
+async def test_a_path_sqlite_cannot_open_is_named_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "state.db").mkdir()  # a folder where the database file should be
+    conn = Connection(tmp_path / "state.db")
+    with pytest.raises(StoreError) as caught:
+        await conn.connect()
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'state.db'}: cannot open the state database: "
+    ), caught.value
 
 
 async def test_read_only_reads_a_stopped_database_without_leaving_files(
