@@ -365,3 +365,40 @@ async def test_a_failed_switch_back_to_full_commits_nothing_and_is_made_again(st
     await store.inbox.add_events([hook(2)])
     assert levels.at_commit == [FULL]
     assert (await store.inbox.depth())[0] == 2
+
+
+async def test_the_synchronous_level_is_set_only_when_it_changes(tmp_path: Path) -> None:
+    """A PRAGMA is a round trip to SQLite's thread: durable commits in a row set no
+    level (the connection opens at FULL), and a claim switches to NORMAL and back once."""
+    store = await Store.open(tmp_path / "state.db")
+    pragmas: list[str] = []
+
+    async def seen(sql: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        if sql.startswith("PRAGMA synchronous"):
+            pragmas.append(sql)
+        return await call()
+
+    store.connection.faults = seen
+    try:
+        await store.inbox.add_events([hook(1), hook(2)])
+        await store.meta.set("k", "v")
+        assert pragmas == []
+        assert await store.inbox.claim() is not None
+        assert await store.inbox.claim() is not None
+        await store.inbox.add_events([hook(3)])
+        await store.meta.set("k", "w")
+        assert pragmas == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]
+    finally:
+        store.connection.faults = None
+        await store.close()
+    # A connection just opened is at FULL already: its first transaction sets nothing.
+    pragmas.clear()
+    conn = Connection(tmp_path / "state.db")
+    conn.faults = seen
+    await conn.connect()
+    try:
+        async with conn.transaction() as tx:
+            await tx.execute("UPDATE meta SET value = 'x' WHERE key = 'k'")
+        assert pragmas == []
+    finally:
+        await conn.close()
