@@ -327,6 +327,14 @@ def test_parse_webhook_ignores_unknown_extra_keys() -> None:
         parse_webhook(b'{"webhook_id": 1, "operation": 1}')
 
 
+def test_a_refused_webhook_names_only_what_is_wrong_whatever_the_valid_values() -> None:
+    """The 422 says which field is wrong; large ids and operation 6 are valid."""
+    body = b'{"id": 5000000, "webhook_id": 300, "operation": 6, "status": 9}'
+    with pytest.raises(PayloadError) as caught:
+        parse_webhook(body)
+    assert str(caught.value) == "status: must be 0, 3, 4 or 5, got 9"
+
+
 # -- hostile clients ------------------------------------------------------------------
 
 
