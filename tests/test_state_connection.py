@@ -8,6 +8,7 @@ import gc
 import os
 import sqlite3
 import stat
+import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -237,12 +238,17 @@ async def test_read_only_needs_an_existing_database(tmp_path: Path) -> None:
 
 async def test_a_path_sqlite_cannot_open_is_named_with_the_reason(tmp_path: Path) -> None:
     (tmp_path / "state.db").mkdir()  # a folder where the database file should be
+    before = set(threading.enumerate())
     conn = Connection(tmp_path / "state.db")
     with pytest.raises(StoreError) as caught:
         await conn.connect()
     assert str(caught.value).startswith(
         f"{tmp_path / 'state.db'}: cannot open the state database: "
     ), caught.value
+    # Its SQLite thread has ended: none is left to answer a closed event loop later
+    # (that printed a traceback, and failed the next test here).
+    left = [t for t in threading.enumerate() if t not in before and "_connection_worker" in t.name]
+    assert [t for t in left if t.is_alive()] == []
 
 
 async def test_read_only_reads_a_stopped_database_without_leaving_files(

@@ -192,9 +192,16 @@ class Connection:
         return "file:" + urllib.parse.quote(str(self.path.absolute()))
 
     async def _open(self, uri: str) -> aiosqlite.Connection:
+        connecting = aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
         try:
-            db = await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
+            db = await connecting
         except sqlite3.Error as exc:
+            # aiosqlite stops its worker thread after a failed connect without waiting
+            # for it; unjoined, the thread may answer an event loop that has closed
+            # meanwhile, and print a traceback as the command exits.
+            worker = getattr(connecting, "_thread", None)
+            if worker is not None:
+                await asyncio.to_thread(worker.join, 5)
             raise StoreError(f"{self.path}: cannot open the state database: {exc}") from exc
         await db.execute("PRAGMA busy_timeout=30000")
         return db
