@@ -80,11 +80,6 @@ class GroupApply:
         self._leading = False
         self.commits = 0
 
-    async def apply(self, row_id: int, record: Record, sinks: Any) -> Applied:
-        """Store one worker's record (with the records of the others waiting)."""
-        applied, _ = await self.apply_and_claim(row_id, record, sinks, claim_next=0)
-        return applied
-
     async def apply_and_claim(
         self, row_id: int, record: Record, sinks: Any, *, claim_next: int = 1
     ) -> tuple[Applied, list[InboxRow]]:

@@ -380,22 +380,28 @@ async def test_records_fetched_together_are_stored_in_one_commit_and_a_bad_one_a
     rows = [row for row in [await store.inbox.claim() for _ in range(7)] if row is not None]
     group = GroupApply(store)
     first = await asyncio.gather(
-        *(group.apply(row.id, make_record(row.fonzip_id), ["a"]) for row in rows[:4])
+        *(
+            group.apply_and_claim(row.id, make_record(row.fonzip_id), ["a"], claim_next=0)
+            for row in rows[:4]
+        )
     )
-    assert [a.outcome for a in first] == ["new"] * 4
+    assert [(a.outcome, claimed) for a, claimed in first] == [("new", [])] * 4
     # The first worker commits alone; the three that arrived meanwhile share one commit.
     assert group.commits == 2
     # A record the store cannot take (data JSON cannot hold), in a group with a good
     # one: the group is applied record by record and only its own worker fails.
     bad = dataclasses.replace(make_record(6), data={"not json": {1, 2}})
     results = await asyncio.gather(
-        group.apply(rows[4].id, make_record(5), ["a"]),
-        group.apply(rows[5].id, bad, ["a"]),
-        group.apply(rows[6].id, make_record(7), ["a"]),
+        group.apply_and_claim(rows[4].id, make_record(5), ["a"], claim_next=0),
+        group.apply_and_claim(rows[5].id, bad, ["a"], claim_next=0),
+        group.apply_and_claim(rows[6].id, make_record(7), ["a"], claim_next=0),
         return_exceptions=True,
     )
     assert isinstance(results[1], TypeError)
-    assert [getattr(r, "outcome", None) for r in (results[0], results[2])] == ["new", "new"]
+    assert [r[0].outcome for r in (results[0], results[2]) if isinstance(r, tuple)] == [
+        "new",
+        "new",
+    ]
     assert await store.inbox.counts() == {"done": 6, "claimed": 1}
     assert await store.records.get(Kind.DONATION, 6) is None
     assert await store.records.get(Kind.DONATION, 7) is not None
@@ -491,6 +497,20 @@ class _SlowSecondStore:
         return await self.real(*args, **kwargs)
 
 
+def _own_fetcher(rig: Rig, concurrency: int) -> Fetcher:
+    """A fetcher of the test's own over the rig's store and client (stop the rig's first)."""
+    fetcher = Fetcher(
+        rig.store,
+        rig.client,
+        FetcherSettings(concurrency=concurrency, retry_initial=0.05, retry_max=0.2, max_attempts=3),
+        sink_ids=lambda: ("a",),
+        tz=TZ,
+        on_record=lambda: None,
+    )
+    fetcher.start()
+    return fetcher
+
+
 async def _one_worker(
     rig: Rig, slow: _SlowSecondStore, ids: list[int]
 ) -> tuple[Fetcher, asyncio.Event]:
@@ -500,15 +520,7 @@ async def _one_worker(
     rig.store.records.apply_and_claim = slow  # type: ignore[method-assign]
     third = rig.sim.hold_detail(Kind.DONATION, ids[2])
     await rig.store.inbox.add_events([hook(fid) for fid in ids])
-    fetcher = Fetcher(
-        rig.store,
-        rig.client,
-        FetcherSettings(concurrency=1, retry_initial=0.05, retry_max=0.2, max_attempts=3),
-        sink_ids=lambda: ("a",),
-        tz=TZ,
-        on_record=lambda: None,
-    )
-    fetcher.start()
+    fetcher = _own_fetcher(rig, 1)
     return fetcher, third.arrived
 
 
@@ -571,15 +583,7 @@ async def test_nothing_is_claimed_ahead_while_a_worker_is_idle(rig: Rig) -> None
     await rig.fetcher.stop(timeout=1)
     ids = [int(o["id"]) for o in rig.sim.objects(Kind.DONATION)][:3]
     holds = [rig.sim.hold_detail(Kind.DONATION, fid) for fid in ids]
-    fetcher = Fetcher(
-        rig.store,
-        rig.client,
-        FetcherSettings(concurrency=2, retry_initial=0.05, retry_max=0.2, max_attempts=3),
-        sink_ids=lambda: ("a",),
-        tz=TZ,
-        on_record=lambda: None,
-    )
-    fetcher.start()
+    fetcher = _own_fetcher(rig, 2)
     try:
         await rig.store.inbox.add_events([hook(ids[0])])
         fetcher.wake()
