@@ -23,10 +23,10 @@ class Kind(enum.StrEnum):
     @classmethod
     def from_operation(cls, operation: int) -> Kind:
         """The kind a webhook ``operation`` (1 to 6) stands for; ValueError otherwise."""
-        for kind, op in _OPERATIONS.items():
-            if op == operation:
-                return kind
-        raise ValueError(f"operation must be 1 to 6, got {operation!r}")
+        try:
+            return _BY_OPERATION[operation]
+        except (KeyError, TypeError):
+            raise ValueError(f"operation must be 1 to 6, got {operation!r}") from None
 
     @property
     def list_statuses(self) -> tuple[str, ...]:
@@ -46,6 +46,8 @@ _OPERATIONS: dict[Kind, int] = {
     Kind.ECARD_SALE: 5,
     Kind.CAMPAIGN: 6,
 }
+# A dict lookup rather than a scan: the listener asks once per webhook.
+_BY_OPERATION: dict[int, Kind] = {op: kind for kind, op in _OPERATIONS.items()}
 
 _MONEY_STATUSES = ("paid", "refund", "failed")
 _LIST_STATUSES: dict[Kind, tuple[str, ...]] = {

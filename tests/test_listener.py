@@ -562,6 +562,34 @@ async def test_the_header_deadline_runs_from_the_last_answer_on_a_busy_keep_aliv
         assert h.app[REJECTIONS_KEY].totals["slow_headers"] == 1
 
 
+async def test_a_scanner_getting_only_not_found_answers_is_cut_after_header_timeout(
+    tmp_path: Path,
+) -> None:
+    # The guard hears of routed requests only (guarded wraps each route): a client
+    # that probes paths that do not exist, however briskly, on one kept-alive
+    # connection, holds it header_timeout from its opening, then is cut; webhooks
+    # keep landing meanwhile.
+    timeout = 1.0
+    async with serving(tmp_path, header_timeout=timeout, keepalive_timeout=60) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        opened = time.monotonic()
+        statuses: list[int] = []
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while time.monotonic() - opened < 5 * timeout:
+                    writer.write(b"GET /wp-login.php HTTP/1.1\r\nHost: fonzipd\r\n\r\n")
+                    statuses.append(await _answer(reader))
+                    await asyncio.sleep(timeout / 4)  # the client's pace
+            held = time.monotonic() - opened
+        finally:
+            writer.close()
+        assert set(statuses) == {404}, statuses
+        assert len(statuses) >= 2, statuses
+        assert timeout - 0.05 <= held < timeout + 2.0, held
+        assert (await h.post(hook(5)))[0] == 200
+        assert h.app[REJECTIONS_KEY].totals["slow_headers"] == 1
+
+
 async def test_a_body_sent_after_its_headers_is_read_within_body_timeout(tmp_path: Path) -> None:
     # A body that came with its headers is read with no deadline (it cannot wait); one
     # that comes later is read under body_timeout: accepted when it arrives in time,

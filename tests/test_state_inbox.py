@@ -24,6 +24,16 @@ async def test_duplicate_of_a_pending_event_is_stored_once(store: Store) -> None
     assert (await store.inbox.depth())[0] == 2
 
 
+async def test_duplicates_among_new_events_are_told_apart_by_position(store: Store) -> None:
+    # A group whose duplicates sit between new events, of pending rows and of each
+    # other: each event is told whether it was added, and every new row is there once.
+    await store.inbox.add_events([hook(2), hook(4)])
+    group = [hook(1), hook(2), hook(3), hook(3), hook(4), hook(5), hook(2, status=4)]
+    assert await store.inbox.add_events(group) == [True, False, True, False, False, True, True]
+    assert (await store.inbox.depth())[0] == 6
+    assert await store.inbox.add_events([hook(2), hook(4)]) == [False, False]
+
+
 async def test_event_is_deduplicated_only_while_pending(store: Store) -> None:
     await store.inbox.add_events([hook(1)])
     row = await store.inbox.claim()

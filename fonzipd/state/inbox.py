@@ -112,10 +112,10 @@ class Inbox:
         now = ts(self._conn.clock.now())
         values = [
             [
-                str(ev.kind),
+                ev.kind.value,
                 ev.fonzip_id,
                 ev.event_status,
-                str(ev.source),
+                ev.source.value,
                 ev.priority,
                 None if ev.list_row is None else json.dumps(ev.list_row),
             ]
@@ -126,22 +126,42 @@ class Inbox:
         # (bench/bench_ingest.py). A lone statement outside BEGIN is its own
         # transaction, committed (and, with synchronous=FULL, fsynced) when it completes,
         # so no BEGIN/COMMIT round trips are needed; the lock keeps it out of another
-        # task's open transaction. RETURNING names the rows actually inserted; rows go
-        # in order, so of two equal events in one group the first is the one added.
+        # task's open transaction, and keeps other writers of this process out until
+        # the duplicates are known.
         async with self._conn.autocommit() as tx:
-            rows = await tx.fetchall(
+            done = await tx.execute(
                 "INSERT OR IGNORE INTO inbox (kind, fonzip_id, event_status, source,"
                 " priority, state, next_attempt_at, list_row, received_at)"
                 " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
                 " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
                 " json_extract(value, '$[4]'), 'pending', ?, json_extract(value, '$[5]'), ?"
-                " FROM json_each(?) ORDER BY key"
-                " RETURNING kind, fonzip_id, coalesce(event_status, -1)",
+                " FROM json_each(?) ORDER BY key",
                 (now, now, json.dumps(values)),
             )
             if self._conn.db.in_transaction:
                 # Never expected; a statement left open would hold the commit back.
                 raise StoreError("the inbox insert did not complete its transaction")
+            if done.rowcount == len(events):
+                # The usual case: no duplicate. Not RETURNING: its rows come back one
+                # sqlite3 step each, every step taking the GIL back from the event loop.
+                return [True] * len(events)
+            if done.rowcount == 0:
+                return [False] * len(events)
+            # Some were duplicates of pending rows: the rows this statement inserted
+            # have the consecutive ids that end at its last one (SQLite gives a new row
+            # the largest id plus one, and the statement inserts its rows in turn).
+            assert done.lastrowid is not None
+            rows = await tx.fetchall(
+                "SELECT kind, fonzip_id, coalesce(event_status, -1) FROM inbox"
+                " WHERE id > ? AND id <= ?",
+                (done.lastrowid - done.rowcount, done.lastrowid),
+            )
+        if len(rows) != done.rowcount:
+            # Committed, but not knowing which rows are new: an error answer (Fonzip
+            # retries, and finds them pending) rather than a wrong one.
+            raise StoreError(
+                f"the inbox insert added {done.rowcount} rows, {len(rows)} found by id"
+            )
         inserted = {(str(k), int(i), int(st)) for k, i, st in rows}
         added: list[bool] = []
         for ev in events:
