@@ -237,19 +237,20 @@ class GroupCommitter:
                 # One line per commit names every webhook it holds: each acknowledged
                 # webhook is findable in the log by its id, and the line costs per group
                 # what a line per webhook cost per request (the ingest's largest cost).
+                if False in added:
+                    names = [f"{ev.kind.value}:{ev.fonzip_id}:{ev.event_status}" for ev, _ in batch]
+                    webhooks = [name for name, new in zip(names, added, strict=True) if new]
+                    duplicates = [name for name, new in zip(names, added, strict=True) if not new]
+                else:  # the usual case, in one pass
+                    webhooks = [
+                        f"{ev.kind.value}:{ev.fonzip_id}:{ev.event_status}" for ev, _ in batch
+                    ]
+                    duplicates = []
                 hot_log.get().info(
                     "webhooks_committed",
                     events=len(batch),
-                    webhooks=[
-                        f"{ev.kind}:{ev.fonzip_id}:{ev.event_status}"
-                        for (ev, _), new in zip(batch, added, strict=True)
-                        if new
-                    ],
-                    duplicates=[
-                        f"{ev.kind}:{ev.fonzip_id}:{ev.event_status}"
-                        for (ev, _), new in zip(batch, added, strict=True)
-                        if not new
-                    ],
+                    webhooks=webhooks,
+                    duplicates=duplicates,
                 )
                 for (_, fut), was_added in zip(batch, added, strict=True):
                     if not fut.done():

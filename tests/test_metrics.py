@@ -361,9 +361,9 @@ async def test_a_new_install_exports_the_alert_gauges_and_judges_coverage_after_
         await daemon.stop()
 
 
-def test_webhook_counts_stay_exact_per_label_set_past_the_kept_children() -> None:
-    # observe_webhook keeps the labelled children at hand; every label set still counts
-    # on its own, unreadable ones as "unknown", and past the cap nothing is lost.
+def test_webhook_counts_stay_exact_per_label_set_past_the_cap() -> None:
+    # observe_webhook counts by the raw values, up to a cap; every label set still
+    # counts on its own, unreadable ones as "unknown", and past the cap nothing is lost.
     metrics = Metrics()
     for _ in range(3):
         metrics.observe_webhook(1, 3, "accepted")
