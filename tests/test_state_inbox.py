@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,29 @@ async def test_duplicates_among_new_events_are_told_apart_by_position(store: Sto
     assert await store.inbox.add_events(group) == [True, False, True, False, False, True, True]
     assert (await store.inbox.depth())[0] == 6
     assert await store.inbox.add_events([hook(2), hook(4)]) == [False, False]
+
+
+async def test_a_group_whose_new_rows_are_not_found_is_an_error_not_a_wrong_answer(
+    store: Store,
+) -> None:
+    # Some events of the group are duplicates, so its new rows are read back by id.
+    # Should that read not find them all, the group fails (the listener answers 503
+    # and Fonzip retries) rather than tell an event it was a duplicate when it was not;
+    # what the statement inserted stays committed.
+    await store.inbox.add_events([hook(2)])
+
+    async def hide_new_rows(sql: str, submit: Callable[[], Awaitable[Any]]) -> Any:
+        result = await submit()
+        return [] if sql.startswith("SELECT kind, fonzip_id") else result
+
+    store.connection.faults = hide_new_rows
+    try:
+        with pytest.raises(StoreError, match="added 2 rows, 0 found by id"):
+            await store.inbox.add_events([hook(1), hook(2), hook(3)])
+    finally:
+        store.connection.faults = None
+    assert (await store.inbox.depth())[0] == 3
+    assert await store.inbox.add_events([hook(1), hook(3)]) == [False, False]
 
 
 async def test_event_is_deduplicated_only_while_pending(store: Store) -> None:

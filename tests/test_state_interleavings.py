@@ -16,7 +16,8 @@ NORMAL (a claim needs no durability; see fonzipd/state/connection.py).
 
 A faulted step must leave all of its effect or none, and which one is fixed: none,
 except when the COMMIT was submitted (a cancellation then waits for it) or when the
-step is a single self-committing statement already submitted.
+step is a single self-committing statement already submitted (or done: the inbox's
+group insert is followed by a read of its new rows when some events were duplicates).
 """
 
 from __future__ import annotations
@@ -354,9 +355,18 @@ class StateMachine(RuleBasedStateMachine):
         if outcome == "error":
             assert result == "database or disk is full"  # the injected error, no other
             result = None
-        kept = kind != "error" and (
-            sql == "COMMIT"
-            or (autocommit and kind == "cancel_in_flight" and not sql.startswith("PRAGMA"))
+        assert fault is not None
+        # add_events reads back the rows its statement inserted when some events were
+        # duplicates: a fault there comes after that statement committed.
+        committed = autocommit and any(
+            s.startswith("INSERT") for s in self.injector.seen[: fault[0]]
+        )
+        kept = committed or (
+            kind != "error"
+            and (
+                sql == "COMMIT"
+                or (autocommit and kind == "cancel_in_flight" and not sql.startswith("PRAGMA"))
+            )
         )
         return kept, result
 
