@@ -650,9 +650,10 @@ def guarded(
 
     Each route's handler is wrapped at build time rather than by a middleware: with
     any middleware aiohttp adds one of its own and builds the chain per request
-    (about 1.5% of a webhook's time on the event loop). So the guard hears only of routed requests: on a
-    connection that gets nothing but 404 and 405 answers, ``header_timeout`` runs
-    from its last routed answer (or its opening), and it is cut then.
+    (about 1.5% of a webhook's time on the event loop). So the guard hears only of
+    routed requests: on a connection that gets nothing but 404 and 405 answers,
+    ``header_timeout`` runs from its last routed answer (or its opening), and it is
+    cut then.
     """
     observe = observer if observer is not None else _no_observer
     connection = guard.connection
