@@ -567,8 +567,8 @@ async def test_a_scanner_getting_only_not_found_answers_is_cut_after_header_time
 ) -> None:
     # The guard hears of routed requests only (guarded wraps each route): a client
     # that probes paths that do not exist, however briskly, on one kept-alive
-    # connection, holds it header_timeout from its opening, then is cut; webhooks
-    # keep landing meanwhile.
+    # connection, holds it header_timeout from its opening, then is cut; the
+    # listener still takes webhooks after.
     timeout = 1.0
     async with serving(tmp_path, header_timeout=timeout, keepalive_timeout=60) as h:
         reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
