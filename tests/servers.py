@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,151 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Certificates:
+    """A CA's certificate (what a client trusts) and a server's chain and key, in files."""
+
+    ca: Path
+    chain: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.chain, self.key)
+        return context
+
+
+def certificates(folder: Path, *names: str) -> Certificates:
+    """A new CA, and a server certificate it signs for ``names`` (default: loopback)."""
+    import trustme
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert(*(names or ("127.0.0.1", "localhost")))
+    made = Certificates(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    ca.cert_pem.write_to_path(str(made.ca))
+    server.private_key_pem.write_to_path(str(made.key))
+    made.chain.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    return made
+
+
+@dataclasses.dataclass
+class TLSFront:
+    """What a :func:`postgresql_tls_front` saw: its port and its connections."""
+
+    port: int = 0
+    encrypted: int = 0
+    """Connections that completed the TLS handshake and were passed to the server."""
+    refused: int = 0
+    """Connections that asked for TLS and failed the handshake (nothing passed on)."""
+    cleartext: int = 0
+    """Connections that did not ask for TLS (passed on, as a server with TLS optional)."""
+
+
+_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+
+class _Relay(asyncio.Protocol):
+    """One side of a relayed connection: what it receives goes to ``peer``."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Relay | None = None
+        self.pending = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.send_on(data)
+
+    def send_on(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+        else:
+            self.pending += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+class _FrontSide(_Relay):
+    """The client's side of a :func:`postgresql_tls_front`."""
+
+    def __init__(self, front: TLSFront, server: ssl.SSLContext, tasks: set[Any]) -> None:
+        super().__init__()
+        self.front, self.server, self.tasks = front, server, tasks
+        self.started = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.started:
+            self.send_on(data)
+            return
+        self.pending += data
+        if len(self.pending) < 8:
+            return
+        self.started = True
+        first, self.pending = self.pending[:8], self.pending[8:]
+        task = asyncio.ensure_future(self._start(first == _SSL_REQUEST, first))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _start(self, with_tls: bool, first: bytes) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        if with_tls:
+            self.transport.write(b"S")
+            try:
+                upgraded = await loop.start_tls(self.transport, self, self.server, server_side=True)
+            except (OSError, ssl.SSLError, ConnectionError):
+                upgraded = None
+            if upgraded is None:
+                self.front.refused += 1
+                self.transport.abort()
+                return
+            self.transport = upgraded
+            self.front.encrypted += 1
+            first = b""
+        else:
+            self.front.cleartext += 1
+        upstream = _Relay()
+        await loop.create_connection(lambda: upstream, *_address(PG_DSN, 5432))
+        upstream.peer, self.peer = self, upstream
+        assert upstream.transport is not None
+        upstream.transport.write(first + self.pending)
+        self.pending = b""
+
+
+@contextlib.asynccontextmanager
+async def postgresql_tls_front(server: ssl.SSLContext) -> AsyncIterator[TLSFront]:
+    """A PostgreSQL server with TLS, on loopback: it answers the client's TLS request,
+    runs the handshake with ``server``, and only then passes the connection on to the test
+    server (PG_DSN) in cleartext; the test server itself has no TLS."""
+    front = TLSFront()
+    tasks: set[Any] = set()
+    sides: list[_FrontSide] = []
+
+    def accept() -> _FrontSide:
+        sides.append(_FrontSide(front, server, tasks))
+        return sides[-1]
+
+    listening = await asyncio.get_running_loop().create_server(accept, "127.0.0.1", 0)
+    front.port = listening.sockets[0].getsockname()[1]
+    try:
+        yield front
+    finally:
+        listening.close()
+        for task in list(tasks):
+            task.cancel()
+        for side in sides:
+            for relay in (side, side.peer):
+                if relay is not None and relay.transport is not None:
+                    relay.transport.abort()
+        await listening.wait_closed()
+
+
 @contextlib.contextmanager
 def private_nats(
     tmp_path: Path,
@@ -164,9 +311,10 @@ def private_nats(
     user: str | None = None,
     password: str | None = None,
     token: str | None = None,
+    tls: Certificates | None = None,
 ) -> Iterator[int]:
-    """A NATS server of this test's own, with JetStream and a user/password or a token;
-    its port."""
+    """A NATS server of this test's own, with JetStream and a user/password or a token,
+    requiring TLS with ``tls``'s chain and key if given; its port."""
     if not Path(NATS_SERVER).exists():
         _unavailable(f"{NATS_SERVER} not installed")
     port = free_port()
@@ -182,6 +330,11 @@ def private_nats(
             str(tmp_path / "nats"),
             *(["--user", user, "--pass", password or ""] if user is not None else []),
             *(["--auth", token] if token is not None else []),
+            *(
+                ["--tls", "--tlscert", str(tls.chain), "--tlskey", str(tls.key)]
+                if tls is not None
+                else []
+            ),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -353,3 +353,20 @@ async def _until_accepting() -> None:
                 return
             except Exception:
                 await asyncio.sleep(0.1)
+
+
+async def test_a_server_that_does_not_start_tls_gets_nothing(tmp_path: Path, database: str) -> None:
+    """Asked for TLS, the test server (which has none, as a downgrading middleman would
+    answer) fails the handshake: the sink neither logs in nor writes; later, the records
+    wait. Should the server have TLS after all, its certificate does not check out."""
+    certs = servers.certificates(tmp_path / "tls")
+    sink = _sink(tmp_path, database, tls="verify", tls_ca_file=str(certs.ca))
+    with pytest.raises(SinkConfigError) as caught:
+        await sink.open()
+    assert "TLS: the server" in str(caught.value)
+    with pytest.raises(TransientSinkError, match="TLS: the server"):
+        await sink.write(sample_records(1))
+    tables = await _query(
+        "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,)
+    )
+    assert tables == [(0,)]

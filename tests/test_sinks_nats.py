@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,14 @@ def _sink(tmp_path: Path, stream: tuple[str, str], **options: Any) -> Any:
     return NATSSink(NATSOptions.model_validate(opts), context_for_tests(tmp_path))
 
 
-async def messages(name: str, url: str = servers.NATS_URL) -> list[tuple[str, str, str]]:
+async def messages(
+    name: str, url: str = servers.NATS_URL, tls: ssl.SSLContext | None = None
+) -> list[tuple[str, str, str]]:
     """Every message of the stream, in order: (subject, Nats-Msg-Id, the record's key)."""
     import nats
     import nats.js.errors
 
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **({"tls": tls} if tls is not None else {}))
     try:
         js = nc.jetstream()
         try:
@@ -278,3 +281,96 @@ async def _eventually(check: Callable[[], Any]) -> Any:
                 return await check()
             except Exception:
                 await asyncio.sleep(0.2)
+
+
+def _tls_sink(tmp_path: Path, url: str, ca: Path) -> Any:
+    from fonzipd.sinks.nats import NATSOptions, NATSSink
+
+    options = {
+        "servers": [url],
+        "stream": "FZTLS",
+        "subject": "fztls.{kind}",
+        "create_stream": True,
+        "tls_ca_file": str(ca),
+    }
+    return NATSSink(NATSOptions.model_validate(options), context_for_tests(tmp_path))
+
+
+def _trusting(ca: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca))
+
+
+async def test_records_reach_a_tls_server_inside_tls(tmp_path: Path) -> None:
+    certs = servers.certificates(tmp_path / "tls")
+    with servers.private_nats(tmp_path, tls=certs) as port:
+        await servers.wait_port(port, within=20)
+        url = f"tls://127.0.0.1:{port}"
+        sink = _tls_sink(tmp_path, url, certs.ca)
+        recs = sample_records(3)
+        await sink.open()
+        try:
+            await sink.write(recs)
+        finally:
+            await sink.close()
+        got = await messages("FZTLS", url=url, tls=_trusting(certs.ca))
+        assert [key for _, _, key in got] == [r.key for r in recs]
+
+
+async def test_a_server_whose_certificate_does_not_check_out_gets_nothing(
+    tmp_path: Path,
+) -> None:
+    """An impostor's certificate, from a CA the sink does not trust: no login, no stream."""
+    shown = servers.certificates(tmp_path / "impostor")
+    trusted = servers.certificates(tmp_path / "trusted")
+    with servers.private_nats(tmp_path, tls=shown) as port:
+        await servers.wait_port(port, within=20)
+        url = f"tls://127.0.0.1:{port}"
+        sink = _tls_sink(tmp_path, url, trusted.ca)
+        with pytest.raises(SinkConfigError) as caught:
+            await sink.open()
+        await sink.close()
+        assert "TLS: the server's certificate did not check out" in str(caught.value)
+        assert await messages("FZTLS", url=url, tls=_trusting(shown.ca)) == []
+
+
+async def test_a_tls_url_to_a_server_without_tls_gets_no_records(tmp_path: Path) -> None:
+    """``tls://`` to a server that does not ask for TLS (misconfigured, or a middleman
+    stripping it): nats-py would carry on in cleartext; the sink closes the connection
+    before it publishes or creates anything."""
+    certs = servers.certificates(tmp_path / "tls")
+    with servers.private_nats(tmp_path) as port:
+        await servers.wait_port(port, within=20)
+        sink = _tls_sink(tmp_path, f"tls://127.0.0.1:{port}", certs.ca)
+        with pytest.raises(SinkConfigError) as caught:
+            await sink.open()
+        assert "TLS: the server did not start TLS" in str(caught.value)
+        with pytest.raises(TransientSinkError, match="did not start TLS"):
+            await sink.write(sample_records(1))
+        await sink.close()
+        assert await messages("FZTLS", url=f"nats://127.0.0.1:{port}") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"servers": ["nats://bus.example.org:4222"]}, "nats:// carries records in cleartext"),
+        ({"servers": ["nats://10.0.0.7"], "tls": "verify"}, 'tls = "verify" needs tls://'),
+        ({"servers": ["tls://bus.example.org"], "tls": "off"}, 'is tls:// but tls = "off"'),
+        (
+            {"servers": ["nats://10.0.0.7"], "tls": "off", "tls_handshake_first": True},
+            "are for tls:// servers",
+        ),
+        ({"servers": ["tls://bus.example.org"], "tls_ca_file": "ca.pem"}, "absolute path"),
+    ],
+)
+def test_cleartext_across_a_network_needs_saying_so(options: dict[str, Any], error: str) -> None:
+    from fonzipd.sinks.nats import NATSOptions
+
+    with pytest.raises(ValueError, match=error):
+        NATSOptions.model_validate(options)
+    for allowed in (
+        {"servers": ["nats://10.0.0.7"], "tls": "off"},
+        {"servers": ["nats://127.0.0.1", "nats://localhost:4223"]},
+        {"servers": ["tls://bus.example.org"], "tls": "verify", "tls_handshake_first": True},
+    ):
+        NATSOptions.model_validate(allowed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -383,3 +384,67 @@ def test_a_password_in_the_dsn_is_refused_and_never_echoed(tmp_path: Path) -> No
         build_sinks(settings, state_dir=tmp_path)
     assert "sinks.pg.dsn: Value error, holds a password" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def _tls_sink(tmp_path: Path, schema: str, port: int, ca: Path, **options: Any) -> Any:
+    """A sink for the test server's database at 127.0.0.1:``port``, trusting only ``ca``."""
+    parsed = urllib.parse.urlsplit(servers.PG_DSN)
+    dsn = f"postgresql://{parsed.username or 'root'}@127.0.0.1:{port}{parsed.path}"
+    return _sink(tmp_path, schema, dsn=dsn, tls_ca_file=str(ca), **options)
+
+
+async def test_records_reach_a_tls_server_only_inside_tls(tmp_path: Path, schema: str) -> None:
+    certs = servers.certificates(tmp_path / "tls")
+    async with servers.postgresql_tls_front(certs.server_context()) as front:
+        sink = _tls_sink(tmp_path, schema, front.port, certs.ca)
+        records = sample_records(3)
+        await sink.open()
+        await sink.write(records)
+        await sink.close()
+    assert (front.encrypted, front.cleartext, front.refused) == (1, 0, 0)
+    assert await _history_keys(schema)() == [r.key for r in records]
+
+
+@pytest.mark.parametrize(
+    ("impostor", "why"),
+    [("another CA", "unable to get local issuer certificate"), ("another name", "mismatch")],
+)
+async def test_a_server_whose_certificate_does_not_check_out_gets_nothing(
+    tmp_path: Path, schema: str, impostor: str, why: str
+) -> None:
+    """Someone between fonzipd and the database answers with a certificate of their own:
+    signed by a CA the sink does not trust, or made out to another host."""
+    trusted = servers.certificates(tmp_path / "trusted")
+    if impostor == "another CA":
+        shown = servers.certificates(tmp_path / "impostor")
+    else:
+        shown = servers.certificates(tmp_path / "impostor", "db.example.org")
+        trusted = dataclasses.replace(trusted, ca=shown.ca)
+    async with servers.postgresql_tls_front(shown.server_context()) as front:
+        sink = _tls_sink(tmp_path, schema, front.port, trusted.ca)
+        with pytest.raises(SinkConfigError) as caught:
+            await sink.open()
+    message = str(caught.value)
+    assert "TLS: the server's certificate did not check out" in message
+    assert why in message
+    assert "tls_ca_file" in message
+    # The handshake failed before the login: the server never heard of the sink.
+    assert (front.encrypted, front.cleartext) == (0, 0)
+    assert await _query("SELECT to_regnamespace($1)", schema) == [(None,)]
+
+
+async def test_a_server_that_does_not_start_tls_gets_nothing(tmp_path: Path, schema: str) -> None:
+    """The test server has no TLS: asked for it (as a downgrading middleman would answer),
+    it says no, and the sink neither logs in nor writes; later, the records wait."""
+    parsed = urllib.parse.urlsplit(servers.PG_DSN)
+    if parsed.hostname != "127.0.0.1" or parsed.port is None:
+        pytest.skip("the test server is not at 127.0.0.1:<port>")
+    certs = servers.certificates(tmp_path / "tls")
+    sink = _tls_sink(tmp_path, schema, parsed.port, certs.ca, tls="verify")
+    with pytest.raises(SinkConfigError) as caught:
+        await sink.open()
+    assert "TLS: the server did not start TLS" in str(caught.value)
+    assert 'tls = "off"' in str(caught.value)
+    with pytest.raises(TransientSinkError, match="did not start TLS"):
+        await sink.write(sample_records(1))
+    assert await _query("SELECT to_regnamespace($1)", schema) == [(None,)]

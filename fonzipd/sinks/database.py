@@ -5,23 +5,43 @@ The PostgreSQL and MySQL sinks take the same keys: a ``dsn`` (or ``host``, ``por
 configuration file: it is read at ``open`` from the environment variable named by
 ``password_env`` or from the file named by ``password_file`` (a systemd credential,
 say), and a ``dsn`` holding a password is refused.
+
+Records hold donors' personal data, so they cross the network only inside TLS: to any
+host but a loopback address or a Unix socket the connection is encrypted and the
+server's certificate checked (``tls = "verify"``) unless ``tls = "off"`` says otherwise.
+A server that does not start TLS, or shows a certificate that does not check out, gets
+neither the login nor a record.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import pydantic
 from pydantic import Field
 
-from fonzipd.sink import SinkConfigError, SinkOptions
+from fonzipd.config import is_loopback
+from fonzipd.sink import SinkConfigError, SinkOptions, TransientSinkError
 
-__all__ = ["DatabaseOptions", "Endpoint", "SecretSource", "check_identifier", "read_password"]
+__all__ = [
+    "DatabaseOptions",
+    "Endpoint",
+    "SecretSource",
+    "check_identifier",
+    "client_tls",
+    "opened",
+    "raise_if_tls_refused",
+    "read_password",
+    "tls_context",
+    "tls_mode",
+    "tls_problem",
+]
 
 
 class DatabaseOptions(SinkOptions):
@@ -45,6 +65,13 @@ class DatabaseOptions(SinkOptions):
     """Seconds to connect and log in."""
     timeout: float = Field(default=60, gt=0, le=3600)
     """Seconds one batch may take, its transaction included, before it is retried."""
+    tls: Literal["verify", "off"] | None = None
+    """``verify``: encrypt the connection, check the server's certificate against the
+    system's CAs (or ``tls_ca_file``) and its name against the host. ``off``: cleartext.
+    Unset: ``off`` to a loopback address or a Unix socket, ``verify`` to any other host."""
+    tls_ca_file: Path | None = None
+    """Absolute path of a PEM file of the CA certificates to trust instead of the
+    system's: a private CA's, or a self-signed server's own certificate."""
 
     @pydantic.field_validator("dsn")
     @classmethod
@@ -56,11 +83,19 @@ class DatabaseOptions(SinkOptions):
             raise ValueError(
                 "holds a password: remove it and set password_env or password_file instead"
             )
+        # A driver reads these from the query and could undo what ``tls`` asks for.
+        tls_keys = sorted(
+            k for k, _ in urllib.parse.parse_qsl(parsed.query) if k.lower().startswith("ssl")
+        )
+        if tls_keys:
+            raise ValueError(
+                f"holds {', '.join(tls_keys)}: remove it and set tls and tls_ca_file instead"
+            )
         if not parsed.hostname and not parsed.path.strip("/"):
             raise ValueError("expected <scheme>://user@host:port/database")
         return value
 
-    @pydantic.field_validator("password_file")
+    @pydantic.field_validator("password_file", "tls_ca_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
@@ -75,6 +110,8 @@ class DatabaseOptions(SinkOptions):
             raise ValueError("set either dsn or host/port/database/user, not both")
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("set password_env or password_file, not both")
+        if self.tls == "off" and self.tls_ca_file is not None:
+            raise ValueError('tls_ca_file is for tls = "verify"; tls = "off" sends cleartext')
         return self
 
     def history_table(self) -> str:
@@ -122,12 +159,95 @@ class Endpoint:
             query=dict(urllib.parse.parse_qsl(parsed.query)),
         )
 
+    @property
+    def is_local(self) -> bool:
+        """True when the connection never leaves the machine: a loopback address, a Unix
+        socket (a path), or no host at all (the driver's local default)."""
+        host = self.host or self.query.get("host")
+        return not host or host.startswith("/") or is_loopback(host)
+
     def describe(self, default_port: int) -> str:
         """``user@host:port/database``: what a log line or an error may name."""
         return (
             f"{self.user or '(default user)'}@{self.host or 'localhost'}:"
             f"{self.port or default_port}/{self.database or '(default database)'}"
         )
+
+
+def tls_mode(options: DatabaseOptions, endpoint: Endpoint) -> Literal["verify", "off"]:
+    """``tls`` as set, or as its default decides for this endpoint."""
+    if options.tls is not None:
+        return options.tls
+    return "verify" if options.tls_ca_file is not None or not endpoint.is_local else "off"
+
+
+def opened(sink_log: Any, options: DatabaseOptions, endpoint: Endpoint) -> None:
+    """Log ``sink_opened`` with the TLS mode, warning first when records go in cleartext
+    across a network because ``tls = "off"`` says so."""
+    mode = tls_mode(options, endpoint)
+    if mode == "off" and not endpoint.is_local:
+        sink_log.warning("tls_turned_off", reason='tls = "off" to a host that is not loopback')
+    sink_log.info("sink_opened", tls=mode)
+
+
+def client_tls(options: DatabaseOptions, endpoint: Endpoint, where: str) -> ssl.SSLContext | None:
+    """The TLS context to connect with, or None for cleartext (see ``tls``).
+
+    See :func:`tls_context`.
+    """
+    if tls_mode(options, endpoint) == "off":
+        return None
+    return tls_context(options.tls_ca_file, where)
+
+
+def tls_context(ca_file: Path | None, where: str) -> ssl.SSLContext:
+    """A client context: TLS 1.2 or later, the chain checked against the system's CAs or
+    those in ``ca_file``, the host name against the certificate.
+
+    Raises :class:`SinkConfigError` naming ``<where>.tls_ca_file`` when it cannot be used.
+    """
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SinkConfigError(
+            f"{where}.tls_ca_file: cannot load CA certificates from {ca_file}: {reason}"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def tls_problem(exc: BaseException, tls: ssl.SSLContext | None) -> str | None:
+    """What TLS refused in this failure to connect, or None when TLS was not the cause."""
+    if tls is None:
+        return None
+    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the server's certificate did not check out ({cause.verify_message}); "
+            "trust the CA that signed it with tls_ca_file, and connect by a name it holds"
+        )
+    # asyncpg says this when the server answers its TLS request with "N".
+    if isinstance(cause, ssl.SSLError) or "rejected SSL upgrade" in str(exc):
+        return (
+            f"TLS: the server did not start TLS ({cause if cause else exc}); turn TLS on in "
+            'the server, or set tls = "off" if the network to it is trusted'
+        )
+    return None
+
+
+def raise_if_tls_refused(
+    exc: BaseException, tls: ssl.SSLContext | None, server: str, *, at_open: bool
+) -> None:
+    """Raise what ``exc`` is if TLS refused the connection (see :func:`tls_problem`):
+    :class:`SinkConfigError` at ``open``, :class:`TransientSinkError` afterwards, each
+    saying ``<server>: TLS: ...``. Return if TLS was not the cause."""
+    refused = tls_problem(exc, tls)
+    if refused is None:
+        return
+    if at_open:
+        raise SinkConfigError(f"{server}: {refused}") from None
+    raise TransientSinkError(f"{server}: {refused}") from exc
 
 
 def read_password(

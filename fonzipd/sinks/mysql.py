@@ -42,7 +42,15 @@ from fonzipd.sink import (
     TransientSinkError,
 )
 from fonzipd.sinks import require_driver
-from fonzipd.sinks.database import DatabaseOptions, Endpoint, check_identifier, read_password
+from fonzipd.sinks.database import (
+    DatabaseOptions,
+    Endpoint,
+    check_identifier,
+    client_tls,
+    opened,
+    raise_if_tls_refused,
+    read_password,
+)
 
 if TYPE_CHECKING:
     from asyncmy.connection import Connection
@@ -208,7 +216,7 @@ class MySQLSink(Sink):
     async def open(self) -> None:
         self._closed = False
         self._conn = await self._connect(at_open=True)
-        self._log.info("sink_opened")
+        opened(self._log, self._opts, self._endpoint)
 
     async def close(self) -> None:
         self._closed = True
@@ -357,6 +365,7 @@ class MySQLSink(Sink):
 
         password = read_password(self._opts, self._where)
         ep = self._endpoint
+        tls = client_tls(self._opts, ep, self._where)
         server = ep.describe(DEFAULT_PORT)
         try:
             async with asyncio.timeout(self._opts.connect_timeout + 1):
@@ -371,8 +380,10 @@ class MySQLSink(Sink):
                     connect_timeout=self._opts.connect_timeout,
                     init_command=_INIT,
                     program_name=f"fonzipd:{self.context.sink_id}",
+                    ssl=tls,
                 )
         except MySQLError as exc:
+            raise_if_tls_refused(exc, tls, f"{self._where}: MySQL {server}", at_open=at_open)
             message = f"{self._where}: MySQL {server}: {_describe_error(exc)}"
             if _code(exc) in _LOGIN_ERRORS:
                 message = f"{self._where}: MySQL {server} refused the login: {exc.args[-1]}"
@@ -380,6 +391,7 @@ class MySQLSink(Sink):
                     raise SinkConfigError(message) from None
             raise TransientSinkError(message) from exc
         except (TimeoutError, OSError) as exc:
+            raise_if_tls_refused(exc, tls, f"{self._where}: MySQL {server}", at_open=at_open)
             raise TransientSinkError(
                 f"{self._where}: cannot connect to MySQL {server}: {_describe_error(exc)}"
             ) from exc

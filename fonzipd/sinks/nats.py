@@ -14,6 +14,11 @@ is acknowledged, so a consumer sees a refund after the payment it refunds.
 The client reconnects by itself when the server restarts; a batch whose
 acknowledgements do not all arrive within ``timeout`` raises
 :class:`TransientSinkError` and is published again, whole, on the next attempt.
+
+Records cross the network only inside TLS: a ``nats://`` URL (cleartext) is accepted
+for a loopback address, and for another host only with ``tls = "off"``. A ``tls://``
+server's certificate is checked (the system's CAs or ``tls_ca_file``), and a connection
+that did not start TLS is closed before anything is published on it.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import string
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
 import structlog
 from pydantic import Field
 
+from fonzipd.config import is_loopback
 from fonzipd.sink import (
     PermanentSinkError,
     Record,
@@ -42,7 +48,7 @@ from fonzipd.sink import (
     TransientSinkError,
 )
 from fonzipd.sinks import require_driver
-from fonzipd.sinks.database import read_password
+from fonzipd.sinks.database import read_password, tls_context, tls_problem
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -85,6 +91,17 @@ class NATSOptions(SinkOptions):
     """Seconds to connect."""
     timeout: float = Field(default=30, gt=0, le=3600)
     """Seconds to wait for the acknowledgements of one batch before it is retried."""
+    tls: Literal["verify", "off"] | None = None
+    """``verify``: every server must be ``tls://``. ``off``: allows ``nats://`` (cleartext)
+    to a host that is not loopback. Unset: ``nats://`` to loopback only."""
+    tls_ca_file: Path | None = None
+    """Absolute path of a PEM file of the CA certificates to trust for ``tls://`` servers
+    instead of the system's."""
+    tls_handshake_first: bool = False
+    """Start TLS before the server says anything (the server's ``tls { handshake_first:
+    true }``, NATS 2.10.4 and later). Without it the server's greeting comes in
+    cleartext, and a server that does not start TLS sees the login before fonzipd
+    refuses to publish to it."""
 
     @pydantic.field_validator("servers")
     @classmethod
@@ -106,7 +123,7 @@ class NATSOptions(SinkOptions):
         subject_tokens(value)
         return value
 
-    @pydantic.field_validator("password_file", "creds_file")
+    @pydantic.field_validator("password_file", "creds_file", "tls_ca_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
@@ -119,6 +136,19 @@ class NATSOptions(SinkOptions):
             raise ValueError("set password_env or password_file, not both")
         if self.creds_file is not None and (self.user or self.password_env or self.password_file):
             raise ValueError("set creds_file, or user and a password, not both")
+        for url in self.servers:
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme == "tls" and self.tls == "off":
+                raise ValueError(f'{url!r} is tls:// but tls = "off"')
+            if parsed.scheme == "nats" and self.tls == "verify":
+                raise ValueError(f'{url!r}: tls = "verify" needs tls:// server URLs')
+            if parsed.scheme == "nats" and self.tls is None and not is_loopback(parsed.hostname):
+                raise ValueError(
+                    f"{url!r}: nats:// carries records in cleartext; use tls://, or set "
+                    'tls = "off" if the network to it is trusted'
+                )
+        if self.tls == "off" and (self.tls_ca_file is not None or self.tls_handshake_first):
+            raise ValueError("tls_ca_file and tls_handshake_first are for tls:// servers")
         return self
 
 
@@ -317,6 +347,7 @@ class NATSSink(Sink):
             kwargs.update(user=self._opts.user, password=secret or "")
         elif secret is not None:
             kwargs["token"] = secret
+        tls = tls_context(self._opts.tls_ca_file, self._where)
         log_ = self._log
         lost = asyncio.Event()
 
@@ -333,8 +364,13 @@ class NATSSink(Sink):
             with contextlib.suppress(Exception):
                 await self._close_client(old, within=2)
         errors: list[str] = []
+        tls_refused = 0
         for server in self._opts.servers:
             nc = Client()
+            with_tls = urllib.parse.urlsplit(server).scheme == "tls"
+            extra: dict[str, Any] = {}
+            if with_tls:
+                extra.update(tls=tls, tls_handshake_first=self._opts.tls_handshake_first)
             try:
                 async with asyncio.timeout(self._opts.connect_timeout + 1):
                     await nc.connect(
@@ -345,7 +381,10 @@ class NATSSink(Sink):
                         error_cb=on_error,
                         disconnected_cb=on_disconnect,
                         **kwargs,
+                        **extra,
                     )
+                if with_tls and not _encrypted(nc):
+                    raise _Cleartext("the server did not require TLS")
             except (TimeoutError, OSError, nats.errors.Error) as exc:
                 with contextlib.suppress(Exception):
                     await self._close_client(nc, within=2)
@@ -355,11 +394,22 @@ class NATSSink(Sink):
                     if at_open:
                         raise SinkConfigError(message) from None
                     raise TransientSinkError(message) from None
-                errors.append(f"{urllib.parse.urlsplit(server).netloc}: {text}")
+                refused = tls_problem(exc, tls if with_tls else None)
+                if isinstance(exc, _Cleartext):
+                    refused = (
+                        f"TLS: the server did not start TLS ({exc}); nothing was published; "
+                        "require TLS in the server (tls { ... }) or use nats:// with "
+                        'tls = "off" if the network to it is trusted'
+                    )
+                tls_refused += refused is not None
+                errors.append(f"{urllib.parse.urlsplit(server).netloc}: {refused or text}")
                 continue
             break
         else:
-            raise TransientSinkError(f"{self._where}: cannot connect to NATS: {'; '.join(errors)}")
+            message = f"{self._where}: cannot connect to NATS: {'; '.join(errors)}"
+            if at_open and tls_refused == len(self._opts.servers):
+                raise SinkConfigError(message)
+            raise TransientSinkError(message)
         try:
             async with asyncio.timeout(self._opts.timeout):
                 js = nc.jetstream(timeout=self._opts.timeout)
@@ -409,6 +459,22 @@ class NATSSink(Sink):
             )
         window = info.config.duplicate_window
         self._log.info("stream_checked", duplicate_window_s=window)
+
+
+class _Cleartext(OSError):
+    """A ``tls://`` connection that the server let run without TLS."""
+
+
+def _encrypted(nc: Client) -> bool:
+    """True when the client's connection runs inside TLS.
+
+    nats-py starts TLS on a ``tls://`` URL only when the server's greeting asks for it,
+    and has no public way to tell; this reads its transport, and answers False (the
+    connection is refused) should a new nats-py move it.
+    """
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    get_extra_info = getattr(writer, "get_extra_info", None)
+    return get_extra_info is not None and get_extra_info("ssl_object") is not None
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

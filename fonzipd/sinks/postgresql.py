@@ -37,7 +37,15 @@ from fonzipd.sink import (
     TransientSinkError,
 )
 from fonzipd.sinks import require_driver
-from fonzipd.sinks.database import DatabaseOptions, Endpoint, check_identifier, read_password
+from fonzipd.sinks.database import (
+    DatabaseOptions,
+    Endpoint,
+    check_identifier,
+    client_tls,
+    opened,
+    raise_if_tls_refused,
+    read_password,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -183,7 +191,7 @@ class PostgreSQLSink(Sink):
     async def open(self) -> None:
         self._closed = False
         self._conn = await self._connect(at_open=True)
-        self._log.info("sink_opened")
+        opened(self._log, self._opts, self._endpoint)
 
     async def close(self) -> None:
         self._closed = True
@@ -304,6 +312,7 @@ class PostgreSQLSink(Sink):
 
         password = read_password(self._opts, self._where)
         ep = self._endpoint
+        tls = client_tls(self._opts, ep, self._where)
         server = ep.describe(DEFAULT_PORT)
         try:
             conn = await asyncpg.connect(
@@ -314,6 +323,8 @@ class PostgreSQLSink(Sink):
                 database=None if self._opts.dsn else ep.database,
                 password=password,
                 timeout=self._opts.connect_timeout,
+                # False, not asyncpg's default "prefer", which falls back to cleartext.
+                ssl=tls if tls is not None else False,
                 server_settings={"application_name": f"fonzipd:{self.context.sink_id}"},
             )
         except (
@@ -326,6 +337,7 @@ class PostgreSQLSink(Sink):
                 raise SinkConfigError(message) from None
             raise TransientSinkError(message) from None
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise_if_tls_refused(exc, tls, f"{self._where}: PostgreSQL {server}", at_open=at_open)
             raise TransientSinkError(
                 f"{self._where}: cannot connect to PostgreSQL {server}: {_describe_error(exc)}"
             ) from exc
