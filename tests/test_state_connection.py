@@ -203,11 +203,17 @@ async def test_reads_see_committed_data_only(store: Store) -> None:
     assert await store.connection.fetchone("SELECT 1 WHERE 0") is None
 
 
-async def test_a_new_database_and_its_directory_are_private(tmp_path: Path) -> None:
+@pytest.mark.parametrize("umask", [0o022, 0o277])
+async def test_a_new_database_and_its_directories_are_private(tmp_path: Path, umask: int) -> None:
     path = tmp_path / "var" / "fonzipd" / "state.db"
     conn = Connection(path)
-    await conn.connect()
+    old = os.umask(umask)
     try:
+        await conn.connect()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(path.parent.parent).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert conn.acquire_worker_lock()

@@ -26,6 +26,7 @@ import structlog
 
 from fonzipd.clock import SYSTEM_CLOCK, Clock
 from fonzipd.fonzip.errors import FonzipTokenLocked, FonzipUnavailable
+from fonzipd.private_files import make_private_dir, open_private
 
 log = structlog.get_logger(__name__)
 
@@ -139,7 +140,7 @@ class FileTokenStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self._ensure_dir()
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd, _ = open_private(self.path.with_name(self.path.name + ".lock"), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -147,8 +148,7 @@ class FileTokenStore:
             os.close(fd)  # closing releases the lock
 
     def _ensure_dir(self) -> None:
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
 
     def _read(self) -> dict[str, StoredToken]:
         try:

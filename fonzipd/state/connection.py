@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from fonzipd.clock import SYSTEM_CLOCK, Clock
+from fonzipd.private_files import create_private_file, make_private_dir, open_private
 
 T = TypeVar("T")
 
@@ -151,11 +152,10 @@ class Connection:
                 )
         else:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                if not self.path.exists():
-                    # The database holds the Fonzip access token: readable by fonzipd only.
-                    fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-                    os.close(fd)
+                # The database holds the Fonzip access token and personal data: fonzipd's
+                # only, and so are the -wal and -shm files SQLite makes with its mode.
+                make_private_dir(self.path.parent)
+                create_private_file(self.path)
             except OSError as exc:
                 raise StoreError(f"{self.path}: cannot open the state database: {exc}") from exc
         try:
@@ -322,7 +322,7 @@ class Connection:
             if self.read_only:
                 fd = os.open(lock_path, os.O_RDONLY)
             else:
-                fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+                fd, _ = open_private(lock_path, os.O_RDWR)
         except FileNotFoundError:
             return True
         try:
