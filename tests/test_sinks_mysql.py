@@ -310,7 +310,7 @@ async def test_a_server_restarted_mid_batch_is_retried_then_delivered(
                 (str(recs[40].kind), recs[40].fonzip_id),
             )
         write = asyncio.create_task(sink.write(batch))
-        await _until_waiting_on_lock(write)
+        await _until_waiting_on_lock(write, database)
         await asyncio.to_thread(servers.stop_mariadb)
         with pytest.raises(TransientSinkError):
             await write
@@ -330,19 +330,30 @@ async def test_a_server_restarted_mid_batch_is_retried_then_delivered(
     assert status[0][0] == "refunded"
 
 
-async def _until_waiting_on_lock(write: asyncio.Task[None]) -> None:
+async def _until_waiting_on_lock(write: asyncio.Task[None], database: str) -> None:
     # Once seen failing in a full CI-like run (no lock wait within 20 s) and never
-    # alone: a write that ends without waiting now says how it ended.
-    async with asyncio.timeout(20):
-        while True:
-            if write.done():
-                raise AssertionError(f"the write ended before waiting on the lock: {write!r}")
-            rows = await _query(
-                "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
-            )
-            if rows[0][0]:
-                return
-            await asyncio.sleep(0.02)
+    # alone: a write that ends without waiting says how it ended, and a wait that does
+    # not come says what each session of the test's database was doing.
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                if write.done():
+                    raise AssertionError(f"the write ended before waiting on the lock: {write!r}")
+                rows = await _query(
+                    "SELECT count(*) FROM information_schema.INNODB_TRX "
+                    "WHERE trx_state = 'LOCK WAIT'"
+                )
+                if rows[0][0]:
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        sessions = await _query(
+            "SELECT ID, COMMAND, TIME, STATE, LEFT(INFO, 80) FROM information_schema.PROCESSLIST "
+            "WHERE DB = %s",
+            (database,),
+        )
+        message = f"no lock wait within 20 s; the database's sessions: {sessions}"
+        raise AssertionError(message) from None
 
 
 async def _until_accepting() -> None:
