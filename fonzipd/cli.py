@@ -378,7 +378,8 @@ async def _check_sinks_online(settings: Settings) -> int:
                 url = built.settings.options.get("url")
                 if isinstance(url, str):
                     # A forwarder opens without connecting: reach its host, send nothing.
-                    await reach(url)
+                    ca = built.settings.options.get("tls_ca_file")
+                    await reach(url, ca_file=Path(ca) if isinstance(ca, str) else None)
         except Exception as exc:
             reason = "no answer within 60 s" if isinstance(exc, TimeoutError) else str(exc)
             print(f"fonzipd: sink {sid} ({built.type.name}): {reason}", file=sys.stderr)

@@ -241,8 +241,9 @@ def root_on_service_state(settings: Settings, command: str) -> str | None:
     )
 
 
-async def reach(url: str, *, timeout: float = 10.0) -> None:
-    """Connect to ``url``'s host (with its TLS handshake for https) and hang up.
+async def reach(url: str, *, ca_file: Path | None = None, timeout: float = 10.0) -> None:
+    """Connect to ``url``'s host (with its TLS handshake for https, trusting the system's
+    CAs or those of ``ca_file``) and hang up.
 
     For ``check --online``: a sink that opens without connecting (the HTTP forwarder)
     is reached this way, without a delivery. Raises OSError (or TimeoutError).
@@ -254,7 +255,7 @@ async def reach(url: str, *, timeout: float = 10.0) -> None:
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
-    context = ssl.create_default_context() if secure else None
+    context = ssl.create_default_context(cafile=ca_file) if secure else None
     async with asyncio.timeout(timeout):
         _, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
     writer.close()

@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import ssl
 import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ import structlog.testing
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
+from fonzipd import preflight
 from fonzipd.kinds import Kind
 from fonzipd.sink import PermanentSinkError, SinkConfigError, SinkContext, TransientSinkError
 from fonzipd.sinks.http import HTTPOptions, HTTPSink, batch_id, sign
 from fonzipd.testing import ISTANBUL, check_sink, sample_records
+from tests import servers
 from tests.fonzip_objects import detail, donation, norm
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
@@ -82,20 +85,29 @@ class Receiver:
         return list(self.messages)
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@contextlib.asynccontextmanager
+async def serving(tls: ssl.SSLContext | None = None) -> AsyncIterator[Receiver]:
+    """A :class:`Receiver` on 127.0.0.1: plain HTTP, or HTTPS with ``tls``."""
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}/hook"
-    yield rec
-    rec.released.set()
-    await runner.cleanup()
+    rec.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/hook"
+    try:
+        yield rec
+    finally:
+        rec.released.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with serving() as rec:
+        yield rec
 
 
 def _sink(tmp_path: Path, receiver: Receiver, **options: Any) -> HTTPSink:
@@ -288,6 +300,48 @@ def test_options_refuse_signature_headers_and_plain_http_off_the_machine() -> No
             HTTPOptions(url=url, secret=SecretStr(SECRET))
     for url in ("https://crm.example.org/hook", "http://localhost:9/x", "http://[::1]:9/x"):
         HTTPOptions(url=url, secret=SecretStr(SECRET))
+
+
+def test_a_ca_file_is_for_https_and_absolute() -> None:
+    with pytest.raises(ValidationError, match="tls_ca_file is for an https:// url"):
+        HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr(SECRET), tls_ca_file="/ca.pem")
+    with pytest.raises(ValidationError, match="must be an absolute path"):
+        HTTPOptions(url="https://crm.lan/x", secret=SecretStr(SECRET), tls_ca_file="ca.pem")
+
+
+async def test_delivers_to_an_https_receiver_whose_ca_it_is_told_to_trust(
+    tmp_path: Path,
+) -> None:
+    certs = servers.certificates(tmp_path / "tls")
+    async with serving(certs.server_context()) as rec:
+        sink = _sink(tmp_path, rec, tls_ca_file=certs.ca)
+        await sink.open()
+        await sink.write(sample_records(2))
+        await sink.close()
+        await preflight.reach(rec.url, ca_file=certs.ca)  # what check --online does
+    assert rec.bad_signatures == 0
+    assert await rec.keys() == [r.key for r in sample_records(2)]
+
+
+@pytest.mark.parametrize("trust", ["the system's CAs", "another CA"])
+async def test_an_https_receiver_whose_certificate_does_not_check_out_gets_nothing(
+    tmp_path: Path, trust: str
+) -> None:
+    """Someone answering for the receiver with a certificate of their own: the records,
+    their personal data and the signature never leave fonzipd."""
+    shown = servers.certificates(tmp_path / "impostor")
+    trusted = None if trust == "the system's CAs" else servers.certificates(tmp_path / "ours").ca
+    async with serving(shown.server_context()) as rec:
+        sink = _sink(tmp_path, rec, tls_ca_file=trusted)
+        await sink.open()
+        with pytest.raises(TransientSinkError) as caught:
+            await sink.write(sample_records(1))
+        await sink.close()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await preflight.reach(rec.url, ca_file=trusted)
+    assert "TLS: the receiver's certificate did not check out" in str(caught.value)
+    assert "tls_ca_file" in str(caught.value)
+    assert rec.requests == 0
 
 
 def test_signature_is_hmac_sha256_of_id_timestamp_body() -> None:

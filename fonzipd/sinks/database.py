@@ -27,7 +27,8 @@ import pydantic
 from pydantic import Field
 
 from fonzipd.config import is_loopback
-from fonzipd.sink import SinkConfigError, SinkOptions, TransientSinkError
+from fonzipd.sink import SinkConfigError, SinkOptions
+from fonzipd.sinks.tls import tls_context
 
 __all__ = [
     "DatabaseOptions",
@@ -36,11 +37,8 @@ __all__ = [
     "check_identifier",
     "client_tls",
     "opened",
-    "raise_if_tls_refused",
     "read_password",
-    "tls_context",
     "tls_mode",
-    "tls_problem",
 ]
 
 
@@ -198,56 +196,6 @@ def client_tls(options: DatabaseOptions, endpoint: Endpoint, where: str) -> ssl.
     if tls_mode(options, endpoint) == "off":
         return None
     return tls_context(options.tls_ca_file, where)
-
-
-def tls_context(ca_file: Path | None, where: str) -> ssl.SSLContext:
-    """A client context: TLS 1.2 or later, the chain checked against the system's CAs or
-    those in ``ca_file``, the host name against the certificate.
-
-    Raises :class:`SinkConfigError` naming ``<where>.tls_ca_file`` when it cannot be used.
-    """
-    try:
-        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SinkConfigError(
-            f"{where}.tls_ca_file: cannot load CA certificates from {ca_file}: {reason}"
-        ) from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def tls_problem(exc: BaseException, tls: ssl.SSLContext | None) -> str | None:
-    """What TLS refused in this failure to connect, or None when TLS was not the cause."""
-    if tls is None:
-        return None
-    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return (
-            f"TLS: the server's certificate did not check out ({cause.verify_message}); "
-            "trust the CA that signed it with tls_ca_file, and connect by a name it holds"
-        )
-    # asyncpg says this when the server answers its TLS request with "N".
-    if isinstance(cause, ssl.SSLError) or "rejected SSL upgrade" in str(exc):
-        return (
-            f"TLS: the server did not start TLS ({cause if cause else exc}); turn TLS on in "
-            'the server, or set tls = "off" if the network to it is trusted'
-        )
-    return None
-
-
-def raise_if_tls_refused(
-    exc: BaseException, tls: ssl.SSLContext | None, server: str, *, at_open: bool
-) -> None:
-    """Raise what ``exc`` is if TLS refused the connection (see :func:`tls_problem`):
-    :class:`SinkConfigError` at ``open``, :class:`TransientSinkError` afterwards, each
-    saying ``<server>: TLS: ...``. Return if TLS was not the cause."""
-    refused = tls_problem(exc, tls)
-    if refused is None:
-        return
-    if at_open:
-        raise SinkConfigError(f"{server}: {refused}") from None
-    raise TransientSinkError(f"{server}: {refused}") from exc
 
 
 def read_password(

@@ -20,7 +20,9 @@ The headers follow the same convention:
   with the secret's bytes: the secret is ``whsec_`` + base64 of at least 16 random
   bytes, as the Standard Webhooks libraries expect (anything else is refused).
 
-The URL must be ``https://`` (plain ``http://`` only to a loopback address). Of the
+The URL must be ``https://`` (plain ``http://`` only to a loopback address); the
+receiver's certificate is checked against the system's CAs, or those of
+``tls_ca_file`` (an internal receiver's own CA), and its name against the URL's. Of the
 receiver's answer at most 800 bytes are read (an excerpt for the error message, with
 the secret and header values redacted); the rest is never read.
 
@@ -56,6 +58,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -77,6 +80,7 @@ from fonzipd.sink import (
     SinkOptions,
     TransientSinkError,
 )
+from fonzipd.sinks.tls import tls_context
 
 log = structlog.get_logger(__name__)
 
@@ -106,12 +110,28 @@ class HTTPOptions(SinkOptions):
     """Seconds for one request, connection included."""
     concurrency: int = Field(default=1, ge=1, le=64)
     """Records of a batch in flight at once (single mode; versions of one record stay in order)."""
+    tls_ca_file: Path | None = None
+    """Absolute path of a PEM file of the CA certificates to trust for the ``https://``
+    receiver instead of the system's: an internal receiver's own CA."""
 
     @pydantic.field_validator("url")
     @classmethod
     def _https_unless_loopback(cls, value: pydantic.AnyHttpUrl) -> pydantic.AnyHttpUrl:
         require_https(value.scheme, value.host)
         return value
+
+    @pydantic.field_validator("tls_ca_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _ca_for_https(self) -> HTTPOptions:
+        if self.tls_ca_file is not None and self.url.scheme != "https":
+            raise ValueError("tls_ca_file is for an https:// url")
+        return self
 
     @pydantic.field_validator("secret")
     @classmethod
@@ -229,8 +249,12 @@ class HTTPSink(Sink):
             logs.never_log(value)  # an Authorization header is as secret as the key
             headers[name] = value
         self._headers = headers
+        ca = self._opts.tls_ca_file
+        # True is aiohttp's own default: the system's CAs.
+        tls = True if ca is None else tls_context(ca, f"sinks.{self.context.sink_id}")
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._opts.timeout)
+            connector=aiohttp.TCPConnector(ssl=tls),
+            timeout=aiohttp.ClientTimeout(total=self._opts.timeout),
         )
         self._log.info("sink_opened", batch_mode=self._opts.batch_mode)
 
@@ -352,6 +376,11 @@ class HTTPSink(Sink):
         except TimeoutError as exc:
             raise TransientSinkError(
                 f"HTTP sink: no answer within {self._opts.timeout:g} s for {msg_id}"
+            ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise TransientSinkError(
+                f"HTTP sink: TLS: the receiver's certificate did not check out for {msg_id} "
+                f"({exc.certificate_error}); trust the CA that signed it with tls_ca_file"
             ) from exc
         except aiohttp.ClientError as exc:
             raise TransientSinkError(

@@ -48,9 +48,9 @@ from fonzipd.sinks.database import (
     check_identifier,
     client_tls,
     opened,
-    raise_if_tls_refused,
     read_password,
 )
+from fonzipd.sinks.tls import raise_if_tls_refused
 
 if TYPE_CHECKING:
     from asyncmy.connection import Connection

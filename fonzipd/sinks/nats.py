@@ -48,7 +48,8 @@ from fonzipd.sink import (
     TransientSinkError,
 )
 from fonzipd.sinks import require_driver
-from fonzipd.sinks.database import read_password, tls_context, tls_problem
+from fonzipd.sinks.database import read_password
+from fonzipd.sinks.tls import tls_context, tls_problem
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -43,9 +43,9 @@ from fonzipd.sinks.database import (
     check_identifier,
     client_tls,
     opened,
-    raise_if_tls_refused,
     read_password,
 )
+from fonzipd.sinks.tls import raise_if_tls_refused
 
 if TYPE_CHECKING:
     import asyncpg
