@@ -350,6 +350,51 @@ async def test_a_tls_url_to_a_server_without_tls_gets_no_records(tmp_path: Path)
         assert await messages("FZTLS", url=f"nats://127.0.0.1:{port}") == []
 
 
+async def test_a_tls_server_whose_greeting_does_not_ask_for_tls_never_hears_the_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A middleman answers for a ``tls://`` server with a greeting that does not require
+    TLS. nats-py would log in in cleartext; the sink hangs up before the login."""
+    from fonzipd.sinks.nats import NATSOptions, NATSSink
+
+    heard = bytearray()
+    hung_up = asyncio.Event()
+
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b'INFO {"server_id":"NIMPOSTOR","version":"2.10.0","proto":1,'
+            b'"max_payload":1048576,"auth_required":true,"jetstream":true}\r\n'
+        )
+        with contextlib.suppress(OSError):
+            await writer.drain()
+            while data := await reader.read(4096):
+                heard.extend(data)
+        writer.close()
+        hung_up.set()
+
+    listening = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    monkeypatch.setenv("FZ_NATS_PASSWORD", "the-login-4b1d")
+    options = {
+        "servers": [f"tls://127.0.0.1:{port}"],
+        "user": "fonzipd",
+        "password_env": "FZ_NATS_PASSWORD",
+        "tls_ca_file": str(servers.certificates(tmp_path / "tls").ca),
+    }
+    sink = NATSSink(NATSOptions.model_validate(options), context_for_tests(tmp_path))
+    try:
+        with pytest.raises(SinkConfigError, match="TLS: the server did not start TLS"):
+            await sink.open()
+        await sink.close()
+        async with asyncio.timeout(10):
+            await hung_up.wait()
+    finally:
+        listening.close()
+        await listening.wait_closed()
+    assert b"CONNECT" not in heard
+    assert b"the-login-4b1d" not in heard
+
+
 @pytest.mark.parametrize(
     ("options", "error"),
     [

@@ -17,14 +17,16 @@ acknowledgements do not all arrive within ``timeout`` raises
 
 Records cross the network only inside TLS: a ``nats://`` URL (cleartext) is accepted
 for a loopback address, and for another host only with ``tls = "off"``. A ``tls://``
-server's certificate is checked (the system's CAs or ``tls_ca_file``), and a connection
-that did not start TLS is closed before anything is published on it.
+server's certificate is checked (the system's CAs or ``tls_ca_file``); a server whose
+greeting does not require TLS is refused before the login, and a connection that did
+not start TLS is closed before anything is published on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import string
@@ -101,8 +103,8 @@ class NATSOptions(SinkOptions):
     tls_handshake_first: bool = False
     """Start TLS before the server says anything (the server's ``tls { handshake_first:
     true }``, NATS 2.10.4 and later). Without it the server's greeting comes in
-    cleartext, and a server that does not start TLS sees the login before fonzipd
-    refuses to publish to it."""
+    cleartext (fonzipd refuses a ``tls://`` server whose greeting does not require TLS,
+    before logging in)."""
 
     @pydantic.field_validator("servers")
     @classmethod
@@ -338,7 +340,6 @@ class NATSSink(Sink):
         --online`` reports) and transient afterwards.
         """
         import nats.errors
-        from nats.aio.client import Client
 
         secret = read_password(self._opts, self._where)
         kwargs: dict[str, Any] = {}
@@ -367,7 +368,7 @@ class NATSSink(Sink):
         errors: list[str] = []
         tls_refused = 0
         for server in self._opts.servers:
-            nc = Client()
+            nc = _client_class()()
             with_tls = urllib.parse.urlsplit(server).scheme == "tls"
             extra: dict[str, Any] = {}
             if with_tls:
@@ -464,6 +465,36 @@ class NATSSink(Sink):
 
 class _Cleartext(OSError):
     """A ``tls://`` connection that the server let run without TLS."""
+
+
+@functools.cache
+def _client_class() -> type[Client]:
+    """nats-py's client, refusing a ``tls://`` server whose greeting does not require TLS.
+
+    nats-py would send the login in cleartext to such a server; the refusal comes before
+    it. The greeting is read in a method nats-py keeps to itself (no public hook sees it
+    before the login): should a new nats-py stop calling it, :func:`_encrypted` still
+    refuses the connection before anything is published, and the test that plays such
+    a server fails.
+    """
+    from nats.aio.client import Client
+
+    class TLSRequiringClient(Client):
+        async def _process_info(
+            self, info: dict[str, Any], initial_connection: bool = False
+        ) -> None:
+            server = self._current_server
+            if (
+                initial_connection
+                and server is not None
+                and server.uri.scheme == "tls"
+                and not self.options["tls_handshake_first"]
+                and not info.get("tls_required")
+            ):
+                raise _Cleartext("the server did not require TLS")
+            await super()._process_info(info, initial_connection)
+
+    return TLSRequiringClient
 
 
 def _encrypted(nc: Client) -> bool:
