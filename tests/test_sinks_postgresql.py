@@ -448,3 +448,18 @@ async def test_a_server_that_does_not_start_tls_gets_nothing(tmp_path: Path, sch
     with pytest.raises(TransientSinkError, match="did not start TLS"):
         await sink.write(sample_records(1))
     assert await _query("SELECT to_regnamespace($1)", schema) == [(None,)]
+
+
+def test_pghost_is_where_tls_is_decided_for_when_no_host_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg connects to $PGHOST when the configuration names no host: a remote one
+    gets verified TLS like a configured one, a socket folder none."""
+    from fonzipd.sinks.database import tls_mode
+    from fonzipd.sinks.postgresql import PostgreSQLOptions, PostgreSQLSink
+
+    for pghost, mode in (("db.example.org", "verify"), ("/var/run/postgresql", "off")):
+        monkeypatch.setenv("PGHOST", pghost)
+        options = PostgreSQLOptions(database="crm")
+        sink = PostgreSQLSink(options, context_for_tests(tmp_path))
+        assert tls_mode(options, sink._endpoint) == mode

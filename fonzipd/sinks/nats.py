@@ -349,7 +349,9 @@ class NATSSink(Sink):
             kwargs.update(user=self._opts.user, password=secret or "")
         elif secret is not None:
             kwargs["token"] = secret
-        tls = tls_context(self._opts.tls_ca_file, self._where)
+        tls = None
+        if any(urllib.parse.urlsplit(u).scheme == "tls" for u in self._opts.servers):
+            tls = tls_context(self._opts.tls_ca_file, self._where)
         log_ = self._log
         lost = asyncio.Event()
 
@@ -396,7 +398,7 @@ class NATSSink(Sink):
                     if at_open:
                         raise SinkConfigError(message) from None
                     raise TransientSinkError(message) from None
-                refused = tls_problem(exc, tls if with_tls else None)
+                refused = tls_problem(exc, tls) if with_tls else None
                 if isinstance(exc, _Cleartext):
                     refused = (
                         f"TLS: the server did not start TLS ({exc}); nothing was published; "

@@ -18,7 +18,9 @@ becomes a dead letter.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -159,7 +161,11 @@ class PostgreSQLSink(Sink):
         require_driver(self.name)
         self._opts = options
         self._where = f"sinks.{context.sink_id}"
-        self._endpoint = Endpoint.of(options, ("postgresql", "postgres"))
+        endpoint = Endpoint.of(options, ("postgresql", "postgres"))
+        if not endpoint.host and not endpoint.query.get("host") and os.environ.get("PGHOST"):
+            # asyncpg connects there, so TLS is decided (and the server named) by it.
+            endpoint = dataclasses.replace(endpoint, host=os.environ["PGHOST"])
+        self._endpoint = endpoint
         self._conn: asyncpg.Connection | None = None
         self._closed = False
         schema = quote(options.schema_)
