@@ -27,7 +27,7 @@ _DIR_OPTIONS = ("directory",)
 
 def problems(settings: Settings) -> list[str]:
     """Every reason this configuration cannot run here, one line each (empty: go)."""
-    found = [*_env_problems(settings), *_path_problems(settings)]
+    found = [*_env_problems(settings), *_path_problems(settings), *_ca_problems(settings)]
     if not daemon_running(settings.state.path):
         # The running daemon holds its own ports: they are not a problem for `check`,
         # and `run` stops at the state database's worker lock with its own message.
@@ -104,6 +104,20 @@ def _path_problems(settings: Settings) -> Iterator[str]:
                 yield from _unwritable(
                     f"sinks.{sid}.{key}", Path(value), state_dir=state_dir, is_dir=True
                 )
+
+
+def _ca_problems(settings: Settings) -> Iterator[str]:
+    """A sink's ``tls_ca_file`` that cannot be loaded: missing, unreadable, not PEM."""
+    from fonzipd.sink import SinkConfigError
+    from fonzipd.sinks.tls import tls_context
+
+    for sid, sink in settings.enabled_sinks.items():
+        value = sink.options.get("tls_ca_file")
+        if isinstance(value, str) and value:
+            try:
+                tls_context(Path(value), f"sinks.{sid}")
+            except SinkConfigError as exc:
+                yield str(exc)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -21,6 +21,7 @@ from fonzipd.cli import EXIT_CONFIG, EXIT_OK
 from fonzipd.preflight import bind_problem, daemon_running
 
 TOKEN = "preflight-webhook-token-123"
+SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"  # 24 bytes, base64
 
 
 def fonzipd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -200,6 +201,23 @@ def test_the_running_daemons_own_port_is_not_a_problem(tmp_path: Path, busy_port
         os.close(fd)
     assert not daemon_running(tmp_path / "state" / "state.db")
     assert bind_problem("127.0.0.1", busy_port) is not None
+
+
+def test_a_ca_file_that_cannot_be_loaded_is_named_before_the_start(tmp_path: Path) -> None:
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("-----BEGIN NOTHING-----\n")
+    sinks = "".join(
+        f'[sinks.{sid}]\ntype = "http"\nurl = "https://crm.example.org/hook"\n'
+        f'secret = "{SECRET}"\ntls_ca_file = "{ca}"\n'
+        for sid, ca in (("crm", tmp_path / "missing.pem"), ("erp", not_pem))
+    )
+    proc = fonzipd("check", "--config", str(write(tmp_path, good(0, sinks))))
+    assert proc.returncode == EXIT_CONFIG
+    missing = tmp_path / "missing.pem"
+    assert f"sinks.crm.tls_ca_file: cannot load CA certificates from {missing}: No such" in (
+        proc.stderr
+    )
+    assert f"sinks.erp.tls_ca_file: cannot load CA certificates from {not_pem}: " in proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere; needs another user")
