@@ -36,16 +36,19 @@ def _functions(source: Path) -> dict[str, list[str]]:
     return out
 
 
+def _original(functions: dict[str, list[str]], key: str) -> list[str]:
+    match = _MUTANT.match(key.rsplit(".", 1)[-1])
+    return [] if match is None else functions.get(f"{match['func']}__mutmut_orig", [])
+
+
 def _diff(functions: dict[str, list[str]], key: str) -> list[str]:
     name = key.rsplit(".", 1)[-1]
-    match = _MUTANT.match(name)
-    if match is None:
+    if _MUTANT.match(name) is None:
         return []
-    orig = functions.get(f"{match['func']}__mutmut_orig", [])
     mutant = functions.get(name, [])
     return [
         line
-        for line in difflib.unified_diff(orig, mutant, lineterm="", n=0)
+        for line in difflib.unified_diff(_original(functions, key), mutant, lineterm="", n=0)
         if line[:1] in "+-" and line[:3] not in ("+++", "---")
     ]
 
@@ -71,16 +74,35 @@ def _sql_folded(line: str) -> str:
     return "".join([*out, line[end:].lower()])
 
 
-def sql_case_only(diff: list[str]) -> bool:
+_STRING_LINE = re.compile(r"""^\s*[rbfu]*["']""", re.I)
+
+
+def _in_sql(line: str, original: list[str]) -> bool:
+    """``line`` is SQL: it names a keyword, or it is a string literal continuing one that
+    does (``"INSERT INTO t (a,"`` then ``" b, c)"``), as found in the function's code."""
+    if _SQL.search(line):
+        return True
+    if not _STRING_LINE.match(line) or line not in original:
+        return False
+    at = original.index(line)
+    while at > 0 and _STRING_LINE.match(original[at - 1]):
+        at -= 1
+        if _SQL.search(original[at]):
+            return True
+    return False
+
+
+def sql_case_only(diff: list[str], original: list[str] | None = None) -> bool:
     """A mutant that only changed the letter case of SQL keywords and identifiers: the
-    same SQL."""
+    same SQL. ``original``, the function's lines, tells the continuation lines of a
+    statement written over several string literals."""
     old = [line[1:] for line in diff if line.startswith("-")]
     new = [line[1:] for line in diff if line.startswith("+")]
     return (
         bool(old)
         and old != new
         and [_sql_folded(o) for o in old] == [_sql_folded(n) for n in new]
-        and all(_SQL.search(o) for o in old)
+        and all(_in_sql(o, original or []) for o in old)
     )
 
 
@@ -102,7 +124,7 @@ def main(root: Path = Path("mutants")) -> int:
                 totals[module]["killed"] += 1
                 continue
             diff = _diff(functions, key)
-            if sql_case_only(diff):
+            if sql_case_only(diff, _original(functions, key)):
                 totals[module]["equivalent"] += 1
                 continue
             why = "no tests" if code in (5, 33) else f"exit {code}"

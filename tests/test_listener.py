@@ -734,16 +734,20 @@ async def test_events_arriving_together_are_committed_max_batch_at_a_time(
         await store.close()
 
 
-async def test_a_failed_commit_is_logged_with_its_size_and_reason(
+async def test_a_failed_commit_is_logged_and_reported_with_its_size_and_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The daemon's readiness hears of it too (``on_failure``): /readyz fails at once."""
     store = await Store.open(tmp_path / "s.db")
 
     async def full(events: object) -> list[bool]:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(store.inbox, "add_events", full)
-    committer = GroupCommitter(store, max_batch=8, on_commit=lambda: None)
+    failures: list[str] = []
+    committer = GroupCommitter(
+        store, max_batch=8, on_commit=lambda: None, on_failure=failures.append
+    )
     committer.start()
     try:
         with capture_logs() as lines, pytest.raises(StoreError, match="disk is full"):
@@ -756,6 +760,7 @@ async def test_a_failed_commit_is_logged_with_its_size_and_reason(
                 "log_level": "error",
             }
         ]
+        assert failures == ["database or disk is full"]
     finally:
         await committer.stop()
         await store.close()

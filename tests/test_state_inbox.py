@@ -58,6 +58,13 @@ async def test_a_group_whose_new_rows_are_not_found_is_an_error_not_a_wrong_answ
     assert await store.inbox.add_events([hook(1), hook(3)]) == [False, False]
 
 
+async def test_one_new_event_among_duplicates_is_the_one_told_new(store: Store) -> None:
+    """The statement adds one row of several: the group is neither all new nor all
+    duplicates, so which one is new is read back."""
+    await store.inbox.add_events([hook(5), hook(6)])
+    assert await store.inbox.add_events([hook(5), hook(7), hook(6)]) == [False, True, False]
+
+
 async def test_event_is_deduplicated_only_while_pending(store: Store) -> None:
     await store.inbox.add_events([hook(1)])
     row = await store.inbox.claim()
