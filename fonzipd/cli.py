@@ -368,6 +368,7 @@ async def _check_sinks_online(settings: Settings) -> int:
     """Open and close every enabled sink once: a connection and a login, no delivery."""
     from fonzipd.preflight import reach
     from fonzipd.registry import build_sinks
+    from fonzipd.sinks.tls import ClientTLSOptions
 
     failed = EXIT_OK
     for sid, built in build_sinks(settings, state_dir=settings.state.path.parent).items():
@@ -378,8 +379,13 @@ async def _check_sinks_online(settings: Settings) -> int:
                 url = built.settings.options.get("url")
                 if isinstance(url, str):
                     # A forwarder opens without connecting: reach its host, send nothing.
-                    ca = built.settings.options.get("tls_ca_file")
-                    await reach(url, ca_file=Path(ca) if isinstance(ca, str) else None)
+                    opts = built.sink.options
+                    tls = (
+                        opts.tls_context(f"sinks.{sid}")
+                        if isinstance(opts, ClientTLSOptions) and opts.tls_files()
+                        else None
+                    )
+                    await reach(url, tls=tls)
         except Exception as exc:
             reason = "no answer within 60 s" if isinstance(exc, TimeoutError) else str(exc)
             print(f"fonzipd: sink {sid} ({built.type.name}): {reason}", file=sys.stderr)

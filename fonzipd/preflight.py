@@ -15,6 +15,7 @@ import fcntl
 import os
 import pwd
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ _DIR_OPTIONS = ("directory",)
 
 def problems(settings: Settings) -> list[str]:
     """Every reason this configuration cannot run here, one line each (empty: go)."""
-    found = [*_env_problems(settings), *_path_problems(settings), *_ca_problems(settings)]
+    found = [*_env_problems(settings), *_path_problems(settings), *_tls_problems(settings)]
     if not daemon_running(settings.state.path):
         # The running daemon holds its own ports: they are not a problem for `check`,
         # and `run` stops at the state database's worker lock with its own message.
@@ -106,18 +107,29 @@ def _path_problems(settings: Settings) -> Iterator[str]:
                 )
 
 
-def _ca_problems(settings: Settings) -> Iterator[str]:
-    """A sink's ``tls_ca_file`` that cannot be loaded: missing, unreadable, not PEM."""
+def _tls_problems(settings: Settings) -> Iterator[str]:
+    """A sink's ``tls_*_file`` that cannot be loaded: missing, unreadable, not PEM, a key
+    that others may read or that does not match its certificate."""
     from fonzipd.sink import SinkConfigError
     from fonzipd.sinks.tls import tls_context
 
     for sid, sink in settings.enabled_sinks.items():
-        value = sink.options.get("tls_ca_file")
-        if isinstance(value, str) and value:
-            try:
-                tls_context(Path(value), f"sinks.{sid}")
-            except SinkConfigError as exc:
-                yield str(exc)
+        files = {
+            key: Path(value)
+            for key in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+            if isinstance(value := sink.options.get(key), str) and value
+        }
+        if not files:
+            continue
+        try:
+            tls_context(
+                f"sinks.{sid}",
+                ca_file=files.get("tls_ca_file"),
+                cert_file=files.get("tls_cert_file"),
+                key_file=files.get("tls_key_file"),
+            )
+        except SinkConfigError as exc:
+            yield str(exc)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -255,21 +267,20 @@ def root_on_service_state(settings: Settings, command: str) -> str | None:
     )
 
 
-async def reach(url: str, *, ca_file: Path | None = None, timeout: float = 10.0) -> None:
-    """Connect to ``url``'s host (with its TLS handshake for https, trusting the system's
-    CAs or those of ``ca_file``) and hang up.
+async def reach(url: str, *, tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> None:
+    """Connect to ``url``'s host (with its TLS handshake for https, with ``tls`` or the
+    system's CAs) and hang up.
 
     For ``check --online``: a sink that opens without connecting (the HTTP forwarder)
     is reached this way, without a delivery. Raises OSError (or TimeoutError).
     """
     import asyncio
-    import ssl
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
-    context = ssl.create_default_context(cafile=ca_file) if secure else None
+    context = (tls or ssl.create_default_context()) if secure else None
     async with asyncio.timeout(timeout):
         _, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
     writer.close()

@@ -161,15 +161,23 @@ def free_port() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Certificates:
-    """A CA's certificate (what a client trusts) and a server's chain and key, in files."""
+    """A CA's certificate (what a client trusts), a server's chain and key, and a client
+    certificate's chain and key (mode 0600), all signed by that CA, in files."""
 
     ca: Path
     chain: Path
     key: Path
+    client_chain: Path
+    client_key: Path
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, *, client_ca: Path | None = None) -> ssl.SSLContext:
+        """The server's context; with ``client_ca``, it requires a client certificate
+        signed by that CA."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.chain, self.key)
+        if client_ca is not None:
+            context.load_verify_locations(cafile=client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
         return context
 
 
@@ -179,11 +187,18 @@ def certificates(folder: Path, *names: str) -> Certificates:
 
     folder.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
-    server = ca.issue_cert(*(names or ("127.0.0.1", "localhost")))
-    made = Certificates(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    made = Certificates(
+        *(folder / name for name in ("ca.pem", "server.pem", "server.key")),
+        *(folder / name for name in ("client.pem", "client.key")),
+    )
     ca.cert_pem.write_to_path(str(made.ca))
-    server.private_key_pem.write_to_path(str(made.key))
-    made.chain.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    for issued, chain, key in (
+        (ca.issue_cert(*(names or ("127.0.0.1", "localhost"))), made.chain, made.key),
+        (ca.issue_cert("fonzipd@example.org"), made.client_chain, made.client_key),
+    ):
+        key.touch(mode=0o600)
+        issued.private_key_pem.write_to_path(str(key))
+        chain.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
     return made
 
 
@@ -261,7 +276,7 @@ class _FrontSide(_Relay):
                 upgraded = None
             if upgraded is None:
                 self.front.refused += 1
-                self.transport.abort()
+                self.transport.close()  # not abort: the TLS alert goes out first
                 return
             self.transport = upgraded
             self.front.encrypted += 1
@@ -312,9 +327,11 @@ def private_nats(
     password: str | None = None,
     token: str | None = None,
     tls: Certificates | None = None,
+    client_ca: Path | None = None,
 ) -> Iterator[int]:
     """A NATS server of this test's own, with JetStream and a user/password or a token,
-    requiring TLS with ``tls``'s chain and key if given; its port."""
+    requiring TLS with ``tls``'s chain and key if given, and a client certificate signed
+    by ``client_ca`` if given; its port."""
     if not Path(NATS_SERVER).exists():
         _unavailable(f"{NATS_SERVER} not installed")
     port = free_port()
@@ -335,6 +352,7 @@ def private_nats(
                 if tls is not None
                 else []
             ),
+            *(["--tlsverify", "--tlscacert", str(client_ca)] if client_ca is not None else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -203,13 +203,21 @@ def test_the_running_daemons_own_port_is_not_a_problem(tmp_path: Path, busy_port
     assert bind_problem("127.0.0.1", busy_port) is not None
 
 
-def test_a_ca_file_that_cannot_be_loaded_is_named_before_the_start(tmp_path: Path) -> None:
+def test_tls_files_that_cannot_be_used_are_named_before_the_start(tmp_path: Path) -> None:
+    from tests import servers
+
     not_pem = tmp_path / "not-a-ca.pem"
     not_pem.write_text("-----BEGIN NOTHING-----\n")
+    certs = servers.certificates(tmp_path / "tls")
+    certs.client_key.chmod(0o644)
     sinks = "".join(
         f'[sinks.{sid}]\ntype = "http"\nurl = "https://crm.example.org/hook"\n'
-        f'secret = "{SECRET}"\ntls_ca_file = "{ca}"\n'
-        for sid, ca in (("crm", tmp_path / "missing.pem"), ("erp", not_pem))
+        f'secret = "{SECRET}"\n{tls}\n'
+        for sid, tls in (
+            ("crm", f'tls_ca_file = "{tmp_path / "missing.pem"}"'),
+            ("erp", f'tls_ca_file = "{not_pem}"'),
+            ("ops", f'tls_cert_file = "{certs.client_chain}"\ntls_key_file = "{certs.client_key}"'),
+        )
     )
     proc = fonzipd("check", "--config", str(write(tmp_path, good(0, sinks))))
     assert proc.returncode == EXIT_CONFIG
@@ -218,6 +226,9 @@ def test_a_ca_file_that_cannot_be_loaded_is_named_before_the_start(tmp_path: Pat
         proc.stderr
     )
     assert f"sinks.erp.tls_ca_file: cannot load CA certificates from {not_pem}: " in proc.stderr
+    assert f"sinks.ops.tls_key_file: {certs.client_key} is readable by others (mode 0644)" in (
+        proc.stderr
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere; needs another user")

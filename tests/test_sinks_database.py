@@ -48,6 +48,7 @@ def test_a_server_on_this_machine_is_reached_in_cleartext_by_default(
         {"dsn": "postgresql://fonzipd@db.example.org/crm"},
         {"dsn": "postgresql:///crm?host=db.example.org"},
         {"host": "127.0.0.1", "tls_ca_file": "/etc/fonzipd/ca.pem"},
+        {"host": "127.0.0.1", "tls_cert_file": "/etc/c.pem", "tls_key_file": "/etc/c.key"},
     ],
 )
 def test_any_other_server_is_reached_only_inside_verified_tls(where: dict[str, str]) -> None:
@@ -72,7 +73,11 @@ def test_tls_can_be_turned_off_for_a_trusted_network_or_on_for_loopback() -> Non
         ),
         (
             {"host": "db.example.org", "tls": "off", "tls_ca_file": "/etc/ca.pem"},
-            'tls_ca_file is for tls = "verify"',
+            'tls_ca_file: for tls = "verify"; tls = "off" sends cleartext',
+        ),
+        (
+            {"host": "db.example.org", "tls_cert_file": "/etc/fonzipd/client.pem"},
+            "set tls_cert_file and tls_key_file together",
         ),
         ({"host": "db.example.org", "tls_ca_file": "ca.pem"}, "must be an absolute path"),
         ({"host": "db.example.org", "tls": "require"}, "Input should be 'verify' or 'off'"),

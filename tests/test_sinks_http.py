@@ -25,6 +25,7 @@ from fonzipd import preflight
 from fonzipd.kinds import Kind
 from fonzipd.sink import PermanentSinkError, SinkConfigError, SinkContext, TransientSinkError
 from fonzipd.sinks.http import HTTPOptions, HTTPSink, batch_id, sign
+from fonzipd.sinks.tls import tls_context
 from fonzipd.testing import ISTANBUL, check_sink, sample_records
 from tests import servers
 from tests.fonzip_objects import detail, donation, norm
@@ -303,7 +304,7 @@ def test_options_refuse_signature_headers_and_plain_http_off_the_machine() -> No
 
 
 def test_a_ca_file_is_for_https_and_absolute() -> None:
-    with pytest.raises(ValidationError, match="tls_ca_file is for an https:// url"):
+    with pytest.raises(ValidationError, match="tls_ca_file: for an https:// url"):
         HTTPOptions(url="http://127.0.0.1/x", secret=SecretStr(SECRET), tls_ca_file="/ca.pem")
     with pytest.raises(ValidationError, match="must be an absolute path"):
         HTTPOptions(url="https://crm.lan/x", secret=SecretStr(SECRET), tls_ca_file="ca.pem")
@@ -318,8 +319,31 @@ async def test_delivers_to_an_https_receiver_whose_ca_it_is_told_to_trust(
         await sink.open()
         await sink.write(sample_records(2))
         await sink.close()
-        await preflight.reach(rec.url, ca_file=certs.ca)  # what check --online does
+        await preflight.reach(rec.url, tls=tls_context("t", ca_file=certs.ca))  # check --online
     assert rec.bad_signatures == 0
+    assert await rec.keys() == [r.key for r in sample_records(2)]
+
+
+async def test_a_receiver_that_wants_a_client_certificate_gets_the_configured_one(
+    tmp_path: Path,
+) -> None:
+    certs = servers.certificates(tmp_path / "tls")
+    async with serving(certs.server_context(client_ca=certs.ca)) as rec:
+        anonymous = _sink(tmp_path, rec, tls_ca_file=certs.ca)
+        await anonymous.open()
+        with pytest.raises(TransientSinkError):
+            await anonymous.write(sample_records(1))
+        await anonymous.close()
+        sink = _sink(
+            tmp_path,
+            rec,
+            tls_ca_file=certs.ca,
+            tls_cert_file=certs.client_chain,
+            tls_key_file=certs.client_key,
+        )
+        await sink.open()
+        await sink.write(sample_records(2))
+        await sink.close()
     assert await rec.keys() == [r.key for r in sample_records(2)]
 
 
@@ -338,7 +362,7 @@ async def test_an_https_receiver_whose_certificate_does_not_check_out_gets_nothi
             await sink.write(sample_records(1))
         await sink.close()
         with pytest.raises(ssl.SSLCertVerificationError):
-            await preflight.reach(rec.url, ca_file=trusted)
+            await preflight.reach(rec.url, tls=tls_context("t", ca_file=trusted))
     assert "TLS: the receiver's certificate did not check out" in str(caught.value)
     assert "tls_ca_file" in str(caught.value)
     assert rec.requests == 0

@@ -283,7 +283,7 @@ async def _eventually(check: Callable[[], Any]) -> Any:
                 await asyncio.sleep(0.2)
 
 
-def _tls_sink(tmp_path: Path, url: str, ca: Path) -> Any:
+def _tls_sink(tmp_path: Path, url: str, ca: Path, **more: str) -> Any:
     from fonzipd.sinks.nats import NATSOptions, NATSSink
 
     options = {
@@ -292,6 +292,7 @@ def _tls_sink(tmp_path: Path, url: str, ca: Path) -> Any:
         "subject": "fztls.{kind}",
         "create_stream": True,
         "tls_ca_file": str(ca),
+        **more,
     }
     return NATSSink(NATSOptions.model_validate(options), context_for_tests(tmp_path))
 
@@ -313,6 +314,37 @@ async def test_records_reach_a_tls_server_inside_tls(tmp_path: Path) -> None:
         finally:
             await sink.close()
         got = await messages("FZTLS", url=url, tls=_trusting(certs.ca))
+        assert [key for _, _, key in got] == [r.key for r in recs]
+
+
+async def test_a_server_that_wants_a_client_certificate_gets_the_configured_one(
+    tmp_path: Path,
+) -> None:
+    certs = servers.certificates(tmp_path / "tls")
+    with servers.private_nats(tmp_path, tls=certs, client_ca=certs.ca) as port:
+        await servers.wait_port(port, within=20)
+        url = f"tls://127.0.0.1:{port}"
+        anonymous = _tls_sink(tmp_path, url, certs.ca)
+        # Under TLS 1.3 the refusal comes after the handshake: a connection lost.
+        with pytest.raises((SinkConfigError, TransientSinkError)):
+            await anonymous.open()
+        await anonymous.close()
+        sink = _tls_sink(
+            tmp_path,
+            url,
+            certs.ca,
+            tls_cert_file=str(certs.client_chain),
+            tls_key_file=str(certs.client_key),
+        )
+        recs = sample_records(2)
+        await sink.open()
+        try:
+            await sink.write(recs)
+        finally:
+            await sink.close()
+        reader = _trusting(certs.ca)
+        reader.load_cert_chain(certs.client_chain, certs.client_key)
+        got = await messages("FZTLS", url=url, tls=reader)
         assert [key for _, _, key in got] == [r.key for r in recs]
 
 

@@ -463,3 +463,30 @@ def test_pghost_is_where_tls_is_decided_for_when_no_host_is_set(
         options = PostgreSQLOptions(database="crm")
         sink = PostgreSQLSink(options, context_for_tests(tmp_path))
         assert tls_mode(options, sink._endpoint) == mode
+
+
+async def test_a_server_that_wants_a_client_certificate_gets_the_configured_one(
+    tmp_path: Path, schema: str
+) -> None:
+    """Without one, the server refuses the handshake and hears no login: under TLS 1.3
+    the client sees the connection closed (transient: the records wait)."""
+    certs = servers.certificates(tmp_path / "tls")
+    wants = certs.server_context(client_ca=certs.ca)
+    async with servers.postgresql_tls_front(wants) as front:
+        anonymous = _tls_sink(tmp_path, schema, front.port, certs.ca)
+        with pytest.raises((SinkConfigError, TransientSinkError)):
+            await anonymous.open()
+        sink = _tls_sink(
+            tmp_path,
+            schema,
+            front.port,
+            certs.ca,
+            tls_cert_file=str(certs.client_chain),
+            tls_key_file=str(certs.client_key),
+        )
+        records = sample_records(2)
+        await sink.open()
+        await sink.write(records)
+        await sink.close()
+    assert (front.refused, front.encrypted) == (1, 1)
+    assert await _history_keys(schema)() == [r.key for r in records]

@@ -27,8 +27,8 @@ import pydantic
 from pydantic import Field
 
 from fonzipd.config import is_loopback
-from fonzipd.sink import SinkConfigError, SinkOptions
-from fonzipd.sinks.tls import tls_context
+from fonzipd.sink import SinkConfigError
+from fonzipd.sinks.tls import ClientTLSOptions
 
 __all__ = [
     "DatabaseOptions",
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-class DatabaseOptions(SinkOptions):
+class DatabaseOptions(ClientTLSOptions):
     """The keys the ``postgresql`` and ``mysql`` sinks share."""
 
     dsn: str | None = None
@@ -66,10 +66,8 @@ class DatabaseOptions(SinkOptions):
     tls: Literal["verify", "off"] | None = None
     """``verify``: encrypt the connection, check the server's certificate against the
     system's CAs (or ``tls_ca_file``) and its name against the host. ``off``: cleartext.
-    Unset: ``off`` to a loopback address or a Unix socket, ``verify`` to any other host."""
-    tls_ca_file: Path | None = None
-    """Absolute path of a PEM file of the CA certificates to trust instead of the
-    system's: a private CA's, or a self-signed server's own certificate."""
+    Unset: ``off`` to a loopback address or a Unix socket, ``verify`` to any other host
+    (or when a ``tls_*_file`` is set)."""
 
     @pydantic.field_validator("dsn")
     @classmethod
@@ -93,7 +91,7 @@ class DatabaseOptions(SinkOptions):
             raise ValueError("expected <scheme>://user@host:port/database")
         return value
 
-    @pydantic.field_validator("password_file", "tls_ca_file")
+    @pydantic.field_validator("password_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
@@ -108,8 +106,10 @@ class DatabaseOptions(SinkOptions):
             raise ValueError("set either dsn or host/port/database/user, not both")
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("set password_env or password_file, not both")
-        if self.tls == "off" and self.tls_ca_file is not None:
-            raise ValueError('tls_ca_file is for tls = "verify"; tls = "off" sends cleartext')
+        if self.tls == "off" and self.tls_files():
+            raise ValueError(
+                f'{", ".join(self.tls_files())}: for tls = "verify"; tls = "off" sends cleartext'
+            )
         return self
 
     def history_table(self) -> str:
@@ -176,7 +176,7 @@ def tls_mode(options: DatabaseOptions, endpoint: Endpoint) -> Literal["verify", 
     """``tls`` as set, or as its default decides for this endpoint."""
     if options.tls is not None:
         return options.tls
-    return "verify" if options.tls_ca_file is not None or not endpoint.is_local else "off"
+    return "verify" if options.tls_files() or not endpoint.is_local else "off"
 
 
 def opened(sink_log: Any, options: DatabaseOptions, endpoint: Endpoint) -> None:
@@ -191,11 +191,11 @@ def opened(sink_log: Any, options: DatabaseOptions, endpoint: Endpoint) -> None:
 def client_tls(options: DatabaseOptions, endpoint: Endpoint, where: str) -> ssl.SSLContext | None:
     """The TLS context to connect with, or None for cleartext (see ``tls``).
 
-    See :func:`tls_context`.
+    See :func:`fonzipd.sinks.tls.tls_context`.
     """
     if tls_mode(options, endpoint) == "off":
         return None
-    return tls_context(options.tls_ca_file, where)
+    return options.tls_context(where)
 
 
 def read_password(

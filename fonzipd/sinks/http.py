@@ -58,7 +58,6 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -80,7 +79,7 @@ from fonzipd.sink import (
     SinkOptions,
     TransientSinkError,
 )
-from fonzipd.sinks.tls import tls_context
+from fonzipd.sinks.tls import ClientTLSOptions
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +92,7 @@ _MIN_SECRET_BYTES = 16
 _SECRET_HEADER = re.compile(r"auth|token|key|secret|cookie", re.IGNORECASE)
 
 
-class HTTPOptions(SinkOptions):
+class HTTPOptions(ClientTLSOptions):
     """``[sinks.<id>] type = "http"``."""
 
     url: pydantic.AnyHttpUrl
@@ -110,9 +109,6 @@ class HTTPOptions(SinkOptions):
     """Seconds for one request, connection included."""
     concurrency: int = Field(default=1, ge=1, le=64)
     """Records of a batch in flight at once (single mode; versions of one record stay in order)."""
-    tls_ca_file: Path | None = None
-    """Absolute path of a PEM file of the CA certificates to trust for the ``https://``
-    receiver instead of the system's: an internal receiver's own CA."""
 
     @pydantic.field_validator("url")
     @classmethod
@@ -120,17 +116,10 @@ class HTTPOptions(SinkOptions):
         require_https(value.scheme, value.host)
         return value
 
-    @pydantic.field_validator("tls_ca_file")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
-
     @pydantic.model_validator(mode="after")
-    def _ca_for_https(self) -> HTTPOptions:
-        if self.tls_ca_file is not None and self.url.scheme != "https":
-            raise ValueError("tls_ca_file is for an https:// url")
+    def _tls_for_https(self) -> HTTPOptions:
+        if self.tls_files() and self.url.scheme != "https":
+            raise ValueError(f"{', '.join(self.tls_files())}: for an https:// url")
         return self
 
     @pydantic.field_validator("secret")
@@ -249,9 +238,12 @@ class HTTPSink(Sink):
             logs.never_log(value)  # an Authorization header is as secret as the key
             headers[name] = value
         self._headers = headers
-        ca = self._opts.tls_ca_file
-        # True is aiohttp's own default: the system's CAs.
-        tls = True if ca is None else tls_context(ca, f"sinks.{self.context.sink_id}")
+        # True is aiohttp's own default: the system's CAs, no client certificate.
+        tls = (
+            self._opts.tls_context(f"sinks.{self.context.sink_id}")
+            if self._opts.tls_files()
+            else True
+        )
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls),
             timeout=aiohttp.ClientTimeout(total=self._opts.timeout),

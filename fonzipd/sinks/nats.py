@@ -51,7 +51,7 @@ from fonzipd.sink import (
 )
 from fonzipd.sinks import require_driver
 from fonzipd.sinks.database import read_password
-from fonzipd.sinks.tls import tls_context, tls_problem
+from fonzipd.sinks.tls import ClientTLSOptions, tls_problem
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -66,7 +66,7 @@ _LITERAL_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-class NATSOptions(SinkOptions):
+class NATSOptions(ClientTLSOptions):
     """``[sinks.<id>] type = "nats"``."""
 
     servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
@@ -97,9 +97,6 @@ class NATSOptions(SinkOptions):
     tls: Literal["verify", "off"] | None = None
     """``verify``: every server must be ``tls://``. ``off``: allows ``nats://`` (cleartext)
     to a host that is not loopback. Unset: ``nats://`` to loopback only."""
-    tls_ca_file: Path | None = None
-    """Absolute path of a PEM file of the CA certificates to trust for ``tls://`` servers
-    instead of the system's."""
     tls_handshake_first: bool = False
     """Start TLS before the server says anything (the server's ``tls { handshake_first:
     true }``, NATS 2.10.4 and later). Without it the server's greeting comes in
@@ -126,7 +123,7 @@ class NATSOptions(SinkOptions):
         subject_tokens(value)
         return value
 
-    @pydantic.field_validator("password_file", "creds_file", "tls_ca_file")
+    @pydantic.field_validator("password_file", "creds_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
@@ -150,8 +147,8 @@ class NATSOptions(SinkOptions):
                     f"{url!r}: nats:// carries records in cleartext; use tls://, or set "
                     'tls = "off" if the network to it is trusted'
                 )
-        if self.tls == "off" and (self.tls_ca_file is not None or self.tls_handshake_first):
-            raise ValueError("tls_ca_file and tls_handshake_first are for tls:// servers")
+        if self.tls == "off" and (self.tls_files() or self.tls_handshake_first):
+            raise ValueError("tls_*_file and tls_handshake_first are for tls:// servers")
         return self
 
 
@@ -351,7 +348,7 @@ class NATSSink(Sink):
             kwargs["token"] = secret
         tls = None
         if any(urllib.parse.urlsplit(u).scheme == "tls" for u in self._opts.servers):
-            tls = tls_context(self._opts.tls_ca_file, self._where)
+            tls = self._opts.tls_context(self._where)
         log_ = self._log
         lost = asyncio.Event()
 
