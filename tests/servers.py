@@ -1,4 +1,5 @@
-"""Test support: the real PostgreSQL, MariaDB and NATS servers on loopback.
+"""Test support: the real PostgreSQL, MariaDB and NATS servers on loopback, test
+certificates, and TLS fronts that put TLS before the database servers (which have none).
 
 CI (``FONZIPD_REQUIRE_SERVICES=1``, set by ``./dev.sh ci``) fails a test whose server or
 driver is missing; elsewhere such a test is skipped with a one-line reason. Tests that
@@ -317,6 +318,144 @@ async def postgresql_tls_front(server: ssl.SSLContext) -> AsyncIterator[TLSFront
                 if relay is not None and relay.transport is not None:
                     relay.transport.abort()
         await listening.wait_closed()
+
+
+_CLIENT_SSL = 0x0800
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _read_packet(sock: socket.socket) -> tuple[int, bytes]:
+    """One MySQL packet, and not a byte more (what follows may be a TLS handshake)."""
+    header = _read_exactly(sock, 4)
+    return header[3], _read_exactly(sock, int.from_bytes(header[:3], "little"))
+
+
+def _packet(seq: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "little") + bytes([seq & 0xFF]) + payload
+
+
+def _with_caps(payload: bytes, at: int, *, add: int = 0, remove: int = 0) -> bytes:
+    caps = (int.from_bytes(payload[at : at + 2], "little") | add) & ~remove
+    return payload[:at] + caps.to_bytes(2, "little") + payload[at + 2 :]
+
+
+def _mysql_front_connection(client: socket.socket, server: ssl.SSLContext, front: TLSFront) -> None:
+    """Serve one client of :func:`mysql_tls_front`, in a thread of its own."""
+    with contextlib.ExitStack() as stack:
+        stack.callback(client.close)
+        upstream = socket.create_connection(_address(MYSQL_DSN, 3306), timeout=30)
+        stack.callback(upstream.close)
+        seq, greeting = _read_packet(upstream)
+        # Protocol 10 greeting: version, NUL, thread id (4), scramble (8), filler, caps.
+        caps_at = greeting.index(0, 1) + 1 + 4 + 8 + 1
+        client.sendall(_packet(seq, _with_caps(greeting, caps_at, add=_CLIENT_SSL)))
+        seq, answer = _read_packet(client)
+        peer: socket.socket = client
+        if int.from_bytes(answer[:4], "little") & _CLIENT_SSL and len(answer) == 32:
+            try:
+                peer = server.wrap_socket(client, server_side=True)
+            except (OSError, ssl.SSLError):
+                front.refused += 1
+                return
+            stack.callback(peer.close)
+            front.encrypted += 1
+            # The client numbers its packets one on from the TLS request, which the server
+            # never sees: one less towards the server, one more back, until logged in.
+            seq, answer = _read_packet(peer)
+            upstream.sendall(_packet(seq - 1, _with_caps(answer, 0, remove=_CLIENT_SSL)))
+            while True:
+                seq, reply = _read_packet(upstream)
+                peer.sendall(_packet(seq + 1, reply))
+                if reply[:1] in (b"\x00", b"\xff"):  # logged in, or refused
+                    break
+                seq, answer = _read_packet(peer)
+                upstream.sendall(_packet(seq - 1, answer))
+        else:
+            front.cleartext += 1
+            upstream.sendall(_packet(seq, answer))
+        _relay(peer, upstream)
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until either side closes."""
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(a, selectors.EVENT_READ, b)
+        selector.register(b, selectors.EVENT_READ, a)
+        while True:
+            for key, _ in selector.select(timeout=60):
+                source = key.fileobj
+                assert isinstance(source, socket.socket)
+                while True:
+                    try:
+                        data = source.recv(65536)
+                    except (OSError, ssl.SSLError):
+                        return
+                    if not data:
+                        return
+                    key.data.sendall(data)
+                    # Bytes TLS already decrypted wait in the socket, not in the kernel.
+                    if not (isinstance(source, ssl.SSLSocket) and source.pending()):
+                        break
+
+
+@contextlib.contextmanager
+def mysql_tls_front(server: ssl.SSLContext) -> Iterator[TLSFront]:
+    """A MySQL server with TLS, on loopback: it offers TLS in the test server's greeting,
+    runs the handshake with ``server`` when the client asks, and passes the login and
+    everything after on to the test server (MYSQL_DSN), which itself has no TLS."""
+    import threading
+
+    front = TLSFront()
+    listening = socket.create_server(("127.0.0.1", 0))
+    listening.settimeout(0.2)
+    front.port = listening.getsockname()[1]
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    clients: list[socket.socket] = []
+
+    def serve(client: socket.socket) -> None:
+        # A client or server that hangs up mid-way ends its connection, not the test.
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            _mysql_front_connection(client, server, front)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listening.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(30)
+            clients.append(client)
+            thread = threading.Thread(target=serve, args=(client,), daemon=True)
+            thread.start()
+            threads.append(thread)
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield front
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        listening.close()
+        for client in clients:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(timeout=35)
 
 
 @contextlib.contextmanager

@@ -381,3 +381,77 @@ async def test_a_server_that_does_not_start_tls_gets_nothing(tmp_path: Path, dat
         "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,)
     )
     assert tables == [(0,)]
+
+
+def _tls_dsn(database: str, port: int) -> str:
+    user = servers.mysql_args()["user"]
+    return f"mysql://{user}@127.0.0.1:{port}/{database}"
+
+
+async def test_records_reach_a_tls_server_only_inside_tls(tmp_path: Path, database: str) -> None:
+    certs = servers.certificates(tmp_path / "tls")
+    with servers.mysql_tls_front(certs.server_context()) as front:
+        sink = _sink(
+            tmp_path, database, dsn=_tls_dsn(database, front.port), tls_ca_file=str(certs.ca)
+        )
+        records = sample_records(3)
+        await sink.open()
+        await sink.write(records)
+        await sink.close()
+    assert (front.encrypted, front.cleartext, front.refused) == (1, 0, 0)
+    assert await _history_keys(database)() == [r.key for r in records]
+
+
+@pytest.mark.parametrize(
+    ("impostor", "why"),
+    [("another CA", "unable to get local issuer certificate"), ("another name", "mismatch")],
+)
+async def test_a_server_whose_certificate_does_not_check_out_gets_nothing(
+    tmp_path: Path, database: str, impostor: str, why: str
+) -> None:
+    """Someone between fonzipd and the database answers with a certificate of their own:
+    signed by a CA the sink does not trust, or made out to another host."""
+    trusted = servers.certificates(tmp_path / "trusted")
+    if impostor == "another CA":
+        shown = servers.certificates(tmp_path / "impostor")
+    else:
+        shown = servers.certificates(tmp_path / "impostor", "db.example.org")
+        trusted = dataclasses.replace(trusted, ca=shown.ca)
+    with servers.mysql_tls_front(shown.server_context()) as front:
+        dsn = _tls_dsn(database, front.port)
+        sink = _sink(tmp_path, database, dsn=dsn, tls_ca_file=str(trusted.ca))
+        with pytest.raises(SinkConfigError) as caught:
+            await sink.open()
+    assert "TLS: the server's certificate did not check out" in str(caught.value)
+    assert why in str(caught.value)
+    # The handshake failed before the login: the server never heard of the sink.
+    assert (front.encrypted, front.cleartext) == (0, 0)
+    tables = await _query(
+        "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,)
+    )
+    assert tables == [(0,)]
+
+
+async def test_a_server_that_wants_a_client_certificate_gets_the_configured_one(
+    tmp_path: Path, database: str
+) -> None:
+    certs = servers.certificates(tmp_path / "tls")
+    with servers.mysql_tls_front(certs.server_context(client_ca=certs.ca)) as front:
+        dsn = _tls_dsn(database, front.port)
+        anonymous = _sink(tmp_path, database, dsn=dsn, tls_ca_file=str(certs.ca))
+        with pytest.raises((SinkConfigError, TransientSinkError)):
+            await anonymous.open()
+        sink = _sink(
+            tmp_path,
+            database,
+            dsn=dsn,
+            tls_ca_file=str(certs.ca),
+            tls_cert_file=str(certs.client_chain),
+            tls_key_file=str(certs.client_key),
+        )
+        records = sample_records(2)
+        await sink.open()
+        await sink.write(records)
+        await sink.close()
+    assert (front.refused, front.encrypted) == (1, 1)
+    assert await _history_keys(database)() == [r.key for r in records]
