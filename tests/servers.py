@@ -203,6 +203,23 @@ def certificates(folder: Path, *names: str) -> Certificates:
     return made
 
 
+IMPOSTORS = [
+    ("another CA", "unable to get local issuer certificate"),
+    ("another name", "mismatch"),
+]
+"""Who answers in the server's place, and what the refusal of its certificate says."""
+
+
+def impostor(folder: Path, who: str) -> tuple[Certificates, Path]:
+    """The certificates an impostor (one of IMPOSTORS) shows, and the CA file the client
+    trusts: another CA's, or the same CA's certificate made out to another host."""
+    trusted = certificates(folder / "trusted")
+    if who == "another CA":
+        return certificates(folder / "impostor"), trusted.ca
+    shown = certificates(folder / "impostor", "db.example.org")
+    return shown, shown.ca
+
+
 @dataclasses.dataclass
 class TLSFront:
     """What a :func:`postgresql_tls_front` saw: its port and its connections."""

@@ -402,24 +402,16 @@ async def test_records_reach_a_tls_server_only_inside_tls(tmp_path: Path, databa
     assert await _history_keys(database)() == [r.key for r in records]
 
 
-@pytest.mark.parametrize(
-    ("impostor", "why"),
-    [("another CA", "unable to get local issuer certificate"), ("another name", "mismatch")],
-)
+@pytest.mark.parametrize(("impostor", "why"), servers.IMPOSTORS)
 async def test_a_server_whose_certificate_does_not_check_out_gets_nothing(
     tmp_path: Path, database: str, impostor: str, why: str
 ) -> None:
     """Someone between fonzipd and the database answers with a certificate of their own:
     signed by a CA the sink does not trust, or made out to another host."""
-    trusted = servers.certificates(tmp_path / "trusted")
-    if impostor == "another CA":
-        shown = servers.certificates(tmp_path / "impostor")
-    else:
-        shown = servers.certificates(tmp_path / "impostor", "db.example.org")
-        trusted = dataclasses.replace(trusted, ca=shown.ca)
+    shown, trusted_ca = servers.impostor(tmp_path, impostor)
     with servers.mysql_tls_front(shown.server_context()) as front:
         dsn = _tls_dsn(database, front.port)
-        sink = _sink(tmp_path, database, dsn=dsn, tls_ca_file=str(trusted.ca))
+        sink = _sink(tmp_path, database, dsn=dsn, tls_ca_file=str(trusted_ca))
         with pytest.raises(SinkConfigError) as caught:
             await sink.open()
     assert "TLS: the server's certificate did not check out" in str(caught.value)

@@ -405,23 +405,15 @@ async def test_records_reach_a_tls_server_only_inside_tls(tmp_path: Path, schema
     assert await _history_keys(schema)() == [r.key for r in records]
 
 
-@pytest.mark.parametrize(
-    ("impostor", "why"),
-    [("another CA", "unable to get local issuer certificate"), ("another name", "mismatch")],
-)
+@pytest.mark.parametrize(("impostor", "why"), servers.IMPOSTORS)
 async def test_a_server_whose_certificate_does_not_check_out_gets_nothing(
     tmp_path: Path, schema: str, impostor: str, why: str
 ) -> None:
     """Someone between fonzipd and the database answers with a certificate of their own:
     signed by a CA the sink does not trust, or made out to another host."""
-    trusted = servers.certificates(tmp_path / "trusted")
-    if impostor == "another CA":
-        shown = servers.certificates(tmp_path / "impostor")
-    else:
-        shown = servers.certificates(tmp_path / "impostor", "db.example.org")
-        trusted = dataclasses.replace(trusted, ca=shown.ca)
+    shown, trusted_ca = servers.impostor(tmp_path, impostor)
     async with servers.postgresql_tls_front(shown.server_context()) as front:
-        sink = _tls_sink(tmp_path, schema, front.port, trusted.ca)
+        sink = _tls_sink(tmp_path, schema, front.port, trusted_ca)
         with pytest.raises(SinkConfigError) as caught:
             await sink.open()
     message = str(caught.value)
